@@ -1,0 +1,20 @@
+//! Per-CPU counters the kernel program keeps, so no event is ever lost silently.
+
+/// Index of a counter in the kernel program's `COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP transitions that passed the filters (each one is delivered or counted as lost).
+    Seen = 0,
+    /// Transitions that could not be delivered because the ring buffer was full.
+    RingFull = 1,
+    /// Transitions of a socket whose family is neither `AF_INET` nor `AF_INET6`.
+    UnknownFamily = 2,
+    /// Hits whose tracepoint record could not be read.
+    ReadError = 3,
+}
+
+impl Counter {
+    /// Number of counters; the size of the `COUNTERS` array.
+    pub const COUNT: u32 = 4;
+}

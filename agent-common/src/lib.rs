@@ -1,0 +1,18 @@
+//! Types shared by the tcpstates kernel program (`agent-ebpf`) and the user-space agent.
+//!
+//! Everything here is `no_std`, `#[repr(C)]` and fixed-size so both sides of the kernel
+//! boundary agree on every byte. The `user` feature adds what only user space needs:
+//! `aya::Pod` impls and [`decode`], which turns a raw event into typed values.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod counters;
+#[cfg(feature = "user")]
+pub mod decode;
+pub mod event;
+pub mod filter;
+pub mod state;
+pub mod tracepoint;
+
+#[cfg(feature = "user")]
+extern crate std;

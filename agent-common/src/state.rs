@@ -1,0 +1,69 @@
+//! TCP states as the kernel numbers them (`include/net/tcp_states.h`) and address families.
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// `TCP_ESTABLISHED`.
+pub const ESTABLISHED: u32 = 1;
+/// `TCP_SYN_SENT`.
+pub const SYN_SENT: u32 = 2;
+/// `TCP_SYN_RECV`.
+pub const SYN_RECV: u32 = 3;
+/// `TCP_CLOSE`.
+pub const CLOSE: u32 = 7;
+/// `TCP_LISTEN`.
+pub const LISTEN: u32 = 10;
+
+/// The kernel's name of a TCP state, without the `TCP_` prefix, or `None` for a number the
+/// kernel does not define (a caller prints the number instead, as bcc does).
+pub const fn name(state: u32) -> Option<&'static str> {
+    Some(match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        13 => "BOUND_INACTIVE",
+        _ => return None,
+    })
+}
+
+/// Whether a transition is the first one of a new socket: an active or passive open of a
+/// fresh socket, or a child socket born from a listener. A duration recorded earlier for
+/// the same socket address belongs to a previous socket and must not be used.
+pub const fn starts_socket(oldstate: u32, newstate: u32) -> bool {
+    oldstate == CLOSE || (oldstate == LISTEN && newstate == SYN_RECV)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_known_states_and_rejects_others() {
+        assert_eq!(name(ESTABLISHED), Some("ESTABLISHED"));
+        assert_eq!(name(12), Some("NEW_SYN_RECV"));
+        assert_eq!(name(0), None);
+        assert_eq!(name(99), None);
+    }
+
+    #[test]
+    fn a_new_socket_starts_on_open_or_on_accept() {
+        assert!(starts_socket(CLOSE, SYN_SENT));
+        assert!(starts_socket(CLOSE, LISTEN));
+        assert!(starts_socket(LISTEN, SYN_RECV));
+        assert!(!starts_socket(LISTEN, CLOSE));
+        assert!(!starts_socket(SYN_SENT, ESTABLISHED));
+    }
+}

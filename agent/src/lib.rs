@@ -1,0 +1,1 @@
+//! tcpstates: trace TCP session state changes with durations.
