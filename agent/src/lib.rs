@@ -1,1 +1,69 @@
 //! tcpstates: trace TCP session state changes with durations.
+//!
+//! Data flows one way: the kernel program (`agent-ebpf`) → the ring buffer → [`tracer`]
+//! (decoding with `agent_common::decode`) → [`sink`]s. [`run`] wires them from a
+//! [`config::Config`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod counters;
+pub mod privileges;
+pub mod probe;
+pub mod sink;
+pub mod tracefs;
+pub mod tracer;
+
+use std::io::{self, BufWriter};
+
+use crate::{
+    clock::WallClock,
+    config::Config,
+    privileges::PrivilegeError,
+    probe::ProbeError,
+    sink::journal::{JournalSink, JournalUnavailable},
+    tracer::{Summary, TraceError},
+};
+
+/// Capacity of the standard-output buffer; it is flushed after every drain of the ring.
+const OUTPUT_BUFFER: usize = 256 << 10;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not privileged enough.
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    /// `-Y` without a journal.
+    #[error(transparent)]
+    Journal(#[from] JournalUnavailable),
+    /// The kernel program could not be loaded or attached.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// The clocks could not be read.
+    #[error("reading the clocks: {0}")]
+    Clock(#[source] nix::Error),
+    /// The async runtime could not start.
+    #[error("starting the event loop: {0}")]
+    Runtime(#[source] io::Error),
+    /// Tracing stopped with an error.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+}
+
+/// Traces TCP state changes as `config` says until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<Summary, Error> {
+    privileges::check()?;
+    let journal = config.journal.then(JournalSink::connect).transpose()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(Error::Runtime)?;
+    let probe = probe::attach(&config)?;
+    let clock = WallClock::now().map_err(Error::Clock)?;
+    let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
+    let output = sink::output(&config, clock, stdout);
+    Ok(runtime.block_on(tracer::trace(probe, output, journal))?)
+}

@@ -1,12 +1,62 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
-    let mut ebpf = aya::Ebpf::load(obj).unwrap();
-    let prog: &mut aya::programs::TracePoint = ebpf
-        .program_mut("inet_sock_set_state")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    prog.load().unwrap();
-    prog.attach("sock", "inet_sock_set_state").unwrap();
-    println!("attached");
+//! The `tcpstates` command: parse flags, run, report, map the outcome to an exit code.
+//! Usage errors exit with 2 (clap), failures with 1.
+
+use std::{error::Error, process::ExitCode};
+
+use clap::Parser as _;
+use tcpstates::{cli::Cli, config::Config, tracer::Summary};
+
+fn main() -> ExitCode {
+    let config = Config::from(Cli::parse());
+    match tcpstates::run(config) {
+        Ok(summary) => {
+            report(&summary);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("tcpstates: {}", describe(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The final account on standard error: every event written, lost or skipped.
+fn report(summary: &Summary) {
+    eprintln!(
+        "tcpstates: {} events written, {}",
+        summary.written, summary.counts
+    );
+    if summary.counts.unknown_family > 0 {
+        eprintln!(
+            "tcpstates: {} events of sockets of unknown address family skipped",
+            summary.counts.unknown_family
+        );
+    }
+    if summary.undecodable > 0 {
+        eprintln!(
+            "tcpstates: {} kernel records could not be decoded",
+            summary.undecodable
+        );
+    }
+    if summary.journal_failures > 0 {
+        eprintln!(
+            "tcpstates: {} journal entries could not be sent",
+            summary.journal_failures
+        );
+    }
+}
+
+/// The error and each of its causes not already spelled out in it, on one line.
+fn describe(err: &dyn Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }

@@ -1,0 +1,77 @@
+//! Raw command-line flags, as the user typed them. [`crate::config::Config`] validates them.
+
+use clap::{ArgGroup, Parser};
+
+use crate::config::PortList;
+
+const EXAMPLES: &str = "\
+examples:
+    tcpstates           # trace all TCP state changes
+    tcpstates -t        # include timestamp column
+    tcpstates -T        # include time column (HH:MM:SS)
+    tcpstates -w        # wider columns (fit IPv6)
+    tcpstates -stT      # csv output, with times & timestamps
+    tcpstates -Y        # log events to the systemd journal
+    tcpstates -L 80     # only trace local port 80
+    tcpstates -L 80,81  # only trace local ports 80 and 81
+    tcpstates -D 80     # only trace remote port 80
+    tcpstates -4        # trace IPv4 family only
+    tcpstates -6        # trace IPv6 family only
+    tcpstates --json    # one JSON object per line, for scripts";
+
+/// Trace TCP session state changes and durations.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpstates",
+    version,
+    about = "Trace TCP session state changes and durations",
+    after_help = EXAMPLES,
+    group(ArgGroup::new("family").args(["ipv4", "ipv6"])),
+    group(ArgGroup::new("format").args(["csv", "json"])),
+)]
+pub struct Cli {
+    /// Include time column on output (HH:MM:SS).
+    #[arg(short = 'T', long = "time")]
+    pub time: bool,
+    /// Include timestamp on output (seconds since the first event).
+    #[arg(short = 't', long = "timestamp")]
+    pub timestamp: bool,
+    /// Wide column output (fits IPv6 addresses).
+    #[arg(short = 'w', long = "wide")]
+    pub wide: bool,
+    /// Comma separated values output.
+    #[arg(short = 's', long = "csv")]
+    pub csv: bool,
+    /// Comma-separated list of local ports to trace (filtered in-kernel).
+    #[arg(short = 'L', long = "localport", value_name = "PORTS")]
+    pub local_ports: Option<PortList>,
+    /// Comma-separated list of remote ports to trace (filtered in-kernel).
+    #[arg(short = 'D', long = "remoteport", value_name = "PORTS")]
+    pub remote_ports: Option<PortList>,
+    /// Log session state changes to the systemd journal.
+    #[arg(short = 'Y', long = "journal")]
+    pub journal: bool,
+    /// Trace IPv4 family only.
+    #[arg(short = '4', long = "ipv4")]
+    pub ipv4: bool,
+    /// Trace IPv6 family only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// One JSON object per line (all fields, kernel timestamp in ns) instead of columns.
+    #[arg(long)]
+    pub json: bool,
+    /// Size of the kernel-to-user ring buffer, in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
+    pub ring_buffer_mib: u32,
+}
+
+fn parse_ring_mib(arg: &str) -> Result<u32, String> {
+    let mib: u32 = arg
+        .parse()
+        .map_err(|_| format!("'{arg}' is not a whole number of MiB"))?;
+    if mib.is_power_of_two() && mib <= 1024 {
+        Ok(mib)
+    } else {
+        Err(format!("{mib} is not a power of two between 1 and 1024"))
+    }
+}

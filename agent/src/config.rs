@@ -1,0 +1,193 @@
+//! The validated configuration a run is made of, built from [`crate::cli::Cli`].
+
+use std::{collections::BTreeSet, fmt, str::FromStr};
+
+use agent_common::state::{AF_INET, AF_INET6};
+
+use crate::cli::Cli;
+
+/// A non-empty set of TCP ports, parsed from a comma-separated list such as `80,443`.
+///
+/// Any number of distinct ports is accepted (at most all 65,536); duplicates are merged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortList(BTreeSet<u16>);
+
+impl PortList {
+    /// The ports, in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl FromStr for PortList {
+    type Err = String;
+
+    fn from_str(list: &str) -> Result<Self, Self::Err> {
+        let ports = list
+            .split(',')
+            .map(|item| {
+                let item = item.trim();
+                item.parse::<u16>()
+                    .map_err(|_| format!("'{item}' is not a port number (0-65535)"))
+            })
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        Ok(Self(ports))
+    }
+}
+
+impl fmt::Display for PortList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for port in self.iter() {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{port}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How each state change is written to standard output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// bcc's columns (`-w` for the wide layout).
+    Table,
+    /// Comma-separated values (`-s`).
+    Csv,
+    /// One JSON object per line (`--json`).
+    Json,
+}
+
+/// Extra leading time columns of the table and CSV formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeColumns {
+    /// `TIME`: wall-clock HH:MM:SS of the change (`-T`).
+    pub clock: bool,
+    /// `TIME(s)`: seconds since the first event (`-t`).
+    pub elapsed: bool,
+}
+
+/// Everything a run needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Output format on standard output.
+    pub format: Format,
+    /// Wide table layout with the IP column and full IPv6 addresses.
+    pub wide: bool,
+    /// Leading time columns.
+    pub time_columns: TimeColumns,
+    /// Also log each change to the systemd journal.
+    pub journal: bool,
+    /// Only this address family (`AF_INET`/`AF_INET6`), or both.
+    pub family: Option<u16>,
+    /// Only these local ports.
+    pub local_ports: Option<PortList>,
+    /// Only these remote ports.
+    pub remote_ports: Option<PortList>,
+    /// Ring buffer size in bytes.
+    pub ring_buffer_bytes: u32,
+}
+
+impl From<Cli> for Config {
+    fn from(cli: Cli) -> Self {
+        let format = if cli.json {
+            Format::Json
+        } else if cli.csv {
+            Format::Csv
+        } else {
+            Format::Table
+        };
+        let family = match (cli.ipv4, cli.ipv6) {
+            (true, _) => Some(AF_INET),
+            (_, true) => Some(AF_INET6),
+            _ => None,
+        };
+        Self {
+            format,
+            wide: cli.wide,
+            time_columns: TimeColumns {
+                clock: cli.time,
+                elapsed: cli.timestamp,
+            },
+            journal: cli.journal,
+            family,
+            local_ports: cli.local_ports,
+            remote_ports: cli.remote_ports,
+            ring_buffer_bytes: cli.ring_buffer_mib << 20,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tcpstates").chain(args.iter().copied()))
+            .map(Config::from)
+    }
+
+    #[test]
+    fn port_lists_take_any_number_of_ports() {
+        let all: Vec<String> = (0..=65_535u32).map(|p| p.to_string()).collect();
+        let list: PortList = all.join(",").parse().expect("every port parses");
+        assert_eq!(list.iter().count(), 65_536);
+        let list: PortList = "81, 80,81".parse().expect("spaces and duplicates are fine");
+        assert_eq!(list.to_string(), "80,81");
+    }
+
+    #[test]
+    fn bad_port_lists_are_rejected_with_the_culprit() {
+        for (list, culprit) in [
+            ("80,x", "'x'"),
+            ("70000", "'70000'"),
+            ("", "''"),
+            ("80,", "''"),
+            ("-1", "'-1'"),
+        ] {
+            let err = list.parse::<PortList>().expect_err(list);
+            assert!(err.contains(culprit), "{list}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_map_to_config() {
+        let config = parse(&["-stT", "-L", "80,81", "-D", "443", "-6"]).expect("valid flags");
+        assert_eq!(config.format, Format::Csv);
+        assert_eq!(
+            config.time_columns,
+            TimeColumns {
+                clock: true,
+                elapsed: true
+            }
+        );
+        assert_eq!(config.family, Some(AF_INET6));
+        assert_eq!(
+            config.local_ports.map(|p| p.to_string()).as_deref(),
+            Some("80,81")
+        );
+        assert_eq!(
+            config.remote_ports.map(|p| p.to_string()).as_deref(),
+            Some("443")
+        );
+        assert_eq!(config.ring_buffer_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn conflicting_flags_are_usage_errors() {
+        for args in [
+            &["-4", "-6"][..],
+            &["-s", "--json"],
+            &["-L", "80,x"],
+            &["--ring-buffer-mib", "3"],
+            &["-x"],
+        ] {
+            let err = parse(args).expect_err("must be rejected");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

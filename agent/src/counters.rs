@@ -1,0 +1,126 @@
+//! Loss accounting: the kernel program's own counters plus the kernel's count of runs of the
+//! program it skipped (BPF recursion protection), so that no event is ever lost silently.
+
+use std::{
+    fmt, fs, io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use agent_common::counters::Counter;
+use aya::{
+    maps::{MapData, MapError, PerCpuArray},
+    programs::ProgramFd,
+};
+
+/// Reads the counters of a loaded program.
+pub struct KernelCounters {
+    map: PerCpuArray<MapData, u64>,
+    program: ProgramFd,
+}
+
+/// A snapshot of the counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Transitions that passed the filters.
+    pub seen: u64,
+    /// Transitions dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Program runs the kernel skipped because a BPF program was already running on that CPU;
+    /// `None` on kernels that do not report it (before 5.12).
+    pub recursion: Option<u64>,
+    /// Transitions whose tracepoint record could not be read.
+    pub unreadable: u64,
+    /// Transitions of sockets of an unknown address family (skipped, not lost).
+    pub unknown_family: u64,
+}
+
+impl Counts {
+    /// Every event the kernel side could not deliver.
+    pub fn lost(&self) -> u64 {
+        self.ring_full + self.recursion.unwrap_or(0) + self.unreadable
+    }
+}
+
+impl fmt::Display for Counts {
+    /// `L lost (A ring buffer full, B BPF recursion, C unreadable)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} lost ({} ring buffer full, ",
+            self.lost(),
+            self.ring_full
+        )?;
+        match self.recursion {
+            Some(recursion) => write!(f, "{recursion} BPF recursion, ")?,
+            None => write!(f, "BPF recursion not reported by this kernel, ")?,
+        }
+        write!(f, "{} unreadable)", self.unreadable)
+    }
+}
+
+impl KernelCounters {
+    /// Wraps the program's `COUNTERS` map and the program itself.
+    pub fn new(map: PerCpuArray<MapData, u64>, program: ProgramFd) -> Self {
+        Self { map, program }
+    }
+
+    /// Reads every counter.
+    pub fn read(&self) -> Result<Counts, MapError> {
+        let sum = |counter: Counter| -> Result<u64, MapError> {
+            Ok(self.map.get(&(counter as u32), 0)?.iter().sum())
+        };
+        Ok(Counts {
+            seen: sum(Counter::Seen)?,
+            ring_full: sum(Counter::RingFull)?,
+            recursion: recursion_misses(&self.program).ok().flatten(),
+            unreadable: sum(Counter::ReadError)?,
+            unknown_family: sum(Counter::UnknownFamily)?,
+        })
+    }
+}
+
+/// The program's `recursion_misses` from its fdinfo (Linux ≥ 5.12).
+fn recursion_misses(program: &ProgramFd) -> io::Result<Option<u64>> {
+    let fd = program.as_fd().as_raw_fd();
+    let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    Ok(fdinfo_field(&fdinfo, "recursion_misses"))
+}
+
+fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursion_misses_is_read_from_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t90\n";
+        assert_eq!(fdinfo_field(fdinfo, "recursion_misses"), Some(17));
+        assert_eq!(fdinfo_field("prog_type:\t5\n", "recursion_misses"), None);
+    }
+
+    #[test]
+    fn summary_names_every_cause() {
+        let counts = Counts {
+            seen: 10,
+            ring_full: 2,
+            recursion: Some(3),
+            unreadable: 1,
+            unknown_family: 0,
+        };
+        assert_eq!(
+            counts.to_string(),
+            "6 lost (2 ring buffer full, 3 BPF recursion, 1 unreadable)"
+        );
+        let old_kernel = Counts {
+            recursion: None,
+            ..counts
+        };
+        assert_eq!(old_kernel.lost(), 3);
+    }
+}

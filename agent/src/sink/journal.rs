@@ -1,0 +1,125 @@
+//! `-Y`: each state change also logged to the systemd journal, with bcc's structured fields.
+
+use std::{net::IpAddr, path::Path};
+
+use agent_common::decode::StateChange;
+use libsystemd::logging::{self, Priority};
+
+/// The journal's native-protocol socket.
+pub const SOCKET: &str = "/run/systemd/journal/socket";
+
+/// The journal is not there to log to.
+#[derive(Debug, thiserror::Error)]
+#[error("-Y needs the systemd journal, but {SOCKET} does not exist (is systemd-journald running?)")]
+pub struct JournalUnavailable;
+
+/// Sends state changes to the journal.
+pub struct JournalSink {
+    /// Whether to send `OBJECT_COMM`; as root, journald fills it in from `OBJECT_PID` itself.
+    send_comm: bool,
+}
+
+impl JournalSink {
+    /// A sink for the local journal; fails when journald's socket is absent.
+    pub fn connect() -> Result<Self, JournalUnavailable> {
+        if !Path::new(SOCKET).exists() {
+            return Err(JournalUnavailable);
+        }
+        Ok(Self {
+            send_comm: !nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    /// Sends one change.
+    pub fn write(&mut self, change: &StateChange) -> Result<(), libsystemd::errors::SdError> {
+        let fields = fields(change, self.send_comm);
+        let message = message(change);
+        logging::journal_send(Priority::Notice, &message, fields.into_iter())
+    }
+}
+
+/// `curl 127.0.0.1 0 → 127.0.0.1 80 CLOSE → SYN_SENT`, as bcc words it.
+fn message(change: &StateChange) -> String {
+    format!(
+        "{} {} {} → {} {} {} → {}",
+        change.comm.to_str_lossy(),
+        change.local_addr,
+        change.local_port,
+        change.remote_addr,
+        change.remote_port,
+        change.oldstate,
+        change.newstate
+    )
+}
+
+fn fields(change: &StateChange, send_comm: bool) -> Vec<(&'static str, String)> {
+    let (source, destination) = match change.local_addr {
+        IpAddr::V4(_) => (
+            "OBJECT_IPV4_SOURCE_ADDRESS",
+            "OBJECT_IPV4_DESTINATION_ADDRESS",
+        ),
+        IpAddr::V6(_) => (
+            "OBJECT_IPV6_SOURCE_ADDRESS",
+            "OBJECT_IPV6_DESTINATION_ADDRESS",
+        ),
+    };
+    let mut fields = vec![
+        ("SYSLOG_IDENTIFIER", "tcpstates".to_owned()),
+        ("OBJECT_PID", change.pid.to_string()),
+        (source, change.local_addr.to_string()),
+        ("OBJECT_TCP_SOURCE_PORT", change.local_port.to_string()),
+        (destination, change.remote_addr.to_string()),
+        (
+            "OBJECT_TCP_DESTINATION_PORT",
+            change.remote_port.to_string(),
+        ),
+        ("OBJECT_TCP_OLD_STATE", change.oldstate.to_string()),
+        ("OBJECT_TCP_NEW_STATE", change.newstate.to_string()),
+        ("OBJECT_TCP_SPAN_TIME", change.span_us().to_string()),
+        ("TCPSTATES_SKADDR", format!("{:x}", change.skaddr)),
+    ];
+    if send_comm {
+        fields.push(("OBJECT_COMM", change.comm.to_str_lossy().into_owned()));
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::fixtures;
+
+    #[test]
+    fn fields_follow_bcc() {
+        let change = fixtures::example()[2];
+        let fields = fields(&change, true);
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        assert_eq!(get("SYSLOG_IDENTIFIER"), Some("tcpstates"));
+        assert_eq!(get("OBJECT_PID"), Some("22384"));
+        assert_eq!(get("OBJECT_COMM"), Some("curl"));
+        assert_eq!(get("OBJECT_IPV4_SOURCE_ADDRESS"), Some("100.66.100.185"));
+        assert_eq!(get("OBJECT_TCP_SOURCE_PORT"), Some("63446"));
+        assert_eq!(get("OBJECT_IPV4_DESTINATION_ADDRESS"), Some("52.33.159.26"));
+        assert_eq!(get("OBJECT_TCP_DESTINATION_PORT"), Some("80"));
+        assert_eq!(get("OBJECT_TCP_OLD_STATE"), Some("ESTABLISHED"));
+        assert_eq!(get("OBJECT_TCP_NEW_STATE"), Some("FIN_WAIT1"));
+        assert_eq!(get("OBJECT_TCP_SPAN_TIME"), Some("176042"));
+        assert_eq!(get("TCPSTATES_SKADDR"), Some("ffff9fd7e8192000"));
+        assert_eq!(
+            message(&change),
+            "curl 100.66.100.185 63446 → 52.33.159.26 80 ESTABLISHED → FIN_WAIT1"
+        );
+        assert_eq!(
+            super::fields(&change, false)
+                .iter()
+                .filter(|(k, _)| *k == "OBJECT_COMM")
+                .count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! One JSON object per line (`--json`), with every field and the kernel timestamp in ns.
+
+use std::io::{self, Write};
+
+use agent_common::decode::StateChange;
+use serde::Serialize;
+
+use super::Sink;
+use crate::clock::WallClock;
+
+/// Writes state changes as JSON lines.
+pub struct JsonSink<W> {
+    out: W,
+    clock: WallClock,
+}
+
+/// The JSON form of a [`StateChange`].
+#[derive(Serialize)]
+struct Record<'a> {
+    /// Kernel CLOCK_MONOTONIC nanoseconds.
+    ts_ns: u64,
+    /// Wall-clock time, RFC 3339 in UTC with nanoseconds.
+    time: String,
+    skaddr: String,
+    pid: u32,
+    comm: &'a str,
+    ip: u8,
+    laddr: String,
+    lport: u16,
+    raddr: String,
+    rport: u16,
+    oldstate: String,
+    newstate: String,
+    span_ns: u64,
+    ms: f64,
+}
+
+impl<W: Write> JsonSink<W> {
+    /// A sink writing to `out`.
+    pub fn new(out: W, clock: WallClock) -> Self {
+        Self { out, clock }
+    }
+}
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn start(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&mut self, change: &StateChange) -> io::Result<()> {
+        let comm = change.comm.to_str_lossy();
+        let record = Record {
+            ts_ns: change.ts_ns,
+            time: self
+                .clock
+                .utc(change.ts_ns)
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            skaddr: format!("{:x}", change.skaddr),
+            pid: change.pid,
+            comm: &comm,
+            ip: change.ip_version(),
+            laddr: change.local_addr.to_string(),
+            lport: change.local_port,
+            raddr: change.remote_addr.to_string(),
+            rport: change.remote_port,
+            oldstate: change.oldstate.to_string(),
+            newstate: change.newstate.to_string(),
+            span_ns: change.span_ns,
+            ms: change.span_ns as f64 / 1e6,
+        };
+        serde_json::to_writer(&mut self.out, &record)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::fixtures::{self, SharedBuf};
+
+    #[test]
+    fn one_object_per_line_with_every_field() {
+        let buf = SharedBuf::default();
+        let text = fixtures::render(JsonSink::new(buf.clone(), fixtures::clock()), &buf);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 5);
+        let second = &lines[1];
+        assert_eq!(second["ts_ns"], fixtures::FIRST_NS + 1_373_000);
+        assert_eq!(second["time"], "2018-03-20T09:41:07.251373000Z");
+        assert_eq!(second["skaddr"], "ffff9fd7e8192000");
+        assert_eq!(second["pid"], 0);
+        assert_eq!(second["comm"], "swapper/5");
+        assert_eq!(second["ip"], 4);
+        assert_eq!(second["laddr"], "100.66.100.185");
+        assert_eq!(second["lport"], 63446);
+        assert_eq!(second["raddr"], "52.33.159.26");
+        assert_eq!(second["rport"], 80);
+        assert_eq!(second["oldstate"], "SYN_SENT");
+        assert_eq!(second["newstate"], "ESTABLISHED");
+        assert_eq!(second["span_ns"], 1_373_999);
+        assert_eq!(second["ms"], 1.373999);
+    }
+}

@@ -1,0 +1,163 @@
+//! Sinks: where decoded state changes go. A sink formats and writes; it never parses.
+//!
+//! Standard output gets exactly one of [`table`], [`csv`] or [`json`]; [`journal`] can be
+//! added beside it with `-Y`.
+
+pub mod csv;
+pub mod journal;
+pub mod json;
+pub mod table;
+
+use std::io::{self, Write};
+
+use agent_common::decode::StateChange;
+use chrono::Local;
+
+use crate::{
+    clock::WallClock,
+    config::{Config, Format},
+};
+
+/// A destination for state changes.
+pub trait Sink {
+    /// Writes what precedes the first change, such as a header.
+    fn start(&mut self) -> io::Result<()>;
+    /// Writes one change.
+    fn write(&mut self, change: &StateChange) -> io::Result<()>;
+    /// Pushes out whatever is buffered.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// The standard-output sink that `config` asks for, writing to `out`.
+pub fn output<W: Write + 'static>(config: &Config, clock: WallClock, out: W) -> Box<dyn Sink> {
+    match config.format {
+        Format::Table => Box::new(table::TableSink::new(
+            out,
+            config.wide,
+            config.time_columns,
+            clock,
+            Local,
+        )),
+        Format::Csv => Box::new(csv::CsvSink::new(out, config.time_columns, clock, Local)),
+        Format::Json => Box::new(json::JsonSink::new(out, clock)),
+    }
+}
+
+/// Seconds since the first event, as the `TIME(s)` column shows them.
+#[derive(Debug, Default)]
+struct Elapsed {
+    first_ns: Option<u64>,
+}
+
+impl Elapsed {
+    fn seconds(&mut self, ts_ns: u64) -> f64 {
+        let first = *self.first_ns.get_or_insert(ts_ns);
+        ts_ns.saturating_sub(first) as f64 / 1e9
+    }
+}
+
+/// Duration in milliseconds with three decimals, from whole microseconds (bcc's `MS`).
+struct Millis(u64);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1_000, self.0 % 1_000)
+    }
+}
+
+#[cfg(test)]
+mod fixtures {
+    //! The example session of the seeds' `tcpstates_example.txt`, as kernel events.
+    use std::{
+        cell::RefCell,
+        io::{self, Write},
+        net::{IpAddr, Ipv4Addr},
+        rc::Rc,
+    };
+
+    use agent_common::{
+        decode::{Comm, StateChange, TcpState},
+        event::COMM_LEN,
+    };
+
+    use crate::clock::WallClock;
+
+    /// Kernel time of the first event.
+    pub const FIRST_NS: u64 = 3_600_000_000_000;
+
+    /// A clock that puts [`FIRST_NS`] at 2018-03-20 09:41:07.250 UTC.
+    pub fn clock() -> WallClock {
+        WallClock::from_epoch_at_boot_ns(1_521_538_867_250_000_000 - i128::from(FIRST_NS))
+    }
+
+    fn comm(name: &str) -> Comm {
+        let mut bytes = [0; COMM_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Comm::new(bytes)
+    }
+
+    /// (pid, comm, lport, oldstate, newstate, span µs) of each line of the example.
+    const LINES: [(u32, &str, u16, u32, u32, u64); 5] = [
+        (22384, "curl", 0, 7, 2, 0),
+        (0, "swapper/5", 63446, 2, 1, 1_373),
+        (22384, "curl", 63446, 1, 4, 176_042),
+        (0, "swapper/5", 63446, 4, 5, 536),
+        (0, "swapper/5", 63446, 5, 7, 6),
+    ];
+
+    /// The example's five events; each happens `span` after the previous one.
+    pub fn example() -> Vec<StateChange> {
+        let mut ts_ns = FIRST_NS;
+        LINES
+            .iter()
+            .map(|&(pid, name, lport, old, new, span_us)| {
+                ts_ns += span_us * 1_000;
+                StateChange {
+                    ts_ns,
+                    skaddr: 0xffff_9fd7_e819_2000,
+                    span_ns: span_us * 1_000 + 999,
+                    pid,
+                    comm: comm(name),
+                    local_addr: IpAddr::V4(Ipv4Addr::new(100, 66, 100, 185)),
+                    local_port: lport,
+                    remote_addr: IpAddr::V4(Ipv4Addr::new(52, 33, 159, 26)),
+                    remote_port: 80,
+                    oldstate: TcpState(old),
+                    newstate: TcpState(new),
+                }
+            })
+            .collect()
+    }
+
+    /// A writer whose bytes stay readable after the sink that owns a clone of it is gone.
+    #[derive(Clone, Default)]
+    pub struct SharedBuf(Rc<RefCell<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SharedBuf {
+        /// Takes what was written so far.
+        pub fn text(&self) -> String {
+            String::from_utf8(self.0.take()).expect("UTF-8 output")
+        }
+    }
+
+    /// Runs `sink`, which writes to `buf`, over the example and returns what it wrote.
+    pub fn render(mut sink: impl super::Sink, buf: &SharedBuf) -> String {
+        sink.start().expect("start");
+        for change in example() {
+            sink.write(&change).expect("write");
+        }
+        sink.flush().expect("flush");
+        buf.text()
+    }
+}

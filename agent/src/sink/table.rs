@@ -1,0 +1,213 @@
+//! bcc's column layouts: the default one, and `-w` with an IP column and room for any IPv6
+//! address (39 characters), each optionally led by `TIME` (`-T`) and `TIME(s)` (`-t`).
+
+use std::io::{self, Write};
+
+use agent_common::decode::StateChange;
+use chrono::{DateTime, TimeZone};
+
+use super::{Elapsed, Millis, Sink};
+use crate::{clock::WallClock, config::TimeColumns};
+
+/// Width of an address column in the wide layout: the longest IPv6 text form.
+const WIDE_ADDR: usize = 39;
+
+/// Writes state changes as aligned columns.
+pub struct TableSink<W, Tz> {
+    out: W,
+    wide: bool,
+    time_columns: TimeColumns,
+    clock: WallClock,
+    zone: Tz,
+    elapsed: Elapsed,
+}
+
+impl<W: Write, Tz: TimeZone> TableSink<W, Tz>
+where
+    Tz::Offset: std::fmt::Display,
+{
+    /// A sink writing to `out`; `zone` is the time zone of the `TIME` column.
+    pub fn new(out: W, wide: bool, time_columns: TimeColumns, clock: WallClock, zone: Tz) -> Self {
+        Self {
+            out,
+            wide,
+            time_columns,
+            clock,
+            zone,
+            elapsed: Elapsed::default(),
+        }
+    }
+
+    fn write_time_columns(&mut self, ts_ns: u64) -> io::Result<()> {
+        if self.time_columns.clock {
+            let time: DateTime<Tz> = self.clock.utc(ts_ns).with_timezone(&self.zone);
+            write!(self.out, "{:<8} ", time.format("%H:%M:%S"))?;
+        }
+        if self.time_columns.elapsed {
+            write!(self.out, "{:<9.6} ", self.elapsed.seconds(ts_ns))?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write, Tz: TimeZone> Sink for TableSink<W, Tz>
+where
+    Tz::Offset: std::fmt::Display,
+{
+    fn start(&mut self) -> io::Result<()> {
+        if self.time_columns.clock {
+            write!(self.out, "{:<8} ", "TIME")?;
+        }
+        if self.time_columns.elapsed {
+            write!(self.out, "{:<9} ", "TIME(s)")?;
+        }
+        let (skaddr, pid, comm, ip, laddr, lport, raddr, rport, old, new, ms) = (
+            "SKADDR", "C-PID", "C-COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "OLDSTATE",
+            "NEWSTATE", "MS",
+        );
+        if self.wide {
+            writeln!(
+                self.out,
+                "{skaddr:<16} {pid:<5} {comm:<16.16} {ip:<2} {laddr:<WIDE_ADDR$} {lport:<5} \
+                 {raddr:<WIDE_ADDR$} {rport:<5} {old:<11} -> {new:<11} {ms}"
+            )?;
+        } else {
+            writeln!(
+                self.out,
+                "{skaddr:<16} {pid:<5} {comm:<10.10} {laddr:<15} {lport:<5} {raddr:<15} {rport:<5} \
+                 {old:<11} -> {new:<11} {ms}"
+            )?;
+        }
+        self.out.flush()
+    }
+
+    fn write(&mut self, change: &StateChange) -> io::Result<()> {
+        self.write_time_columns(change.ts_ns)?;
+        let comm = change.comm.to_str_lossy();
+        let ms = Millis(change.span_us());
+        if self.wide {
+            writeln!(
+                self.out,
+                "{:<16x} {:<5} {:<16.16} {:<2} {:<WIDE_ADDR$} {:<5} {:<WIDE_ADDR$} {:<5} {:<11} -> {:<11} {ms}",
+                change.skaddr,
+                change.pid,
+                comm,
+                change.ip_version(),
+                change.local_addr,
+                change.local_port,
+                change.remote_addr,
+                change.remote_port,
+                change.oldstate,
+                change.newstate,
+            )
+        } else {
+            writeln!(
+                self.out,
+                "{:<16x} {:<5} {:<10.10} {:<15} {:<5} {:<15} {:<5} {:<11} -> {:<11} {ms}",
+                change.skaddr,
+                change.pid,
+                comm,
+                change.local_addr,
+                change.local_port,
+                change.remote_addr,
+                change.remote_port,
+                change.oldstate,
+                change.newstate,
+            )
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::sink::fixtures::{self, SharedBuf};
+
+    fn render(wide: bool, clock: bool, elapsed: bool) -> String {
+        let buf = SharedBuf::default();
+        let time_columns = TimeColumns { clock, elapsed };
+        fixtures::render(
+            TableSink::new(buf.clone(), wide, time_columns, fixtures::clock(), Utc),
+            &buf,
+        )
+    }
+
+    #[test]
+    fn default_layout_matches_the_seed_example_byte_for_byte() {
+        assert_eq!(
+            render(false, false, false),
+            include_str!("fixtures/default.txt")
+        );
+    }
+
+    #[test]
+    fn wide_layout() {
+        assert_eq!(
+            render(true, false, false),
+            include_str!("fixtures/wide.txt")
+        );
+    }
+
+    #[test]
+    fn elapsed_seconds_column() {
+        assert_eq!(
+            render(false, false, true),
+            include_str!("fixtures/timestamp.txt")
+        );
+    }
+
+    #[test]
+    fn clock_column() {
+        assert_eq!(
+            render(false, true, false),
+            include_str!("fixtures/time.txt")
+        );
+    }
+
+    #[test]
+    fn wide_layout_keeps_the_longest_ipv6_address_whole_and_aligned() {
+        let buf = SharedBuf::default();
+        let mut sink = TableSink::new(
+            buf.clone(),
+            true,
+            TimeColumns::default(),
+            fixtures::clock(),
+            Utc,
+        );
+        let longest = IpAddr::V6(Ipv6Addr::new(
+            0xfe80, 0xabcd, 0x1234, 0x5678, 0x9abc, 0xdef0, 0x1111, 0x2222,
+        ));
+        let mut change = fixtures::example()[1];
+        change.local_addr = longest;
+        change.remote_addr = longest;
+        sink.start().expect("header");
+        sink.write(&change).expect("row");
+        let text = buf.text();
+        let mut lines = text.lines();
+        let header = lines.next().expect("header");
+        let row = lines.next().expect("row");
+        assert_eq!(longest.to_string().len(), WIDE_ADDR);
+        assert!(row.contains(&longest.to_string()));
+        for column in ["LPORT", "RADDR", "RPORT", "OLDSTATE", "MS"] {
+            let at = header.find(column).expect(column);
+            assert_eq!(
+                &row[at - 1..at],
+                " ",
+                "{column} starts a column in the row too"
+            );
+            assert_ne!(
+                &row[at..at + 1],
+                " ",
+                "{column} value starts where its header does"
+            );
+        }
+    }
+}

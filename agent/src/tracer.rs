@@ -1,0 +1,184 @@
+//! The event loop: drain the ring buffer, decode each record, hand it to the sinks; report
+//! every loss as it happens; on SIGINT or SIGTERM detach, drain what is left and account for
+//! every event.
+
+use std::{
+    io::{self, ErrorKind},
+    mem::size_of,
+    time::Duration,
+};
+
+use agent_common::{decode::decode, event::RawStateChange};
+use aya::maps::{MapData, MapError, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval},
+};
+
+use crate::{
+    counters::Counts,
+    probe::Probe,
+    sink::{Sink, journal::JournalSink},
+};
+
+/// How often the ring buffer is drained when the kernel has not woken us (it only does when
+/// the buffer fills past its wake-up mark): the bound on how late a line can appear.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the loss counters are checked.
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why tracing stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// Writing the output failed (other than the reader going away).
+    #[error("writing output: {0}")]
+    Output(#[source] io::Error),
+    /// Polling the ring buffer or installing signal handlers failed.
+    #[error("event loop: {0}")]
+    Poll(#[source] io::Error),
+    /// The kernel counters could not be read.
+    #[error("reading the kernel counters: {0}")]
+    Counters(#[source] MapError),
+}
+
+/// The account of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events handed to the output.
+    pub written: u64,
+    /// Records that could not be decoded (too short or of an unknown family).
+    pub undecodable: u64,
+    /// Journal entries that could not be sent.
+    pub journal_failures: u64,
+    /// The kernel counters at the end.
+    pub counts: Counts,
+}
+
+/// Where decoded events go, and what happened to them.
+struct Delivery {
+    output: Box<dyn Sink>,
+    journal: Option<JournalSink>,
+    summary: Summary,
+    /// The reader of standard output went away: stop quietly.
+    closed: bool,
+}
+
+impl Delivery {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), TraceError> {
+        let mut any = false;
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<RawStateChange>() {
+                self.summary.undecodable += 1;
+                continue;
+            }
+            // SAFETY: the record is at least as long as `RawStateChange`, which is plain old
+            // data; the read copes with any alignment.
+            let raw = unsafe { item.as_ptr().cast::<RawStateChange>().read_unaligned() };
+            drop(item);
+            let Ok(change) = decode(&raw) else {
+                self.summary.undecodable += 1;
+                continue;
+            };
+            if !self.closed {
+                let written = self.output.write(&change);
+                self.output_result(written)?;
+            }
+            if let Some(journal) = &mut self.journal
+                && let Err(err) = journal.write(&change)
+            {
+                if self.summary.journal_failures == 0 {
+                    eprintln!("tcpstates: cannot log to the journal: {err}");
+                }
+                self.summary.journal_failures += 1;
+            }
+            self.summary.written += 1;
+            any = true;
+        }
+        if any && !self.closed {
+            let flushed = self.output.flush();
+            self.output_result(flushed)?;
+        }
+        Ok(())
+    }
+
+    fn output_result(&mut self, result: io::Result<()>) -> Result<(), TraceError> {
+        match result {
+            Err(err) if err.kind() == ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other.map_err(TraceError::Output),
+        }
+    }
+}
+
+/// Traces until SIGINT or SIGTERM (or until standard output is closed), then detaches and
+/// drains what is left. Prints the header and the ready line once tracing has started.
+pub async fn trace(
+    probe: Probe,
+    mut output: Box<dyn Sink>,
+    journal: Option<JournalSink>,
+) -> Result<Summary, TraceError> {
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(TraceError::Poll)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(TraceError::Poll)?;
+    output.start().map_err(TraceError::Output)?;
+    eprintln!("Tracing TCP state changes. Hit Ctrl-C to end.");
+
+    let mut delivery = Delivery {
+        output,
+        journal,
+        summary: Summary::default(),
+        closed: false,
+    };
+    let mut reported = Counts::default();
+    let mut drain_tick = interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut loss_tick = interval(LOSS_CHECK_INTERVAL);
+    loss_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let Probe {
+        mut attachment,
+        events,
+        counters,
+    } = probe;
+    // SAFETY: `RingBuf` owns its map's file descriptor, keeps it open while it lives, and
+    // `as_raw_fd` always returns that descriptor; the `AsyncFd` owns the `RingBuf`.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|err| TraceError::Poll(err.into_parts().1))?;
+    loop {
+        tokio::select! {
+            readable = events.readable_mut() => {
+                let mut guard = readable.map_err(TraceError::Poll)?;
+                delivery.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => delivery.drain(events.get_mut())?,
+            _ = loss_tick.tick() => {
+                let counts = counters.read().map_err(TraceError::Counters)?;
+                report_growth(&reported, &counts);
+                reported = counts;
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+        if delivery.closed {
+            break;
+        }
+    }
+    attachment.detach();
+    delivery.drain(events.get_mut())?;
+    delivery.summary.counts = counters.read().map_err(TraceError::Counters)?;
+    report_growth(&reported, &delivery.summary.counts);
+    Ok(delivery.summary)
+}
+
+/// Says on standard error how many more events were lost since the last report.
+fn report_growth(before: &Counts, now: &Counts) {
+    if now.lost() > before.lost() {
+        eprintln!(
+            "tcpstates: {} more events lost; {now} so far",
+            now.lost() - before.lost()
+        );
+    }
+}
