@@ -1,0 +1,213 @@
+//! TCP traffic the tests make inside their own namespace, and the exact transitions the kernel
+//! reports for each scenario (measured on this machine; see shared/NOTES.md).
+//!
+//! Every scenario closes its sockets in a fixed order (the second end closes only after it has
+//! read the first end's FIN or RST), so no simultaneous close makes the sequences vary.
+
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::thread;
+use std::time::Duration;
+
+use crate::agent::EVENT_TIMEOUT;
+use crate::netns::Netns;
+
+/// A socket life as `(OLDSTATE, NEWSTATE)` pairs, in order.
+pub type Transitions = &'static [(&'static str, &'static str)];
+
+/// A listening socket, from `listen()` to `close()`.
+pub const LISTENER: Transitions = &[("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")];
+
+/// A client whose `connect()` is refused (nothing listens on the port).
+pub const REFUSED: Transitions = &[("CLOSE", "SYN_SENT"), ("SYN_SENT", "CLOSE")];
+
+/// A client that closes first.
+pub const CLIENT_CLOSING_FIRST: Transitions = &[
+    ("CLOSE", "SYN_SENT"),
+    ("SYN_SENT", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "FIN_WAIT2"),
+    ("FIN_WAIT2", "CLOSE"),
+];
+
+/// A client whose server closes first.
+pub const CLIENT_CLOSED_BY_PEER: Transitions = &[
+    ("CLOSE", "SYN_SENT"),
+    ("SYN_SENT", "ESTABLISHED"),
+    ("ESTABLISHED", "CLOSE_WAIT"),
+    ("CLOSE_WAIT", "LAST_ACK"),
+    ("LAST_ACK", "CLOSE"),
+];
+
+/// An accepted (server child) socket that closes first.
+pub const SERVER_CLOSING_FIRST: Transitions = &[
+    ("LISTEN", "SYN_RECV"),
+    ("SYN_RECV", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "FIN_WAIT2"),
+    ("FIN_WAIT2", "CLOSE"),
+];
+
+/// An accepted socket whose client closes first.
+pub const SERVER_CLOSED_BY_PEER: Transitions = &[
+    ("LISTEN", "SYN_RECV"),
+    ("SYN_RECV", "ESTABLISHED"),
+    ("ESTABLISHED", "CLOSE_WAIT"),
+    ("CLOSE_WAIT", "LAST_ACK"),
+    ("LAST_ACK", "CLOSE"),
+];
+
+/// A client that aborts an established connection (SO_LINGER 0, then close: an RST).
+pub const CLIENT_RESET: Transitions = &[
+    ("CLOSE", "SYN_SENT"),
+    ("SYN_SENT", "ESTABLISHED"),
+    ("ESTABLISHED", "CLOSE"),
+];
+
+/// The accepted socket that receives that RST.
+pub const SERVER_RESET: Transitions = &[
+    ("LISTEN", "SYN_RECV"),
+    ("SYN_RECV", "ESTABLISHED"),
+    ("ESTABLISHED", "CLOSE"),
+];
+
+/// Which end of a connection closes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    /// The connecting end.
+    Client,
+    /// The accepted socket.
+    Server,
+}
+
+impl Closer {
+    /// The transitions of the client socket when this end closes first.
+    pub fn client_transitions(self) -> Transitions {
+        match self {
+            Closer::Client => CLIENT_CLOSING_FIRST,
+            Closer::Server => CLIENT_CLOSED_BY_PEER,
+        }
+    }
+
+    /// The transitions of the accepted socket when this end closes first.
+    pub fn server_transitions(self) -> Transitions {
+        match self {
+            Closer::Client => SERVER_CLOSED_BY_PEER,
+            Closer::Server => SERVER_CLOSING_FIRST,
+        }
+    }
+}
+
+/// The two ends of a connection a scenario made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    /// The client socket's local address (its ephemeral port).
+    pub client: SocketAddr,
+    /// The address the server listened on.
+    pub server: SocketAddr,
+}
+
+/// In `ns`: listens on `server`, connects to it, accepts, keeps both ends ESTABLISHED for `hold`,
+/// closes the `closer` end, closes the other end once it has read the FIN, then closes the
+/// listener. Produces [`LISTENER`] plus the `closer`'s client and server transitions.
+pub fn connect_and_close(
+    ns: &Netns,
+    server: SocketAddr,
+    hold: Duration,
+    closer: Closer,
+) -> Connection {
+    ns.run(|| {
+        let listener = listen(server);
+        let client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
+        let (accepted, _) = listener.accept().expect("accept");
+        let connection = Connection {
+            client: client.local_addr().expect("client address"),
+            server,
+        };
+        if !hold.is_zero() {
+            // Holding the connection open is what a timing test measures.
+            thread::sleep(hold);
+        }
+        let (first, second) = match closer {
+            Closer::Client => (client, accepted),
+            Closer::Server => (accepted, client),
+        };
+        drop(first);
+        let read = read_once(&second).expect("read the peer's FIN");
+        assert_eq!(read, 0, "expected end of stream after the peer closed");
+        drop(second);
+        drop(listener);
+        connection
+    })
+}
+
+/// In `ns`: connects to `server`, where nothing listens, and checks that the connection is
+/// refused. Produces [`REFUSED`].
+pub fn connect_refused(ns: &Netns, server: SocketAddr) {
+    ns.run(|| match TcpStream::connect(server) {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        other => panic!("connect {server}: expected a refusal, got {other:?}"),
+    })
+}
+
+/// In `ns`: listens on `addr`, then closes the listener. Produces [`LISTENER`].
+pub fn listen_and_close(ns: &Netns, addr: SocketAddr) {
+    ns.run(|| drop(listen(addr)))
+}
+
+/// In `ns`: connects to a listener on `server`, then the client aborts with SO_LINGER 0 and
+/// `close()`; the accepted socket reads the reset before it is closed, then the listener.
+/// Produces [`LISTENER`], [`CLIENT_RESET`] and [`SERVER_RESET`].
+pub fn connect_and_reset(ns: &Netns, server: SocketAddr) -> Connection {
+    ns.run(|| {
+        let listener = listen(server);
+        let client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
+        let (accepted, _) = listener.accept().expect("accept");
+        let connection = Connection {
+            client: client.local_addr().expect("client address"),
+            server,
+        };
+        set_linger_zero(&client);
+        drop(client);
+        match read_once(&accepted) {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("expected a reset on the accepted socket, got {other:?}"),
+        }
+        drop(accepted);
+        drop(listener);
+        connection
+    })
+}
+
+fn listen(addr: SocketAddr) -> TcpListener {
+    TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}"))
+}
+
+/// One `read()` of up to 16 bytes, waiting at most [`EVENT_TIMEOUT`].
+fn read_once(mut stream: &TcpStream) -> std::io::Result<usize> {
+    stream.set_read_timeout(Some(EVENT_TIMEOUT))?;
+    stream.read(&mut [0; 16])
+}
+
+/// SO_LINGER {on, 0 s}: `close()` then sends an RST instead of a FIN (std's `set_linger` is
+/// still unstable).
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).expect("small size");
+    // SAFETY: the fd is a live socket owned by `stream`; the option value points to a `linger`
+    // of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            len,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
