@@ -1,0 +1,350 @@
+//! The results of the bench's runs and the table that summarises them.
+
+use std::time::Duration;
+
+use super::count::LineCounts;
+use super::load::LoadResult;
+use super::summary::Summary;
+
+/// State changes the kernel reports per load-generator connection (5 per side).
+pub const EVENTS_PER_CONNECTION: u64 = 10;
+/// State changes of the load generator's listener per run (CLOSE→LISTEN, LISTEN→CLOSE).
+pub const LISTENER_EVENTS: u64 = 2;
+
+/// What a tracer did during one run.
+#[derive(Debug)]
+pub struct TracerRun {
+    /// Its user plus system CPU time over the whole run, start to exit.
+    pub cpu: Duration,
+    /// How it ended.
+    pub exit: String,
+    /// Its output's line counts.
+    pub lines: LineCounts,
+    /// Its own event counts (tcpstates only; peers print none).
+    pub summary: Option<Summary>,
+}
+
+/// One run of one configuration.
+#[derive(Debug)]
+pub struct Run {
+    /// What the load generator reported.
+    pub load: LoadResult,
+    /// The tracer's side, if one ran.
+    pub tracer: Option<TracerRun>,
+}
+
+impl Run {
+    /// Events the tracer should have printed for the bench's port.
+    pub fn expected_events(&self) -> u64 {
+        EVENTS_PER_CONNECTION * self.load.connections + LISTENER_EVENTS
+    }
+}
+
+/// A configuration (no tracer, tcpstates, a peer) and its runs.
+#[derive(Debug)]
+pub struct Config {
+    /// Column title.
+    pub name: String,
+    /// Its runs, one per round.
+    pub runs: Vec<Run>,
+}
+
+impl Config {
+    /// Median connection rate of its runs.
+    pub fn median_rate(&self) -> f64 {
+        median(self.runs.iter().map(|run| run.load.rate).collect())
+    }
+}
+
+/// The median of `values` (mean of the middle two for an even count; 0 if empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// One line of progress for a finished run.
+pub fn progress(round: u32, rounds: u32, name: &str, run: &Run) -> String {
+    let mut line = format!(
+        "bench: round {round}/{rounds} {name}: {:.0} conn/s ({} connections, {} failed)",
+        run.load.rate, run.load.connections, run.load.failed
+    );
+    if let Some(tracer) = &run.tracer {
+        line.push_str(&format!(
+            ", {} of {} events printed, cpu {:.2} s, {}",
+            tracer.lines.matched,
+            run.expected_events(),
+            tracer.cpu.as_secs_f64(),
+            tracer.exit
+        ));
+        if let Some(summary) = &tracer.summary {
+            line.push_str(&format!(
+                ", {} written, {} lost",
+                summary.written, summary.lost
+            ));
+        }
+    }
+    line
+}
+
+/// The summary table, first column the row names, one column per configuration.
+pub fn table(configs: &[Config], seconds: u32) -> String {
+    let Some(baseline) = configs.first() else {
+        return String::new();
+    };
+    let base_rate = baseline.median_rate();
+    let rounds = configs.iter().map(|c| c.runs.len()).max().unwrap_or(0);
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    rows.push((
+        String::new(),
+        configs.iter().map(|c| c.name.clone()).collect(),
+    ));
+    for round in 0..rounds {
+        rows.push((
+            format!("round {} rate (conn/s)", round + 1),
+            configs
+                .iter()
+                .map(|c| {
+                    c.runs
+                        .get(round)
+                        .map_or("-".into(), |r| format!("{:.0}", r.load.rate))
+                })
+                .collect(),
+        ));
+    }
+    let per_config = |f: &dyn Fn(&Config) -> String| configs.iter().map(f).collect::<Vec<_>>();
+    rows.push((
+        "median rate (conn/s)".into(),
+        per_config(&|c| format!("{:.0}", c.median_rate())),
+    ));
+    rows.push((
+        "ratio to no tracer".into(),
+        per_config(&|c| {
+            if base_rate > 0.0 {
+                format!("{:.3}", c.median_rate() / base_rate)
+            } else {
+                "-".into()
+            }
+        }),
+    ));
+    rows.push((
+        "failed connections".into(),
+        per_config(&|c| {
+            c.runs
+                .iter()
+                .map(|r| r.load.failed)
+                .sum::<u64>()
+                .to_string()
+        }),
+    ));
+    rows.push((
+        "events expected".into(),
+        per_config(&|c| traced(c, |r, _| r.expected_events())),
+    ));
+    rows.push((
+        "events printed (port)".into(),
+        per_config(&|c| traced(c, |_, t| t.lines.matched)),
+    ));
+    rows.push(("missing".into(), per_config(&missing)));
+    rows.push((
+        "written (all ports)".into(),
+        per_config(&|c| summed(c, |s| s.written)),
+    ));
+    rows.push(("lost".into(), per_config(&|c| summed(c, |s| s.lost))));
+    rows.push((
+        "  ring buffer full / recursion / unreadable".into(),
+        per_config(&|c| {
+            total_summary(c).map_or("-".into(), |s| {
+                format!("{} / {} / {}", s.ring_full, s.recursion, s.unreadable)
+            })
+        }),
+    ));
+    rows.push((
+        "tracer CPU time (s)".into(),
+        per_config(&|c| cpu(c, seconds)),
+    ));
+    rows.push((
+        "tracer exits".into(),
+        per_config(&|c| {
+            let exits: Vec<&str> = c
+                .runs
+                .iter()
+                .filter_map(|r| Some(r.tracer.as_ref()?.exit.as_str()))
+                .collect();
+            if exits.is_empty() {
+                "-".into()
+            } else {
+                exits.join(", ")
+            }
+        }),
+    ));
+    render(&rows)
+}
+
+/// Sum of `f` over the runs that had a tracer, or `-`.
+fn traced(config: &Config, f: impl Fn(&Run, &TracerRun) -> u64) -> String {
+    let mut any = false;
+    let mut sum = 0;
+    for run in &config.runs {
+        if let Some(tracer) = &run.tracer {
+            any = true;
+            sum += f(run, tracer);
+        }
+    }
+    if any { sum.to_string() } else { "-".into() }
+}
+
+/// Expected minus printed events, with the share of expected, or `-`.
+fn missing(config: &Config) -> String {
+    let (mut expected, mut printed, mut any) = (0u64, 0u64, false);
+    for run in &config.runs {
+        if let Some(tracer) = &run.tracer {
+            any = true;
+            expected += run.expected_events();
+            printed += tracer.lines.matched;
+        }
+    }
+    if !any || expected == 0 {
+        return "-".into();
+    }
+    let missing = i128::from(expected) - i128::from(printed);
+    format!(
+        "{missing} ({:.3} %)",
+        missing as f64 * 100.0 / expected as f64
+    )
+}
+
+/// The agent's counts added over all runs, if every run reported them.
+fn total_summary(config: &Config) -> Option<Summary> {
+    let mut total = Summary::default();
+    for run in &config.runs {
+        total.add(run.tracer.as_ref()?.summary.as_ref()?);
+    }
+    (!config.runs.is_empty()).then_some(total)
+}
+
+fn summed(config: &Config, f: impl Fn(&Summary) -> u64) -> String {
+    total_summary(config).map_or("-".into(), |s| f(&s).to_string())
+}
+
+/// Total tracer CPU time and its share of one core over the load's duration.
+fn cpu(config: &Config, seconds: u32) -> String {
+    let tracers: Vec<&TracerRun> = config
+        .runs
+        .iter()
+        .filter_map(|r| r.tracer.as_ref())
+        .collect();
+    if tracers.is_empty() {
+        return "-".into();
+    }
+    let total: f64 = tracers.iter().map(|t| t.cpu.as_secs_f64()).sum();
+    let wall = f64::from(seconds) * tracers.len() as f64;
+    format!("{total:.2} ({:.0} % of a core)", total * 100.0 / wall)
+}
+
+/// Lays the rows out in aligned columns.
+fn render(rows: &[(String, Vec<String>)]) -> String {
+    let label_width = rows
+        .iter()
+        .map(|(label, _)| label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let columns = rows.iter().map(|(_, cells)| cells.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|(_, cells)| cells.get(i))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (label, cells) in rows {
+        out.push_str(&format!("{label:<label_width$}"));
+        for (cell, width) in cells.iter().zip(&widths) {
+            out.push_str(&format!("  {cell:>width$}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    fn load(rate: f64) -> LoadResult {
+        LoadResult {
+            connections: 100,
+            failed: 0,
+            seconds: 1.0,
+            rate,
+        }
+    }
+
+    #[test]
+    fn table_shows_ratio_and_missing_events() {
+        let configs = [
+            Config {
+                name: "no tracer".into(),
+                runs: vec![Run {
+                    load: load(1000.0),
+                    tracer: None,
+                }],
+            },
+            Config {
+                name: "tcpstates".into(),
+                runs: vec![Run {
+                    load: load(800.0),
+                    tracer: Some(TracerRun {
+                        cpu: Duration::from_millis(500),
+                        exit: "exit 0".into(),
+                        lines: LineCounts {
+                            total: 1100,
+                            matched: 1001,
+                        },
+                        summary: Some(Summary {
+                            written: 1099,
+                            lost: 1,
+                            ring_full: 1,
+                            ..Summary::default()
+                        }),
+                    }),
+                }],
+            },
+        ];
+        let table = table(&configs, 1);
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|line| line.starts_with(name))
+                .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(
+            row("ratio to no tracer").as_deref(),
+            Some("ratio to no tracer 1.000 0.800")
+        );
+        assert_eq!(
+            row("events expected").as_deref(),
+            Some("events expected - 1002")
+        );
+        assert_eq!(row("missing").as_deref(), Some("missing - 1 (0.100 %)"));
+        assert_eq!(row("lost").as_deref(), Some("lost - 1"));
+        assert_eq!(
+            row("tracer CPU time").as_deref(),
+            Some("tracer CPU time (s) - 0.50 (50 % of a core)")
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! The agent's exit summary: `tcpstates: N events written, M lost (A ring buffer full,
+//! B BPF recursion, C unreadable)`.
+
+/// Event counts from the agent's summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events written to the output.
+    pub written: u64,
+    /// Events lost, all causes.
+    pub lost: u64,
+    /// Lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Lost to the kernel's BPF recursion protection (program not run).
+    pub recursion: u64,
+    /// Lost because the socket's fields could not be read.
+    pub unreadable: u64,
+}
+
+impl Summary {
+    /// Parses a summary line; `None` if `line` is not one.
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("tcpstates: ")?;
+        let (written, rest) = rest.split_once(" events written, ")?;
+        let (lost, rest) = rest.split_once(" lost (")?;
+        let (ring_full, rest) = rest.split_once(" ring buffer full, ")?;
+        let (recursion, rest) = rest.split_once(" BPF recursion, ")?;
+        let unreadable = rest.strip_suffix(" unreadable)")?;
+        Some(Self {
+            written: written.parse().ok()?,
+            lost: lost.parse().ok()?,
+            ring_full: ring_full.parse().ok()?,
+            recursion: recursion.parse().ok()?,
+            unreadable: unreadable.parse().ok()?,
+        })
+    }
+
+    /// Adds another run's counts to these.
+    pub fn add(&mut self, other: &Self) {
+        self.written += other.written;
+        self.lost += other.lost;
+        self.ring_full += other.ring_full;
+        self.recursion += other.recursion;
+        self.unreadable += other.unreadable;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_summary_line() {
+        let line = "tcpstates: 3000020 events written, 7 lost (4 ring buffer full, 2 BPF recursion, 1 unreadable)\n";
+        assert_eq!(
+            Summary::parse(line),
+            Some(Summary {
+                written: 3_000_020,
+                lost: 7,
+                ring_full: 4,
+                recursion: 2,
+                unreadable: 1
+            })
+        );
+    }
+
+    #[test]
+    fn ignores_other_lines() {
+        assert_eq!(
+            Summary::parse("Tracing TCP state changes. Hit Ctrl-C to end."),
+            None
+        );
+        assert_eq!(
+            Summary::parse(
+                "tcpstates: x events written, 0 lost (0 ring buffer full, 0 BPF recursion, 0 unreadable)"
+            ),
+            None
+        );
+    }
+}

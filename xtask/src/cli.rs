@@ -1,0 +1,108 @@
+//! The command line of `cargo xtask`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::paths::Profile;
+
+/// `cargo xtask`: developer tasks for tcpstates.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for tcpstates"
+)]
+pub struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The tasks.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install what building and testing need and is missing: the pinned nightly with rust-src,
+    /// bpf-linker, the Debian packages the tests use; mount tracefs if it is not mounted.
+    Setup,
+    /// Set up, then build the agent (`tcpstates`).
+    Build(BuildArgs),
+    /// Set up, build, then run `tcpstates` with ARGS (through sudo when not root).
+    #[command(override_usage = "cargo xtask run [--release] [-- ARGS...]")]
+    Run(RunArgs),
+    /// Set up, build the agent, then run every test: unit tests and the privileged integration
+    /// tests (one at a time, against the real kernel).
+    #[command(override_usage = "cargo xtask test [CARGO_TEST_ARGS]... [-- TEST_BINARY_ARGS...]")]
+    Test(TestArgs),
+    /// Measure the connection rate of a loopback load with and without tcpstates tracing it,
+    /// and whether tcpstates printed every event. Needs root.
+    Bench(BenchArgs),
+}
+
+/// Options of `build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build with the release profile.
+    #[arg(long)]
+    pub release: bool,
+}
+
+impl BuildArgs {
+    /// The cargo profile these options ask for.
+    pub fn profile(&self) -> Profile {
+        Profile::from_release(self.release)
+    }
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Build and run the release binary.
+    #[arg(long)]
+    pub release: bool,
+    /// Arguments for `tcpstates` (put them after `--`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<OsString>,
+}
+
+/// Options of `test`: `cargo xtask test [CARGO_TEST_ARGS]... [-- TEST_BINARY_ARGS]...`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Arguments for `cargo test` (e.g. `-p integration-tests`).
+    #[arg(
+        allow_hyphen_values = true,
+        value_terminator = "--",
+        value_name = "CARGO_TEST_ARGS"
+    )]
+    pub cargo_args: Vec<OsString>,
+    /// Arguments for the test binaries, after `--` (e.g. a name filter, `--nocapture`).
+    #[arg(allow_hyphen_values = true, value_name = "TEST_BINARY_ARGS")]
+    pub harness_args: Vec<OsString>,
+}
+
+/// Options of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Length of each load run, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub seconds: u32,
+    /// Rounds; each round runs every configuration once, interleaved.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Server port of the load (inside the bench's own network namespace).
+    #[arg(long, default_value_t = 9099)]
+    pub port: u16,
+    /// Another tracer to compare with, run the same way, e.g. `/usr/sbin/tcpstates-bpfcc`
+    /// (a command line; words separated by spaces).
+    #[arg(long, value_name = "CMD")]
+    pub peer: Option<String>,
+    /// Directory for the tracers' output files (default: a new directory under the system's
+    /// temporary directory, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}

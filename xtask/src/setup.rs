@@ -1,0 +1,141 @@
+//! `cargo xtask setup`: installs, only when missing, what building and testing tcpstates need.
+//!
+//! Each step prints one line saying what it found or what it does; installers print their own
+//! output below it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::process::{self, as_root};
+
+/// The nightly toolchain that builds the kernel program. Must match `BPF_TOOLCHAIN` in
+/// `agent/build.rs`: its LLVM (22) is the one bpf-linker 0.10.4 loads.
+pub const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+
+/// The bpf-linker release that works with the pinned nightly (later ones want a system LLVM 23).
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// Debian packages the tests and the bench use, with what for.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip netns"),
+    ("systemd", "systemd-journald, journalctl"),
+    ("util-linux", "setpriv"),
+];
+
+/// Where tracefs is mounted; the classic tracepoint attach needs it.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Runs every setup step.
+pub fn setup() -> Result<()> {
+    toolchain()?;
+    bpf_linker()?;
+    debian_packages()?;
+    tracefs()
+}
+
+/// Installs the pinned nightly with rust-src unless both are there.
+fn toolchain() -> Result<()> {
+    let installed = process::stdout_of(Command::new("rustup").args(["toolchain", "list"]))
+        .is_some_and(|list| list.lines().any(|line| line.starts_with(BPF_TOOLCHAIN)));
+    let has_rust_src = installed
+        && process::stdout_of(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            BPF_TOOLCHAIN,
+        ]))
+        .is_some_and(|list| list.lines().any(|line| line.starts_with("rust-src")));
+    if has_rust_src {
+        println!("setup: toolchain {BPF_TOOLCHAIN} with rust-src: present");
+        return Ok(());
+    }
+    println!("setup: toolchain {BPF_TOOLCHAIN} with rust-src: installing");
+    process::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        BPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+/// Installs bpf-linker unless `bpf-linker --version` names the wanted release.
+fn bpf_linker() -> Result<()> {
+    let found = process::stdout_of(Command::new("bpf-linker").arg("--version"));
+    let wanted = found.as_deref().is_some_and(|out| {
+        out.split_whitespace()
+            .any(|word| word == BPF_LINKER_VERSION)
+    });
+    if wanted {
+        println!("setup: bpf-linker {BPF_LINKER_VERSION}: present");
+        return Ok(());
+    }
+    match found {
+        Some(out) => println!(
+            "setup: bpf-linker: found `{}`, installing {BPF_LINKER_VERSION}",
+            out.trim()
+        ),
+        None => println!("setup: bpf-linker {BPF_LINKER_VERSION}: installing"),
+    }
+    process::run(Command::new("cargo").args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+    ]))
+}
+
+/// Installs the Debian packages that are missing, with one `apt-get update` first.
+fn debian_packages() -> Result<()> {
+    let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(name, _)| *name).collect();
+    if process::find_in_path("dpkg-query").is_none() {
+        println!(
+            "setup: not a Debian system (no dpkg-query): make sure these are installed: {}",
+            DEBIAN_PACKAGES
+                .iter()
+                .map(|(_, what)| *what)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| !is_installed(name))
+        .collect();
+    if missing.is_empty() {
+        println!("setup: Debian packages {}: present", names.join(", "));
+        return Ok(());
+    }
+    println!("setup: Debian packages {}: installing", missing.join(", "));
+    process::run(as_root("apt-get").arg("update"))?;
+    process::run(
+        as_root("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+/// Whether dpkg lists `package` as installed.
+fn is_installed(package: &str) -> bool {
+    process::stdout_of(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", package]))
+        .is_some_and(|status| status.starts_with("ii"))
+}
+
+/// Mounts tracefs unless its `events` directory is already there.
+fn tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        println!("setup: tracefs at {TRACEFS}: mounted");
+        return Ok(());
+    }
+    println!("setup: tracefs at {TRACEFS}: mounting");
+    process::run(as_root("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
+}
