@@ -100,9 +100,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             report::progress(round, args.rounds, &configs[0].name, &run)
         );
         configs[0].runs.push(run);
-        for (spec, config) in tracers.iter().zip(&mut configs[1..]) {
+        for (i, (spec, config)) in tracers.iter().zip(&mut configs[1..]).enumerate() {
             interrupt::check()?;
-            let output = scratch.file(&format!("{}-{round}.txt", spec.name));
+            let output = scratch.file(&format!("tracer{i}-round{round}.txt"));
             let run = traced_run(spec, &netns, &loadgen, args, &output)?;
             println!(
                 "{}",

@@ -32,7 +32,7 @@ struct Args {
     /// Address the server listens on and the clients connect to (must be a loopback address).
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     addr: IpAddr,
-    /// Server port.
+    /// Server port (0: any free port).
     #[arg(long, default_value_t = 9099)]
     port: u16,
     /// How long the clients open connections, in seconds.
@@ -69,8 +69,12 @@ fn run(args: &Args) -> Result<()> {
     if args.clients == 0 || args.acceptors == 0 {
         bail!("--clients and --acceptors must be at least 1");
     }
-    let addr = SocketAddr::new(args.addr, args.port);
-    let server = server::Server::start(addr, args.backlog, args.acceptors)?;
+    let server = server::Server::start(
+        SocketAddr::new(args.addr, args.port),
+        args.backlog,
+        args.acceptors,
+    )?;
+    let addr = server.addr();
 
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);

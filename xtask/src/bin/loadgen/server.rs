@@ -15,6 +15,7 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// A listening socket and its accepting threads.
 pub struct Server {
+    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -27,6 +28,9 @@ impl Server {
         set_accept_timeout(&listener, ACCEPT_TIMEOUT).context("setting the accept timeout")?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut server = Self {
+            addr: listener
+                .local_addr()
+                .context("reading the listener's address")?,
             stop: Arc::clone(&stop),
             threads: Vec::with_capacity(acceptors),
         };
@@ -40,6 +44,11 @@ impl Server {
             server.threads.push(handle);
         }
         Ok(server)
+    }
+
+    /// The address it listens on (with the port the kernel chose if asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Stops the accepting threads (within one accept timeout) and closes the listener.
