@@ -3,8 +3,12 @@
 //! The tests in `tests/tests/` run as root against the real kernel and the real agent binary
 //! (`$TCPSTATES_BIN`, else `target/debug/tcpstates`): each makes its own network namespace,
 //! drives loopback TCP traffic there, and checks what the agent printed. They share the kernel
-//! but not ports: every test uses ports no other test uses, so they can run in parallel as well
-//! as with `--test-threads=1`.
+//! but not ports: each test file has its own block (connections 21xxx, filters 22xxx, timing
+//! 23xxx, json 24xxx, journal 25xxx, layouts 26xxx, signals 27xxx), below the ephemeral range,
+//! and each test its own ports in it, so they pass in parallel as well as with
+//! `--test-threads=1`.
+
+#![deny(missing_docs)]
 
 pub mod agent;
 pub mod events;
