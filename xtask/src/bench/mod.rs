@@ -9,6 +9,7 @@ mod count;
 mod interrupt;
 mod load;
 mod netns;
+mod others;
 mod report;
 mod scratch;
 mod summary;
@@ -75,6 +76,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         });
     }
 
+    let others = others::attached_tracers();
+    if !others.is_empty() {
+        println!(
+            "bench: warning: other tracers are attached ({}); their programs run on the same \
+             events, so every rate is lower than on a quiet machine",
+            others.join(", ")
+        );
+    }
     interrupt::install().context("installing the SIGINT handler")?;
     let scratch = Scratch::new(args.output_dir.as_deref())?;
     let netns = Netns::create(NETNS)?;

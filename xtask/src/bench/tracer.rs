@@ -1,7 +1,7 @@
 //! A tracer under test (tcpstates or a peer): started with its output in a file, awaited until
 //! attached, stopped with SIGINT, and reaped with its CPU time.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use super::others::holds_tracer_fd;
 
 /// How long a tracer may take to attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,7 +31,8 @@ const SHOWN_LINES: usize = 10;
 pub enum Readiness {
     /// It prints a stderr line containing this text.
     StderrLine(&'static str),
-    /// It has a perf event open (`anon_inode:[perf_event]` in /proc/PID/fd); then wait a little.
+    /// It has a perf event or a BPF link open (`anon_inode:[perf_event]` or `anon_inode:bpf_link`
+    /// in /proc/PID/fd); then wait a little for the rest of its setup.
     PerfEvent,
 }
 
@@ -124,7 +127,7 @@ impl Running {
                 }
             },
             Readiness::PerfEvent => {
-                while !has_perf_event(self.pid) {
+                while !holds_tracer_fd(self.pid.unsigned_abs()) {
                     self.drain_stderr();
                     if reap(self.pid, false)?.is_some() {
                         self.reaped = true;
@@ -210,17 +213,6 @@ impl Drop for Running {
             let _ = reap(self.pid, true);
         }
     }
-}
-
-/// Whether process `pid` has a perf event file open.
-fn has_perf_event(pid: libc::pid_t) -> bool {
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        fs::read_link(entry.path())
-            .is_ok_and(|target| target.as_os_str() == "anon_inode:[perf_event]")
-    })
 }
 
 /// Sends `sig` to process `pid`.
