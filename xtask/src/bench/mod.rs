@@ -69,7 +69,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             |name| name.to_string_lossy().into_owned(),
         );
         tracers.push(TracerSpec {
-            name,
+            name: format!("peer {name}"),
             argv,
             readiness: Readiness::PerfEvent,
             has_summary: false,
