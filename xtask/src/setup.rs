@@ -20,6 +20,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the tests and the bench use, with what for.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns"),
+    ("libpython3.11", "rotel-agent (OTLP receiver)"),
     ("systemd", "systemd-journald, journalctl"),
     ("util-linux", "setpriv"),
 ];
@@ -32,6 +33,7 @@ pub fn setup() -> Result<()> {
     toolchain()?;
     bpf_linker()?;
     debian_packages()?;
+    ensure_rotel()?;
     tracefs()
 }
 
@@ -128,6 +130,43 @@ fn debian_packages() -> Result<()> {
 fn is_installed(package: &str) -> bool {
     process::stdout_of(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", package]))
         .is_some_and(|status| status.starts_with("ii"))
+}
+
+/// The rotel release (PyPI `rotel`, an OpenTelemetry collector in Rust) that the OTLP tests
+/// receive spans with; its `rotel-agent` executable lands inside the package, not on `PATH`.
+/// `tests/src/otlp.rs` finds it the same way as [`ensure_rotel`], or through `$ROTEL_AGENT`.
+const ROTEL_VERSION: &str = "0.0.1a15";
+
+/// Prints the installed rotel version and the path of its `rotel-agent` (nothing if rotel is
+/// missing).
+const ROTEL_PROBE: &str = "import os, rotel; \
+    print(rotel.__version__, os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))";
+
+/// Installs the pinned rotel with pip unless `python3` already imports that version and its
+/// `rotel-agent` is there (it also needs `libpython3.11`, a Debian package above).
+fn ensure_rotel() -> Result<()> {
+    let found = process::stdout_of(Command::new("python3").args(["-c", ROTEL_PROBE]));
+    let present = found.as_deref().and_then(|out| out.trim().split_once(' '));
+    if let Some((version, agent)) = present
+        && version == ROTEL_VERSION
+        && Path::new(agent).is_file()
+    {
+        println!("setup: rotel {ROTEL_VERSION}: present ({agent})");
+        return Ok(());
+    }
+    match present {
+        Some((version, _)) => {
+            println!("setup: rotel: found {version}, installing {ROTEL_VERSION}");
+        }
+        None => println!("setup: rotel {ROTEL_VERSION}: installing"),
+    }
+    process::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--pre",
+        &format!("rotel=={ROTEL_VERSION}"),
+    ]))
 }
 
 /// Mounts tracefs unless its `events` directory is already there.
