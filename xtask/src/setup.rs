@@ -139,8 +139,9 @@ const ROTEL_VERSION: &str = "0.0.1a15";
 
 /// Prints the installed rotel version and the path of its `rotel-agent` (nothing if rotel is
 /// missing).
-const ROTEL_PROBE: &str = "import os, rotel; \
-    print(rotel.__version__, os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))";
+const ROTEL_PROBE: &str = "import importlib.metadata, os, rotel; \
+    print(importlib.metadata.version('rotel'), \
+    os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))";
 
 /// Installs the pinned rotel with pip unless `python3` already imports that version and its
 /// `rotel-agent` is there (it also needs `libpython3.11`, a Debian package above).
