@@ -16,6 +16,8 @@ mod summary;
 mod tracer;
 
 use std::path::Path;
+use std::thread;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -36,6 +38,11 @@ const READY_LINE: &str = "Tracing TCP state changes. Hit Ctrl-C to end.";
 /// Length of the unreported first load run, which brings the namespace's TIME_WAIT table to the
 /// steady state every later run sees.
 const WARM_UP_SECONDS: u32 = 3;
+
+/// Wait between the end of the load and stopping a tracer: the kernel still retransmits a few
+/// segments the loopback dropped (tail-loss probes, RTO ≥ 200 ms), and the state changes that
+/// follow belong to the run.
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// A tracer configuration to measure.
 struct TracerSpec {
@@ -148,6 +155,7 @@ fn traced_run(
     let mut tracer = Running::start(&spec.name, &spec.argv, output)?;
     tracer.wait_ready(spec.readiness)?;
     let load = load::run(netns, loadgen, args.port, args.seconds)?;
+    thread::sleep(DRAIN);
     let stopped = tracer.stop()?;
     let lines =
         count_file(output, args.port).with_context(|| format!("reading {}", output.display()))?;
