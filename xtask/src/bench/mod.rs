@@ -61,28 +61,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     setup::setup()?;
     cargo::build_agent(Profile::Release)?;
     let loadgen = cargo::build_loadgen()?;
-    let agent = paths::binary(Profile::Release, "tcpstates");
-    let mut tracers = vec![TracerSpec {
-        name: "tcpstates".into(),
-        argv: vec![agent.to_string_lossy().into_owned()],
-        readiness: Readiness::StderrLine(READY_LINE),
-        has_summary: true,
-    }];
-    if let Some(peer) = &args.peer {
-        let argv: Vec<String> = peer.split_whitespace().map(str::to_owned).collect();
-        let program = argv.first().context("--peer is empty")?;
-        let name = Path::new(program).file_name().map_or_else(
-            || program.clone(),
-            |name| name.to_string_lossy().into_owned(),
-        );
-        tracers.push(TracerSpec {
-            name: format!("peer {name}"),
-            argv,
-            readiness: Readiness::PerfEvent,
-            has_summary: false,
-        });
-    }
-
+    let tracers = tracer_specs(
+        &paths::binary(Profile::Release, "tcpstates"),
+        args.peer.as_deref(),
+    )?;
     let others = others::attached_tracers();
     if !others.is_empty() {
         println!(
@@ -91,20 +73,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             others.join(", ")
         );
     }
+
     interrupt::install().context("installing the SIGINT handler")?;
     let scratch = Scratch::new(args.output_dir.as_deref())?;
     let netns = Netns::create(NETNS)?;
     println!("bench: warm-up, {WARM_UP_SECONDS} s without a tracer (not reported)");
     load::run(&netns, &loadgen, args.port, WARM_UP_SECONDS)?;
 
-    let mut configs = vec![Config {
-        name: "no tracer".into(),
-        runs: Vec::new(),
-    }];
-    configs.extend(tracers.iter().map(|t| Config {
-        name: t.name.clone(),
-        runs: Vec::new(),
-    }));
+    let mut untraced = Config::new("no tracer");
+    let mut traced: Vec<Config> = tracers.iter().map(|t| Config::new(&t.name)).collect();
     for round in 1..=args.rounds {
         interrupt::check()?;
         let run = Run {
@@ -113,10 +90,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         };
         println!(
             "{}",
-            report::progress(round, args.rounds, &configs[0].name, &run)
+            report::progress(round, args.rounds, &untraced.name, &run)
         );
-        configs[0].runs.push(run);
-        for (i, (spec, config)) in tracers.iter().zip(&mut configs[1..]).enumerate() {
+        untraced.runs.push(run);
+        for (i, (spec, config)) in tracers.iter().zip(&mut traced).enumerate() {
             interrupt::check()?;
             let output = scratch.file(&format!("tracer{i}-round{round}.txt"));
             let run = traced_run(spec, &netns, &loadgen, args, &output)?;
@@ -133,15 +110,36 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
          namespace {NETNS}; tracers write their default text output to a file",
         args.rounds, args.seconds, args.port
     );
-    println!(
-        "events expected = {} per connection + {} for the listener; printed = output lines with \
-         the port as LPORT or RPORT; CPU time = user + system of the tracer process (wait4), \
-         start to exit",
-        report::EVENTS_PER_CONNECTION,
-        report::LISTENER_EVENTS
-    );
+    println!("{}", report::LEGEND);
+    let mut configs = vec![untraced];
+    configs.append(&mut traced);
     print!("{}", report::table(&configs, args.seconds));
     Ok(())
+}
+
+/// tcpstates (the release binary at `agent`), then the peer's command line if there is one.
+fn tracer_specs(agent: &Path, peer: Option<&str>) -> Result<Vec<TracerSpec>> {
+    let mut tracers = vec![TracerSpec {
+        name: "tcpstates".into(),
+        argv: vec![agent.to_string_lossy().into_owned()],
+        readiness: Readiness::StderrLine(READY_LINE),
+        has_summary: true,
+    }];
+    if let Some(peer) = peer {
+        let argv: Vec<String> = peer.split_whitespace().map(str::to_owned).collect();
+        let program = argv.first().context("--peer is empty")?;
+        let name = Path::new(program).file_name().map_or_else(
+            || program.clone(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        tracers.push(TracerSpec {
+            name: format!("peer {name}"),
+            argv,
+            readiness: Readiness::PerfEvent,
+            has_summary: false,
+        });
+    }
+    Ok(tracers)
 }
 
 /// One run with `spec` tracing: start it, wait until attached, run the load, stop it, count.

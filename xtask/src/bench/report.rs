@@ -11,6 +11,11 @@ pub const EVENTS_PER_CONNECTION: u64 = 10;
 /// State changes of the load generator's listener per run (CLOSE→LISTEN, LISTEN→CLOSE).
 pub const LISTENER_EVENTS: u64 = 2;
 
+/// What the table's event and CPU rows mean.
+pub const LEGEND: &str = "events expected = 10 per connection + 2 for the listener; printed = \
+    output lines with the port as LPORT or RPORT; written and lost = tcpstates' own exit summary; \
+    CPU time = user + system time of the tracer process (wait4), start to exit";
+
 /// What a tracer did during one run.
 #[derive(Debug)]
 pub struct TracerRun {
@@ -50,6 +55,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// A configuration named `name`, without runs yet.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            runs: Vec::new(),
+        }
+    }
+
     /// Median connection rate of its runs.
     pub fn median_rate(&self) -> f64 {
         median(self.runs.iter().map(|run| run.load.rate).collect())
@@ -277,6 +290,13 @@ fn render(rows: &[(String, Vec<String>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legend_states_the_constants() {
+        let expected =
+            format!("{EVENTS_PER_CONNECTION} per connection + {LISTENER_EVENTS} for the listener");
+        assert!(LEGEND.contains(&expected), "{LEGEND}");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
