@@ -17,7 +17,8 @@ examples:
     tcpstates -D 80     # only trace remote port 80
     tcpstates -4        # trace IPv4 family only
     tcpstates -6        # trace IPv6 family only
-    tcpstates --json    # one JSON object per line, for scripts";
+    tcpstates --json    # one JSON object per line, for scripts
+    tcpstates --otlp -q # export sessions as traces to $OTEL_EXPORTER_OTLP_ENDPOINT only";
 
 /// Trace TCP session state changes and durations.
 #[derive(Debug, Parser)]
@@ -60,6 +61,21 @@ pub struct Cli {
     /// One JSON object per line (all fields, kernel timestamp in ns) instead of columns.
     #[arg(long)]
     pub json: bool,
+    /// Export every TCP session as an OpenTelemetry trace over OTLP, to ENDPOINT or to
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4317 for grpc, :4318 for http);
+    /// OTEL_EXPORTER_OTLP_PROTOCOL picks grpc (default), http/protobuf or http/json.
+    #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
+    pub otlp: Option<String>,
+    /// Print no state changes on standard output (e.g. when only exporting with --otlp).
+    #[arg(short = 'q', long, conflicts_with_all = ["csv", "json", "wide", "time", "timestamp"])]
+    pub quiet: bool,
+    /// With --otlp: most sessions tracked at once; beyond it the one idle longest is ended
+    /// early (counted).
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+    /// With --otlp: most spans waiting for the exporter; beyond it spans are dropped (counted).
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub otlp_queue: u32,
     /// Size of the kernel-to-user ring buffer, in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,

@@ -45,6 +45,13 @@ impl WallClock {
     }
 }
 
+/// CLOCK_MONOTONIC now, in nanoseconds: the kernel program's clock.
+pub fn monotonic_now_ns() -> nix::Result<u64> {
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC)?;
+    let ns = i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec());
+    Ok(u64::try_from(ns).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,9 +70,7 @@ mod tests {
     #[test]
     fn now_agrees_with_the_system_clock() {
         let clock = WallClock::now().expect("clocks readable");
-        let mono = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
-        let mono_ns = u64::try_from(mono.tv_sec()).expect("positive") * 1_000_000_000
-            + u64::try_from(mono.tv_nsec()).expect("positive");
+        let mono_ns = monotonic_now_ns().expect("monotonic clock");
         let skew = SystemTime::now()
             .duration_since(clock.system_time(mono_ns))
             .unwrap_or_else(|e| e.duration());

@@ -1,10 +1,13 @@
 //! The validated configuration a run is made of, built from [`crate::cli::Cli`].
 
-use std::{collections::BTreeSet, fmt, str::FromStr};
+use std::{collections::BTreeSet, fmt, num::NonZeroUsize, str::FromStr};
 
 use agent_common::state::{AF_INET, AF_INET6};
 
-use crate::cli::Cli;
+use crate::{
+    cli::Cli,
+    sink::otlp::settings::{ExportSettings, SettingsError},
+};
 
 /// A non-empty set of TCP ports, parsed from a comma-separated list such as `80,443`.
 ///
@@ -52,6 +55,8 @@ impl fmt::Display for PortList {
 /// How each state change is written to standard output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// Nothing (`-q`).
+    Quiet,
     /// bcc's columns (`-w` for the wide layout).
     Table,
     /// Comma-separated values (`-s`).
@@ -88,11 +93,40 @@ pub struct Config {
     pub remote_ports: Option<PortList>,
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: u32,
+    /// OpenTelemetry export, with `--otlp`.
+    pub otlp: Option<OtlpConfig>,
 }
 
-impl From<Cli> for Config {
-    fn from(cli: Cli) -> Self {
-        let format = if cli.json {
+/// `--otlp` settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpConfig {
+    /// Transport and endpoint.
+    pub export: ExportSettings,
+    /// Most sessions tracked at once.
+    pub max_sessions: NonZeroUsize,
+    /// Most spans waiting for the exporter.
+    pub queue_capacity: usize,
+}
+
+impl Config {
+    /// The configuration `cli` asks for; `var` reads environment variables (`OTEL_*`).
+    pub fn new(cli: Cli, var: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let otlp = cli
+            .otlp
+            .as_deref()
+            .map(|endpoint| {
+                let endpoint = Some(endpoint).filter(|endpoint| !endpoint.is_empty());
+                Ok::<_, SettingsError>(OtlpConfig {
+                    export: ExportSettings::resolve(endpoint, &var)?,
+                    max_sessions: NonZeroUsize::new(cli.max_sessions as usize)
+                        .unwrap_or(NonZeroUsize::MIN),
+                    queue_capacity: cli.otlp_queue as usize,
+                })
+            })
+            .transpose()?;
+        let format = if cli.quiet {
+            Format::Quiet
+        } else if cli.json {
             Format::Json
         } else if cli.csv {
             Format::Csv
@@ -104,7 +138,7 @@ impl From<Cli> for Config {
             (_, true) => Some(AF_INET6),
             _ => None,
         };
-        Self {
+        Ok(Self {
             format,
             wide: cli.wide,
             time_columns: TimeColumns {
@@ -116,7 +150,8 @@ impl From<Cli> for Config {
             local_ports: cli.local_ports,
             remote_ports: cli.remote_ports,
             ring_buffer_bytes: cli.ring_buffer_mib << 20,
-        }
+            otlp,
+        })
     }
 }
 
@@ -127,8 +162,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Cli::try_parse_from(std::iter::once("tcpstates").chain(args.iter().copied()))
-            .map(Config::from)
+        let cli = Cli::try_parse_from(std::iter::once("tcpstates").chain(args.iter().copied()))?;
+        Ok(Config::new(cli, |_| None).expect("no OTEL_* variables, so no settings error"))
     }
 
     #[test]
@@ -178,6 +213,26 @@ mod tests {
     }
 
     #[test]
+    fn otlp_takes_an_optional_endpoint() {
+        let bare = parse(&["--otlp", "-q"])
+            .expect("valid")
+            .otlp
+            .expect("--otlp given");
+        assert_eq!(bare.export.endpoint, None);
+        assert_eq!(bare.max_sessions.get(), 65_536);
+        let given = parse(&["--otlp", "http://127.0.0.1:4317"])
+            .expect("valid")
+            .otlp
+            .expect("--otlp given");
+        assert_eq!(
+            given.export.endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(parse(&[]).expect("valid").otlp, None);
+        assert_eq!(parse(&["-q"]).expect("valid").format, Format::Quiet);
+    }
+
+    #[test]
     fn conflicting_flags_are_usage_errors() {
         for args in [
             &["-4", "-6"][..],
@@ -185,6 +240,8 @@ mod tests {
             &["-L", "80,x"],
             &["--ring-buffer-mib", "3"],
             &["-x"],
+            &["-q", "-s"],
+            &["--max-sessions", "0"],
         ] {
             let err = parse(args).expect_err("must be rejected");
             assert_eq!(err.exit_code(), 2, "{args:?}");

@@ -11,6 +11,7 @@ pub mod config;
 pub mod counters;
 pub mod privileges;
 pub mod probe;
+pub mod session;
 pub mod sink;
 pub mod tracefs;
 pub mod tracer;
@@ -22,8 +23,12 @@ use crate::{
     config::Config,
     privileges::PrivilegeError,
     probe::ProbeError,
-    sink::journal::{JournalSink, JournalUnavailable},
-    tracer::{Summary, TraceError},
+    session::SessionTable,
+    sink::{
+        journal::{JournalSink, JournalUnavailable},
+        otlp::{OtlpSink, export::ExportError},
+    },
+    tracer::{Summary, TraceError, Traces},
 };
 
 /// Capacity of the standard-output buffer; it is flushed after every drain of the ring.
@@ -44,6 +49,9 @@ pub enum Error {
     /// The clocks could not be read.
     #[error("reading the clocks: {0}")]
     Clock(#[source] nix::Error),
+    /// The OTLP exporter could not start.
+    #[error(transparent)]
+    Export(#[from] ExportError),
     /// The async runtime could not start.
     #[error("starting the event loop: {0}")]
     Runtime(#[source] io::Error),
@@ -63,7 +71,15 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         .map_err(Error::Runtime)?;
     let probe = probe::attach(&config)?;
     let clock = WallClock::now().map_err(Error::Clock)?;
+    let traces = config
+        .otlp
+        .as_ref()
+        .map(|otlp| {
+            let sink = OtlpSink::start(&otlp.export, clock, otlp.queue_capacity)?;
+            Ok::<_, Error>(Traces::new(SessionTable::new(otlp.max_sessions), sink))
+        })
+        .transpose()?;
     let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
     let output = sink::output(&config, clock, stdout);
-    Ok(runtime.block_on(tracer::trace(probe, output, journal))?)
+    Ok(runtime.block_on(tracer::trace(probe, output, journal, traces))?)
 }

@@ -7,7 +7,13 @@ use clap::Parser as _;
 use tcpstates::{cli::Cli, config::Config, tracer::Summary};
 
 fn main() -> ExitCode {
-    let config = Config::from(Cli::parse());
+    let config = match Config::new(Cli::parse(), |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     match tcpstates::run(config) {
         Ok(summary) => {
             report(&summary);
@@ -36,6 +42,14 @@ fn report(summary: &Summary) {
         eprintln!(
             "tcpstates: {} kernel records could not be decoded",
             summary.undecodable
+        );
+    }
+    if let Some(otlp) = &summary.otlp {
+        let spans = &otlp.spans;
+        eprintln!(
+            "tcpstates: OTLP: {} sessions exported in {} spans, {} spans dropped (queue full), \
+             {} failed, {} sessions evicted",
+            spans.exported_sessions, spans.exported, spans.dropped, spans.failed, otlp.evictions
         );
     }
     if summary.journal_failures > 0 {

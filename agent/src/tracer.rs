@@ -17,9 +17,15 @@ use tokio::{
 };
 
 use crate::{
+    clock::monotonic_now_ns,
     counters::Counts,
     probe::Probe,
-    sink::{Sink, journal::JournalSink},
+    session::{Completed, SessionTable},
+    sink::{
+        Sink,
+        journal::JournalSink,
+        otlp::{OtlpSink, export::ExportCounts},
+    },
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us (it only does when
@@ -53,12 +59,80 @@ pub struct Summary {
     pub journal_failures: u64,
     /// The kernel counters at the end.
     pub counts: Counts,
+    /// With `--otlp`: what became of the spans.
+    pub otlp: Option<OtlpSummary>,
+}
+
+/// The account of the OTLP export.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OtlpSummary {
+    /// Span counts.
+    pub spans: ExportCounts,
+    /// Sessions ended early because the session table was full (or their CLOSE was lost).
+    pub evictions: u64,
+}
+
+/// Session tracking and the OTLP sink it feeds.
+pub struct Traces {
+    sessions: SessionTable,
+    sink: OtlpSink,
+    completed: Vec<Completed>,
+    reported: ExportCounts,
+}
+
+impl Traces {
+    /// Tracks sessions in `sessions` and exports them through `sink`.
+    pub fn new(sessions: SessionTable, sink: OtlpSink) -> Self {
+        Self {
+            sessions,
+            sink,
+            completed: Vec::new(),
+            reported: ExportCounts::default(),
+        }
+    }
+
+    fn observe(&mut self, change: &agent_common::decode::StateChange) {
+        let sink = &self.sink;
+        self.sessions
+            .observe(change, || sink.new_session_ids(), &mut self.completed);
+        for completed in self.completed.drain(..) {
+            self.sink.export(&completed);
+        }
+    }
+
+    /// Says on standard error how many more spans were dropped since the last report.
+    fn report_drops(&mut self) {
+        let counts = self.sink.counts();
+        if counts.dropped > self.reported.dropped {
+            eprintln!(
+                "tcpstates: {} more spans dropped (OTLP queue full); {} so far",
+                counts.dropped - self.reported.dropped,
+                counts.dropped
+            );
+        }
+        self.reported = counts;
+    }
+
+    /// Ends every open session now, exports what is queued and accounts for it.
+    fn finish(mut self) -> OtlpSummary {
+        let now_ns = monotonic_now_ns().unwrap_or(u64::MAX);
+        self.sessions.end_all(now_ns, &mut self.completed);
+        for completed in self.completed.drain(..) {
+            self.sink.export(&completed);
+        }
+        let evictions = self.sessions.evictions();
+        OtlpSummary {
+            spans: self.sink.finish(),
+            evictions,
+        }
+    }
 }
 
 /// Where decoded events go, and what happened to them.
 struct Delivery {
-    output: Box<dyn Sink>,
+    output: Option<Box<dyn Sink>>,
     journal: Option<JournalSink>,
+    traces: Option<Traces>,
     summary: Summary,
     /// The reader of standard output went away: stop quietly.
     closed: bool,
@@ -80,9 +154,14 @@ impl Delivery {
                 self.summary.undecodable += 1;
                 continue;
             };
-            if !self.closed {
-                let written = self.output.write(&change);
+            if let Some(output) = &mut self.output
+                && !self.closed
+            {
+                let written = output.write(&change);
                 self.output_result(written)?;
+            }
+            if let Some(traces) = &mut self.traces {
+                traces.observe(&change);
             }
             if let Some(journal) = &mut self.journal
                 && let Err(err) = journal.write(&change)
@@ -95,8 +174,11 @@ impl Delivery {
             self.summary.written += 1;
             any = true;
         }
-        if any && !self.closed {
-            let flushed = self.output.flush();
+        if let Some(output) = &mut self.output
+            && any
+            && !self.closed
+        {
+            let flushed = output.flush();
             self.output_result(flushed)?;
         }
         Ok(())
@@ -117,17 +199,21 @@ impl Delivery {
 /// drains what is left. Prints the header and the ready line once tracing has started.
 pub async fn trace(
     probe: Probe,
-    mut output: Box<dyn Sink>,
+    mut output: Option<Box<dyn Sink>>,
     journal: Option<JournalSink>,
+    traces: Option<Traces>,
 ) -> Result<Summary, TraceError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(TraceError::Poll)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(TraceError::Poll)?;
-    output.start().map_err(TraceError::Output)?;
+    if let Some(output) = &mut output {
+        output.start().map_err(TraceError::Output)?;
+    }
     eprintln!("Tracing TCP state changes. Hit Ctrl-C to end.");
 
     let mut delivery = Delivery {
         output,
         journal,
+        traces,
         summary: Summary::default(),
         closed: false,
     };
@@ -158,6 +244,9 @@ pub async fn trace(
                 let counts = counters.read().map_err(TraceError::Counters)?;
                 report_growth(&reported, &counts);
                 reported = counts;
+                if let Some(traces) = &mut delivery.traces {
+                    traces.report_drops();
+                }
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -170,6 +259,7 @@ pub async fn trace(
     delivery.drain(events.get_mut())?;
     delivery.summary.counts = counters.read().map_err(TraceError::Counters)?;
     report_growth(&reported, &delivery.summary.counts);
+    delivery.summary.otlp = delivery.traces.take().map(Traces::finish);
     Ok(delivery.summary)
 }
 

@@ -1,11 +1,12 @@
 //! Sinks: where decoded state changes go. A sink formats and writes; it never parses.
 //!
-//! Standard output gets exactly one of [`table`], [`csv`] or [`json`]; [`journal`] can be
-//! added beside it with `-Y`.
+//! Standard output gets one of [`table`], [`csv`] or [`json`] (or nothing, with `-q`);
+//! [`journal`] can be added beside it with `-Y`, and [`otlp`] with `--otlp`.
 
 pub mod csv;
 pub mod journal;
 pub mod json;
+pub mod otlp;
 pub mod table;
 
 use std::io::{self, Write};
@@ -28,9 +29,14 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// The standard-output sink that `config` asks for, writing to `out`.
-pub fn output<W: Write + 'static>(config: &Config, clock: WallClock, out: W) -> Box<dyn Sink> {
-    match config.format {
+/// The standard-output sink that `config` asks for, writing to `out`; none with `-q`.
+pub fn output<W: Write + 'static>(
+    config: &Config,
+    clock: WallClock,
+    out: W,
+) -> Option<Box<dyn Sink>> {
+    Some(match config.format {
+        Format::Quiet => return None,
         Format::Table => Box::new(table::TableSink::new(
             out,
             config.wide,
@@ -40,7 +46,7 @@ pub fn output<W: Write + 'static>(config: &Config, clock: WallClock, out: W) -> 
         )),
         Format::Csv => Box::new(csv::CsvSink::new(out, config.time_columns, clock, Local)),
         Format::Json => Box::new(json::JsonSink::new(out, clock)),
-    }
+    })
 }
 
 /// Seconds since the first event, as the `TIME(s)` column shows them.

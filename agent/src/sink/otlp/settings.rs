@@ -1,0 +1,196 @@
+//! Where and how to export: the `--otlp` endpoint and the standard `OTEL_*` variables.
+//!
+//! The exporter itself reads `OTEL_EXPORTER_OTLP_{,TRACES_}ENDPOINT`, `_HEADERS`, `_TIMEOUT`
+//! and `_COMPRESSION`; this module picks the transport from `_PROTOCOL`, applies the
+//! `--otlp ENDPOINT` override and builds the resource.
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::{
+    Resource,
+    resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector},
+};
+use opentelemetry_semantic_conventions::resource::{HOST_NAME, SERVICE_NAME};
+
+/// The service name when `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` set none.
+const DEFAULT_SERVICE_NAME: &str = "tcpstates";
+
+/// OTLP transports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (`grpc`), the default.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`http/protobuf`).
+    HttpProtobuf,
+    /// OTLP/HTTP with JSON bodies (`http/json`).
+    HttpJson,
+}
+
+/// A setting that makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` names no known protocol.
+    #[error("{variable}={value}: the protocol must be grpc, http/protobuf or http/json")]
+    Protocol {
+        /// The variable read.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The endpoint is not a URL with a scheme.
+    #[error("OTLP endpoint '{0}' is not a URL such as http://localhost:4317")]
+    Endpoint(String),
+}
+
+/// Resolved export settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportSettings {
+    /// Transport.
+    pub protocol: Protocol,
+    /// Full endpoint URL, when given on the command line; otherwise the exporter reads the
+    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables (or uses the OTLP default).
+    pub endpoint: Option<String>,
+}
+
+impl ExportSettings {
+    /// Settings from `--otlp [ENDPOINT]` and the environment (`var` reads a variable).
+    pub fn resolve(
+        endpoint: Option<&str>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SettingsError> {
+        let protocol = [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]
+        .into_iter()
+        .find_map(|variable| var(variable).map(|value| (variable, value)))
+        .map(|(variable, value)| match value.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "http/json" => Ok(Protocol::HttpJson),
+            _ => Err(SettingsError::Protocol { variable, value }),
+        })
+        .transpose()?
+        .unwrap_or(Protocol::Grpc);
+        let endpoint = endpoint
+            .map(|endpoint| {
+                if !endpoint.contains("://") {
+                    return Err(SettingsError::Endpoint(endpoint.to_owned()));
+                }
+                Ok(match protocol {
+                    Protocol::Grpc => endpoint.to_owned(),
+                    // Like OTEL_EXPORTER_OTLP_ENDPOINT: a base URL gets the signal's path.
+                    Protocol::HttpProtobuf | Protocol::HttpJson => with_traces_path(endpoint),
+                })
+            })
+            .transpose()?;
+        Ok(Self { protocol, endpoint })
+    }
+}
+
+/// `http://host:4318` → `http://host:4318/v1/traces`; a URL with a path is kept.
+fn with_traces_path(endpoint: &str) -> String {
+    let after_scheme = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    match after_scheme.split_once('/') {
+        Some((_, path)) if !path.is_empty() => endpoint.to_owned(),
+        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    }
+}
+
+/// The resource every span is exported with: `service.name` (`OTEL_SERVICE_NAME`, else
+/// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `tcpstates`), `host.name`, the SDK's
+/// `telemetry.sdk.*`, and every attribute of `OTEL_RESOURCE_ATTRIBUTES`.
+pub fn resource(host_name: Option<String>, service_name_var: Option<String>) -> Resource {
+    let detectors: [Box<dyn ResourceDetector>; 2] = [
+        Box::new(TelemetryResourceDetector),
+        Box::new(EnvResourceDetector::new()),
+    ];
+    let mut builder = Resource::builder_empty()
+        .with_service_name(DEFAULT_SERVICE_NAME)
+        .with_attributes(host_name.map(|name| KeyValue::new(HOST_NAME, name)))
+        .with_detectors(&detectors);
+    if let Some(name) = service_name_var.filter(|name| !name.is_empty()) {
+        builder = builder.with_attribute(KeyValue::new(SERVICE_NAME, name));
+    }
+    builder.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::{Key, Value};
+
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn grpc_by_default_and_endpoint_kept() {
+        let settings =
+            ExportSettings::resolve(Some("http://127.0.0.1:4317"), env(&[])).expect("valid");
+        assert_eq!(settings.protocol, Protocol::Grpc);
+        assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        let settings = ExportSettings::resolve(None, env(&[])).expect("valid");
+        assert_eq!(settings.endpoint, None);
+    }
+
+    #[test]
+    fn http_base_url_gets_the_traces_path() {
+        let vars = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        let settings =
+            ExportSettings::resolve(Some("http://127.0.0.1:4318"), env(&vars)).expect("valid");
+        assert_eq!(settings.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            settings.endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        let custom =
+            ExportSettings::resolve(Some("http://c:4318/custom/path"), env(&vars)).expect("valid");
+        assert_eq!(
+            custom.endpoint.as_deref(),
+            Some("http://c:4318/custom/path")
+        );
+    }
+
+    #[test]
+    fn traces_protocol_wins_over_the_generic_one() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ];
+        let settings = ExportSettings::resolve(None, env(&vars)).expect("valid");
+        assert_eq!(settings.protocol, Protocol::HttpJson);
+    }
+
+    #[test]
+    fn bad_protocol_and_endpoint_are_named() {
+        let vars = [("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")];
+        let err = ExportSettings::resolve(None, env(&vars)).expect_err("unknown protocol");
+        assert!(
+            err.to_string()
+                .contains("OTEL_EXPORTER_OTLP_PROTOCOL=thrift"),
+            "{err}"
+        );
+        let err = ExportSettings::resolve(Some("localhost:4317"), env(&[])).expect_err("no scheme");
+        assert!(err.to_string().contains("'localhost:4317'"), "{err}");
+    }
+
+    #[test]
+    fn service_name_defaults_to_tcpstates_and_follows_otel_service_name() {
+        let name = |resource: &Resource| resource.get(&Key::new(SERVICE_NAME));
+        let resource = resource(Some("web-1".into()), None);
+        assert_eq!(name(&resource), Some(Value::from("tcpstates")));
+        assert_eq!(
+            resource.get(&Key::new(HOST_NAME)),
+            Some(Value::from("web-1"))
+        );
+        let named = super::resource(None, Some("edge-agent".into()));
+        assert_eq!(name(&named), Some(Value::from("edge-agent")));
+    }
+}

@@ -1,0 +1,226 @@
+//! Turning completed sessions and states into OpenTelemetry spans, following the semantic
+//! conventions for network attributes.
+//!
+//! A session's root span covers the whole session; each state it was in is a child span named
+//! after the state. Times are the kernel's, moved to wall-clock time by one offset, so a
+//! child's duration is exactly the kernel's delta.
+
+use std::{borrow::Cow, net::SocketAddr};
+
+use agent_common::decode::TcpState;
+use opentelemetry::{
+    KeyValue,
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use opentelemetry_semantic_conventions::attribute::{
+    CLIENT_ADDRESS, CLIENT_PORT, ERROR_TYPE, NETWORK_CONNECTION_STATE, NETWORK_LOCAL_ADDRESS,
+    NETWORK_LOCAL_PORT, NETWORK_PEER_ADDRESS, NETWORK_PEER_PORT, NETWORK_TRANSPORT, NETWORK_TYPE,
+    SERVER_ADDRESS, SERVER_PORT,
+};
+
+use crate::{
+    clock::WallClock,
+    session::{Completed, Endpoints, Incomplete, Outcome, Role, Session},
+};
+
+/// Vendor attribute: kernel address of the socket, hex.
+pub const SKADDR: &str = "tcpstates.skaddr";
+/// Vendor attribute: pid on the CPU at the session's first seen transition.
+pub const ONCPU_PID: &str = "tcpstates.oncpu.pid";
+/// Vendor attribute: command on the CPU at the session's first seen transition.
+pub const ONCPU_COMM: &str = "tcpstates.oncpu.comm";
+/// Vendor attribute: the session (or state) was ended before its CLOSE was seen.
+pub const INCOMPLETE: &str = "tcpstates.session.incomplete";
+/// Vendor attribute: why it was ended early (`shutdown` or `evicted`).
+pub const END_REASON: &str = "tcpstates.session.end_reason";
+
+/// Builds spans for one exporter.
+pub struct SpanFactory {
+    clock: WallClock,
+    scope: opentelemetry::InstrumentationScope,
+}
+
+impl SpanFactory {
+    /// A factory converting kernel times with `clock`.
+    pub fn new(clock: WallClock) -> Self {
+        let scope = opentelemetry::InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        Self { clock, scope }
+    }
+
+    /// The span of a completed state or session; `child_span_id` is used for a state's span.
+    pub fn span(&self, completed: &Completed, child_span_id: u64) -> SpanData {
+        match completed {
+            Completed::State {
+                session,
+                state,
+                start_ns,
+                end_ns,
+                incomplete,
+            } => {
+                let mut attributes = vec![KeyValue::new(NETWORK_TRANSPORT, "tcp")];
+                if let Some(value) = connection_state(*state) {
+                    attributes.push(KeyValue::new(NETWORK_CONNECTION_STATE, value));
+                }
+                push_incomplete(&mut attributes, *incomplete);
+                self.data(
+                    session,
+                    SpanId::from(child_span_id),
+                    SpanId::from(session.ids.root_span_id),
+                    SpanKind::Internal,
+                    Cow::Owned(state.to_string()),
+                    (*start_ns, *end_ns),
+                    attributes,
+                    Status::Unset,
+                )
+            }
+            Completed::Session {
+                session,
+                end_ns,
+                outcome,
+                incomplete,
+            } => {
+                let mut attributes = session_attributes(session);
+                let status = match outcome {
+                    Outcome::Normal => Status::Unset,
+                    Outcome::ConnectFailed => {
+                        attributes.push(KeyValue::new(ERROR_TYPE, "connect_failed"));
+                        Status::error("connect refused or timed out: SYN_SENT -> CLOSE")
+                    }
+                    Outcome::Reset => {
+                        attributes.push(KeyValue::new(ERROR_TYPE, "connection_reset"));
+                        Status::error("connection reset: straight to CLOSE")
+                    }
+                };
+                push_incomplete(&mut attributes, *incomplete);
+                let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
+                self.data(
+                    session,
+                    SpanId::from(session.ids.root_span_id),
+                    SpanId::INVALID,
+                    kind,
+                    Cow::Owned(name),
+                    (session.start_ns, *end_ns),
+                    attributes,
+                    status,
+                )
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn data(
+        &self,
+        session: &Session,
+        span_id: SpanId,
+        parent_span_id: SpanId,
+        span_kind: SpanKind,
+        name: Cow<'static, str>,
+        (start_ns, end_ns): (u64, u64),
+        attributes: Vec<KeyValue>,
+        status: Status,
+    ) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(session.ids.trace_id),
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id,
+            parent_span_is_remote: false,
+            span_kind,
+            name,
+            start_time: self.clock.system_time(start_ns),
+            end_time: self.clock.system_time(end_ns),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+}
+
+/// `tcp connect 10.0.0.2:443` (CLIENT), `tcp accept 10.0.0.1:80` (SERVER),
+/// `tcp listen 0.0.0.0:80` or `tcp session` (INTERNAL).
+fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
+    let local = SocketAddr::new(ends.local_addr, ends.local_port);
+    let peer = SocketAddr::new(ends.remote_addr, ends.remote_port);
+    match role {
+        Role::Connect => (format!("tcp connect {peer}"), SpanKind::Client),
+        Role::Accept => (format!("tcp accept {local}"), SpanKind::Server),
+        Role::Listen => (format!("tcp listen {local}"), SpanKind::Internal),
+        Role::Unknown => ("tcp session".to_owned(), SpanKind::Internal),
+    }
+}
+
+fn session_attributes(session: &Session) -> Vec<KeyValue> {
+    let ends = &session.endpoints;
+    let network_type = if ends.local_addr.is_ipv4() {
+        "ipv4"
+    } else {
+        "ipv6"
+    };
+    let local = (ends.local_addr.to_string(), i64::from(ends.local_port));
+    let peer = (ends.remote_addr.to_string(), i64::from(ends.remote_port));
+    let mut attributes = vec![
+        KeyValue::new(NETWORK_TRANSPORT, "tcp"),
+        KeyValue::new(NETWORK_TYPE, network_type),
+        KeyValue::new(NETWORK_LOCAL_ADDRESS, local.0.clone()),
+        KeyValue::new(NETWORK_LOCAL_PORT, local.1),
+        KeyValue::new(NETWORK_PEER_ADDRESS, peer.0.clone()),
+        KeyValue::new(NETWORK_PEER_PORT, peer.1),
+        KeyValue::new(SKADDR, format!("{:x}", session.skaddr)),
+        KeyValue::new(ONCPU_PID, i64::from(session.first_pid)),
+        KeyValue::new(ONCPU_COMM, session.first_comm.to_str_lossy().into_owned()),
+    ];
+    let (server, client) = match session.role {
+        Role::Connect => (Some(peer), Some(local)),
+        Role::Accept => (Some(local), Some(peer)),
+        Role::Listen => (Some(local), None),
+        Role::Unknown => (None, None),
+    };
+    if let Some((address, port)) = server {
+        attributes.push(KeyValue::new(SERVER_ADDRESS, address));
+        attributes.push(KeyValue::new(SERVER_PORT, port));
+    }
+    if let Some((address, port)) = client {
+        attributes.push(KeyValue::new(CLIENT_ADDRESS, address));
+        attributes.push(KeyValue::new(CLIENT_PORT, port));
+    }
+    attributes
+}
+
+fn push_incomplete(attributes: &mut Vec<KeyValue>, incomplete: Option<Incomplete>) {
+    if let Some(why) = incomplete {
+        attributes.push(KeyValue::new(INCOMPLETE, true));
+        let reason = match why {
+            Incomplete::Shutdown => "shutdown",
+            Incomplete::Evicted => "evicted",
+        };
+        attributes.push(KeyValue::new(END_REASON, reason));
+    }
+}
+
+/// The semantic conventions' `network.connection.state` value of a kernel TCP state.
+fn connection_state(state: TcpState) -> Option<&'static str> {
+    Some(match state.name()? {
+        "ESTABLISHED" => "established",
+        "SYN_SENT" => "syn_sent",
+        "SYN_RECV" | "NEW_SYN_RECV" => "syn_received",
+        "FIN_WAIT1" => "fin_wait_1",
+        "FIN_WAIT2" => "fin_wait_2",
+        "TIME_WAIT" => "time_wait",
+        "CLOSE" => "closed",
+        "CLOSE_WAIT" => "close_wait",
+        "LAST_ACK" => "last_ack",
+        "LISTEN" => "listen",
+        "CLOSING" => "closing",
+        _ => return None,
+    })
+}
