@@ -7,6 +7,8 @@
 //! 23xxx, json 24xxx, journal 25xxx, layouts 26xxx, signals 27xxx), below the ephemeral range,
 //! and each test its own ports in it, so they pass in parallel as well as with
 //! `--test-threads=1`.
+//! The OTLP receiver of [`otlp`] (rotel) listens on free loopback ports the kernel picks, in the
+//! ephemeral range, so it never meets those blocks.
 
 #![deny(missing_docs)]
 
@@ -14,5 +16,6 @@ pub mod agent;
 pub mod events;
 pub mod journald;
 pub mod netns;
+pub mod otlp;
 pub mod scenario;
 pub mod traffic;
