@@ -13,28 +13,44 @@ pub const ESTABLISHED: u32 = 1;
 pub const SYN_SENT: u32 = 2;
 /// `TCP_SYN_RECV`.
 pub const SYN_RECV: u32 = 3;
+/// `TCP_FIN_WAIT1`.
+pub const FIN_WAIT1: u32 = 4;
+/// `TCP_FIN_WAIT2`.
+pub const FIN_WAIT2: u32 = 5;
+/// `TCP_TIME_WAIT`.
+pub const TIME_WAIT: u32 = 6;
 /// `TCP_CLOSE`.
 pub const CLOSE: u32 = 7;
+/// `TCP_CLOSE_WAIT`.
+pub const CLOSE_WAIT: u32 = 8;
+/// `TCP_LAST_ACK`.
+pub const LAST_ACK: u32 = 9;
 /// `TCP_LISTEN`.
 pub const LISTEN: u32 = 10;
+/// `TCP_CLOSING`.
+pub const CLOSING: u32 = 11;
+/// `TCP_NEW_SYN_RECV`.
+pub const NEW_SYN_RECV: u32 = 12;
+/// `TCP_BOUND_INACTIVE`.
+pub const BOUND_INACTIVE: u32 = 13;
 
 /// The kernel's name of a TCP state, without the `TCP_` prefix, or `None` for a number the
 /// kernel does not define (a caller prints the number instead, as bcc does).
 pub const fn name(state: u32) -> Option<&'static str> {
     Some(match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        13 => "BOUND_INACTIVE",
+        ESTABLISHED => "ESTABLISHED",
+        SYN_SENT => "SYN_SENT",
+        SYN_RECV => "SYN_RECV",
+        FIN_WAIT1 => "FIN_WAIT1",
+        FIN_WAIT2 => "FIN_WAIT2",
+        TIME_WAIT => "TIME_WAIT",
+        CLOSE => "CLOSE",
+        CLOSE_WAIT => "CLOSE_WAIT",
+        LAST_ACK => "LAST_ACK",
+        LISTEN => "LISTEN",
+        CLOSING => "CLOSING",
+        NEW_SYN_RECV => "NEW_SYN_RECV",
+        BOUND_INACTIVE => "BOUND_INACTIVE",
         _ => return None,
     })
 }

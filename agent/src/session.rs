@@ -135,10 +135,10 @@ pub struct Session {
     /// On-CPU command at the first seen transition.
     pub first_comm: Comm,
     /// The state it is in.
-    state: TcpState,
+    pub(crate) state: TcpState,
     /// Kernel time it entered `state`; `None` when that was not seen (a session first seen
     /// mid-way has not timed its first state).
-    state_since_ns: Option<u64>,
+    pub(crate) state_since_ns: Option<u64>,
 }
 
 /// A span-shaped record of something that finished: one state of a session, or a session.
@@ -282,4 +282,227 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
         outcome: Outcome::Normal,
         incomplete: Some(why),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use agent_common::{
+        event::COMM_LEN,
+        state::{CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, LAST_ACK},
+    };
+
+    use super::*;
+
+    fn change(skaddr: u64, ts_ns: u64, old: u32, new: u32, lport: u16) -> StateChange {
+        StateChange {
+            ts_ns,
+            skaddr,
+            span_ns: 0,
+            pid: 7,
+            comm: Comm::new([b'x'; COMM_LEN]),
+            local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: lport,
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            remote_port: 80,
+            oldstate: TcpState(old),
+            newstate: TcpState(new),
+        }
+    }
+
+    /// Feeds `changes` to a table of `capacity`; returns what completed.
+    fn run(capacity: usize, changes: &[StateChange]) -> (SessionTable, Vec<Completed>) {
+        let mut table = SessionTable::new(NonZeroUsize::new(capacity).expect("non-zero"));
+        let mut out = Vec::new();
+        let mut next = 0;
+        for change in changes {
+            table.observe(
+                change,
+                || {
+                    next += 1;
+                    SessionIds {
+                        trace_id: next,
+                        root_span_id: next as u64,
+                    }
+                },
+                &mut out,
+            );
+        }
+        (table, out)
+    }
+
+    fn states(out: &[Completed]) -> Vec<(String, u64, u64)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Completed::State {
+                    state,
+                    start_ns,
+                    end_ns,
+                    ..
+                } => Some((state.to_string(), *start_ns, *end_ns)),
+                Completed::Session { .. } => None,
+            })
+            .collect()
+    }
+
+    fn sessions(out: &[Completed]) -> Vec<(&Session, u64, Outcome, Option<Incomplete>)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Completed::Session {
+                    session,
+                    end_ns,
+                    outcome,
+                    incomplete,
+                } => Some((session, *end_ns, *outcome, *incomplete)),
+                Completed::State { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_active_open_is_one_session_with_a_span_per_state() {
+        let (table, out) = run(
+            8,
+            &[
+                change(1, 100, CLOSE, SYN_SENT, 0),
+                change(1, 150, SYN_SENT, ESTABLISHED, 5000),
+                change(1, 400, ESTABLISHED, CLOSE_WAIT, 5000),
+                change(1, 410, CLOSE_WAIT, LAST_ACK, 5000),
+                change(1, 415, LAST_ACK, CLOSE, 5000),
+            ],
+        );
+        assert!(table.is_empty());
+        assert_eq!(
+            states(&out),
+            [
+                ("SYN_SENT".into(), 100, 150),
+                ("ESTABLISHED".into(), 150, 400),
+                ("CLOSE_WAIT".into(), 400, 410),
+                ("LAST_ACK".into(), 410, 415),
+            ]
+        );
+        let ended = sessions(&out);
+        assert_eq!(ended.len(), 1);
+        let (session, end_ns, outcome, incomplete) = ended[0];
+        assert_eq!(
+            (session.role, session.start_ns, end_ns),
+            (Role::Connect, 100, 415)
+        );
+        assert_eq!((outcome, incomplete), (Outcome::Normal, None));
+        assert_eq!(
+            session.endpoints.local_port, 5000,
+            "filled in from later events"
+        );
+        assert!(
+            matches!(out.last(), Some(Completed::Session { .. })),
+            "root last"
+        );
+    }
+
+    #[test]
+    fn accepted_listening_and_mid_way_sessions_are_told_apart() {
+        let (table, out) = run(
+            8,
+            &[
+                change(1, 10, CLOSE, LISTEN, 80),
+                change(2, 20, LISTEN, SYN_RECV, 80),
+                change(3, 30, ESTABLISHED, FIN_WAIT1, 81),
+                change(2, 40, SYN_RECV, ESTABLISHED, 80),
+                change(1, 50, LISTEN, CLOSE, 80),
+                change(3, 60, FIN_WAIT1, FIN_WAIT2, 81),
+            ],
+        );
+        let ended = sessions(&out);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].0.role, Role::Listen);
+        assert_eq!(
+            states(&out),
+            [
+                ("SYN_RECV".into(), 20, 40),
+                ("LISTEN".into(), 10, 50),
+                ("FIN_WAIT1".into(), 30, 60),
+            ],
+            "the state a mid-way session was first seen leaving is not timed"
+        );
+        assert_eq!(table.len(), 2);
+        let mut out = Vec::new();
+        let mut table = table;
+        table.end_all(99, &mut out);
+        let roles: Vec<_> = sessions(&out)
+            .iter()
+            .map(|s| (s.0.role, s.1, s.3))
+            .collect();
+        assert!(roles.contains(&(Role::Accept, 99, Some(Incomplete::Shutdown))));
+        assert!(roles.contains(&(Role::Unknown, 99, Some(Incomplete::Shutdown))));
+        assert!(states(&out).contains(&("ESTABLISHED".into(), 40, 99)));
+        assert!(states(&out).contains(&("FIN_WAIT2".into(), 60, 99)));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn refused_connects_and_resets_are_errors() {
+        let (_, out) = run(
+            8,
+            &[
+                change(1, 1, CLOSE, SYN_SENT, 0),
+                change(1, 2, SYN_SENT, CLOSE, 4000),
+                change(2, 3, CLOSE, SYN_SENT, 0),
+                change(2, 4, SYN_SENT, ESTABLISHED, 4001),
+                change(2, 5, ESTABLISHED, CLOSE, 4001),
+            ],
+        );
+        let outcomes: Vec<_> = sessions(&out).iter().map(|s| s.2).collect();
+        assert_eq!(outcomes, [Outcome::ConnectFailed, Outcome::Reset]);
+    }
+
+    #[test]
+    fn a_reused_address_starts_a_new_session_and_ends_the_stale_one() {
+        let (table, out) = run(
+            8,
+            &[
+                change(1, 10, CLOSE, SYN_SENT, 0),
+                change(1, 20, SYN_SENT, ESTABLISHED, 4000),
+                // Its CLOSE was lost; a new socket gets the same address.
+                change(1, 1_000, CLOSE, SYN_SENT, 0),
+                change(1, 1_005, SYN_SENT, ESTABLISHED, 4001),
+            ],
+        );
+        let ended = sessions(&out);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(
+            (ended[0].0.ids.trace_id, ended[0].3),
+            (1, Some(Incomplete::Evicted))
+        );
+        assert_eq!(table.evictions(), 1);
+        assert_eq!(
+            states(&out),
+            [
+                ("SYN_SENT".into(), 10, 20),
+                ("ESTABLISHED".into(), 20, 1_000),
+                ("SYN_SENT".into(), 1_000, 1_005)
+            ],
+            "the stale session's state ends where the new one's first span starts"
+        );
+    }
+
+    #[test]
+    fn a_full_table_ends_the_session_idle_longest() {
+        let (table, out) = run(
+            2,
+            &[
+                change(1, 10, CLOSE, SYN_SENT, 0),
+                change(2, 20, CLOSE, SYN_SENT, 0),
+                change(1, 30, SYN_SENT, ESTABLISHED, 4000),
+                change(3, 40, CLOSE, SYN_SENT, 0),
+            ],
+        );
+        let ended = sessions(&out);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(
+            (ended[0].0.skaddr, ended[0].3),
+            (2, Some(Incomplete::Evicted))
+        );
+        assert_eq!((table.len(), table.evictions()), (2, 1));
+    }
 }

@@ -224,3 +224,163 @@ fn connection_state(state: TcpState) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv6Addr},
+        time::Duration,
+    };
+
+    use agent_common::{decode::Comm, event::COMM_LEN};
+    use opentelemetry::Value;
+
+    use super::*;
+    use crate::session::SessionIds;
+
+    fn session(role: Role) -> Session {
+        let mut comm = [0; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        Session {
+            ids: SessionIds {
+                trace_id: 0xabc,
+                root_span_id: 0x123,
+            },
+            skaddr: 0xffff_8881_0685_e5c0,
+            role,
+            start_ns: 1_000_000,
+            endpoints: Endpoints {
+                local_addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                local_port: 40000,
+                remote_addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                remote_port: 8080,
+            },
+            first_pid: 42,
+            first_comm: Comm::new(comm),
+            state: TcpState(agent_common::state::ESTABLISHED),
+            state_since_ns: None,
+        }
+    }
+
+    fn factory() -> SpanFactory {
+        SpanFactory::new(WallClock::from_epoch_at_boot_ns(1_700_000_000_000_000_000))
+    }
+
+    fn attr(span: &SpanData, key: &str) -> Option<Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    }
+
+    #[test]
+    fn a_state_span_lasts_exactly_the_kernel_delta() {
+        let completed = Completed::State {
+            session: session(Role::Connect),
+            state: TcpState(agent_common::state::ESTABLISHED),
+            start_ns: 1_234_567,
+            end_ns: 201_234_568,
+            incomplete: None,
+        };
+        let span = factory().span(&completed, 0x77);
+        assert_eq!(span.name, "ESTABLISHED");
+        assert_eq!(span.span_kind, SpanKind::Internal);
+        assert_eq!(span.span_context.trace_id(), TraceId::from(0xabc_u128));
+        assert_eq!(span.span_context.span_id(), SpanId::from(0x77_u64));
+        assert_eq!(span.parent_span_id, SpanId::from(0x123_u64));
+        let duration = span
+            .end_time
+            .duration_since(span.start_time)
+            .expect("end after start");
+        assert_eq!(duration, Duration::from_nanos(200_000_001));
+        assert_eq!(
+            attr(&span, NETWORK_CONNECTION_STATE),
+            Some(Value::from("established"))
+        );
+        assert_eq!(attr(&span, INCOMPLETE), None);
+    }
+
+    #[test]
+    fn root_spans_are_named_and_kinded_by_role() {
+        let root = |role| {
+            factory().span(
+                &Completed::Session {
+                    session: session(role),
+                    end_ns: 2_000_000,
+                    outcome: Outcome::Normal,
+                    incomplete: None,
+                },
+                0,
+            )
+        };
+        let connect = root(Role::Connect);
+        assert_eq!(connect.name, "tcp connect [::1]:8080");
+        assert_eq!(connect.span_kind, SpanKind::Client);
+        assert_eq!(connect.parent_span_id, SpanId::INVALID);
+        assert_eq!(connect.span_context.span_id(), SpanId::from(0x123_u64));
+        assert_eq!(attr(&connect, SERVER_PORT), Some(Value::I64(8080)));
+        assert_eq!(attr(&connect, CLIENT_PORT), Some(Value::I64(40000)));
+        assert_eq!(attr(&connect, NETWORK_TYPE), Some(Value::from("ipv6")));
+        assert_eq!(
+            attr(&connect, NETWORK_PEER_ADDRESS),
+            Some(Value::from("::1"))
+        );
+        assert_eq!(
+            attr(&connect, SKADDR),
+            Some(Value::from("ffff88810685e5c0"))
+        );
+        assert_eq!(attr(&connect, ONCPU_PID), Some(Value::I64(42)));
+        assert_eq!(attr(&connect, ONCPU_COMM), Some(Value::from("curl")));
+        assert_eq!(connect.status, Status::Unset);
+
+        let accept = root(Role::Accept);
+        assert_eq!(accept.name, "tcp accept [::1]:40000");
+        assert_eq!(accept.span_kind, SpanKind::Server);
+        assert_eq!(attr(&accept, SERVER_PORT), Some(Value::I64(40000)));
+        assert_eq!(attr(&accept, CLIENT_PORT), Some(Value::I64(8080)));
+
+        let listen = root(Role::Listen);
+        assert_eq!(
+            (listen.name.as_ref(), listen.span_kind.clone()),
+            ("tcp listen [::1]:40000", SpanKind::Internal)
+        );
+        assert_eq!(attr(&listen, CLIENT_PORT), None);
+
+        let unknown = root(Role::Unknown);
+        assert_eq!(
+            (unknown.name.as_ref(), unknown.span_kind.clone()),
+            ("tcp session", SpanKind::Internal)
+        );
+        assert_eq!(attr(&unknown, SERVER_ADDRESS), None);
+    }
+
+    #[test]
+    fn abnormal_ends_are_errors_and_early_ends_are_marked() {
+        let end = |outcome, incomplete| {
+            factory().span(
+                &Completed::Session {
+                    session: session(Role::Connect),
+                    end_ns: 2_000_000,
+                    outcome,
+                    incomplete,
+                },
+                0,
+            )
+        };
+        let refused = end(Outcome::ConnectFailed, None);
+        assert!(matches!(refused.status, Status::Error { .. }));
+        assert_eq!(
+            attr(&refused, ERROR_TYPE),
+            Some(Value::from("connect_failed"))
+        );
+        let reset = end(Outcome::Reset, None);
+        assert_eq!(
+            attr(&reset, ERROR_TYPE),
+            Some(Value::from("connection_reset"))
+        );
+        let cut = end(Outcome::Normal, Some(Incomplete::Shutdown));
+        assert_eq!(cut.status, Status::Unset);
+        assert_eq!(attr(&cut, INCOMPLETE), Some(Value::Bool(true)));
+        assert_eq!(attr(&cut, END_REASON), Some(Value::from("shutdown")));
+    }
+}
