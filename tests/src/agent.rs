@@ -131,16 +131,37 @@ pub struct Finished {
     pub stderr: Vec<String>,
 }
 
+/// A command that runs the agent with `args`, for a test to add environment variables to. It
+/// inherits no `OTEL_*` variable from the test's own environment, so only what the test sets
+/// configures the OTLP export.
+pub fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 impl Agent {
     /// Runs the agent with `args` and waits until it reports that it is attached
     /// ([`READY`] on stderr). Panics, with its stderr, if it exits or times out first.
     pub fn start(args: &[&str]) -> Agent {
-        let agent = Agent::spawn(args);
+        Agent::start_command(command(args))
+    }
+
+    /// Runs `command` (made with [`command`]) and waits, like [`Agent::start`], until the agent
+    /// is attached.
+    pub fn start_command(command: Command) -> Agent {
+        let described = format!("{command:?}");
+        let agent = Agent::spawn_command(command);
         if let Err(lines) = agent.stderr.wait(ATTACH_TIMEOUT, |lines| {
             lines.iter().any(|l| l == READY).then_some(())
         }) {
             panic!(
-                "tcpstates {args:?} did not print {READY:?} within {ATTACH_TIMEOUT:?}; stderr:\n{}",
+                "{described} did not print {READY:?} within {ATTACH_TIMEOUT:?}; stderr:\n{}",
                 lines.join("\n")
             );
         }
@@ -149,9 +170,7 @@ impl Agent {
 
     /// Runs the agent with `args` without waiting for anything.
     pub fn spawn(args: &[&str]) -> Agent {
-        let mut command = Command::new(binary());
-        command.args(args);
-        Agent::spawn_command(command)
+        Agent::spawn_command(command(args))
     }
 
     /// Runs `command` (which runs the agent, possibly through a wrapper such as `setpriv`),
@@ -198,6 +217,21 @@ impl Agent {
                 "timed out after {timeout:?} waiting for {what}; stdout:\n{}\nstderr:\n{}",
                 lines.join("\n"),
                 self.stderr.snapshot().join("\n")
+            )
+        })
+    }
+
+    /// Like [`Agent::await_stdout`], on the lines of stderr.
+    pub fn await_stderr<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl FnMut(&[String]) -> Option<T>,
+    ) -> T {
+        self.stderr.wait(timeout, check).unwrap_or_else(|lines| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; stderr:\n{}",
+                lines.join("\n")
             )
         })
     }
@@ -272,6 +306,24 @@ impl Finished {
             )
         })
     }
+
+    /// The OTLP account among the stderr lines (see [`parse_otlp_summary`]); panics unless
+    /// there is exactly one such line.
+    pub fn otlp_summary(&self) -> OtlpSummary {
+        let found: Vec<OtlpSummary> = self
+            .stderr
+            .iter()
+            .filter_map(|line| parse_otlp_summary(line))
+            .collect();
+        match found.as_slice() {
+            [summary] => *summary,
+            _ => panic!(
+                "expected one OTLP account line on stderr, found {}:\n{}",
+                found.len(),
+                self.stderr.join("\n")
+            ),
+        }
+    }
 }
 
 /// The counts of the agent's last stderr line,
@@ -292,9 +344,61 @@ pub struct Summary {
 
 /// Parses the summary line; `None` if `line` does not have exactly that shape.
 pub fn parse_summary(line: &str) -> Option<Summary> {
-    const SHAPE: &str =
-        "tcpstates: # events written, # lost (# ring buffer full, # BPF recursion, # unreadable)";
-    let mut shape = String::new();
+    let numbers = numbers_in_shape(
+        line,
+        "tcpstates: # events written, # lost (# ring buffer full, # BPF recursion, # unreadable)",
+    )?;
+    match numbers.as_slice() {
+        &[written, lost, ring_buffer_full, recursion, unreadable] => Some(Summary {
+            written,
+            lost,
+            ring_buffer_full,
+            recursion,
+            unreadable,
+        }),
+        _ => None,
+    }
+}
+
+/// The counts of the agent's OTLP account on stderr (after the [`Summary`] line, with `--otlp`),
+/// `tcpstates: OTLP: N sessions exported in M spans, D spans dropped (queue full), F failed,
+/// E sessions evicted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtlpSummary {
+    /// N: sessions exported (root spans the collector accepted).
+    pub sessions: u64,
+    /// M: spans exported, roots and children.
+    pub spans: u64,
+    /// D: spans dropped because the export queue was full.
+    pub dropped: u64,
+    /// F: spans given up on after failed export requests.
+    pub failed: u64,
+    /// E: sessions ended early because the session table was full.
+    pub evicted: u64,
+}
+
+/// Parses the OTLP account line; `None` if `line` does not have exactly that shape.
+pub fn parse_otlp_summary(line: &str) -> Option<OtlpSummary> {
+    let numbers = numbers_in_shape(
+        line,
+        "tcpstates: OTLP: # sessions exported in # spans, # spans dropped (queue full), # failed, \
+         # sessions evicted",
+    )?;
+    match numbers.as_slice() {
+        &[sessions, spans, dropped, failed, evicted] => Some(OtlpSummary {
+            sessions,
+            spans,
+            dropped,
+            failed,
+            evicted,
+        }),
+        _ => None,
+    }
+}
+
+/// The numbers in `line` if, each run of digits replaced by `#`, it is exactly `shape`.
+fn numbers_in_shape(line: &str, shape: &str) -> Option<Vec<u64>> {
+    let mut found = String::new();
     let mut numbers = Vec::new();
     let mut digits = String::new();
     for c in line.chars().chain(std::iter::once('\n')) {
@@ -305,20 +409,38 @@ pub fn parse_summary(line: &str) -> Option<Summary> {
         if !digits.is_empty() {
             numbers.push(digits.parse::<u64>().ok()?);
             digits.clear();
-            shape.push('#');
+            found.push('#');
         }
         if c != '\n' {
-            shape.push(c);
+            found.push(c);
         }
     }
-    match (shape == SHAPE, numbers.as_slice()) {
-        (true, &[written, lost, ring_buffer_full, recursion, unreadable]) => Some(Summary {
-            written,
-            lost,
-            ring_buffer_full,
-            recursion,
-            unreadable,
-        }),
-        _ => None,
+    (found == shape).then_some(numbers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_summary_line_parses() {
+        let line = "tcpstates: OTLP: 401 sessions exported in 2003 spans, 4 spans dropped \
+                    (queue full), 2 failed, 1 sessions evicted";
+        assert_eq!(
+            parse_otlp_summary(line),
+            Some(OtlpSummary {
+                sessions: 401,
+                spans: 2003,
+                dropped: 4,
+                failed: 2,
+                evicted: 1,
+            })
+        );
+        assert_eq!(parse_otlp_summary("tcpstates: OTLP: 1 sessions exported"), None);
+        assert_eq!(
+            parse_summary(line),
+            None,
+            "the event account does not take the OTLP line"
+        );
     }
 }

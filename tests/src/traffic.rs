@@ -118,28 +118,101 @@ pub fn connect_and_close(
     closer: Closer,
 ) -> Connection {
     ns.run(|| {
-        let listener = listen(server);
-        let client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
-        let (accepted, _) = listener.accept().expect("accept");
-        let connection = Connection {
-            client: client.local_addr().expect("client address"),
-            server,
-        };
+        let open = OpenConnection::here(server);
         if !hold.is_zero() {
             // Holding the connection open is what a timing test measures.
             thread::sleep(hold);
         }
-        let (first, second) = match closer {
-            Closer::Client => (client, accepted),
-            Closer::Server => (accepted, client),
-        };
-        drop(first);
-        let read = read_once(&second).expect("read the peer's FIN");
-        assert_eq!(read, 0, "expected end of stream after the peer closed");
-        drop(second);
-        drop(listener);
-        connection
+        open.close(closer)
     })
+}
+
+/// In `ns`: listens on `server` and makes `count` connections to it one after the other, each
+/// closed as [`connect_and_close`] closes it (without holding it), then closes the listener.
+/// Produces [`LISTENER`] plus `count` times the `closer`'s client and server transitions.
+pub fn connect_and_close_many(
+    ns: &Netns,
+    server: SocketAddr,
+    count: usize,
+    closer: Closer,
+) -> Vec<Connection> {
+    ns.run(|| {
+        let listener = listen(server);
+        let connections = (0..count)
+            .map(|_| {
+                let (client, accepted) = connect_and_accept(&listener, server);
+                let connection = Connection {
+                    client: client.local_addr().expect("client address"),
+                    server,
+                };
+                close_in_order(client, accepted, closer);
+                connection
+            })
+            .collect();
+        drop(listener);
+        connections
+    })
+}
+
+/// In `ns`: listens on `server`, connects to it and accepts, and leaves all three sockets open
+/// (both ends ESTABLISHED) until [`OpenConnection::close`], or until it is dropped.
+pub fn open_connection(ns: &Netns, server: SocketAddr) -> OpenConnection {
+    ns.run(|| OpenConnection::here(server))
+}
+
+/// A connection left open: the listener, the client and the accepted socket.
+#[derive(Debug)]
+pub struct OpenConnection {
+    /// Its two ends.
+    pub connection: Connection,
+    listener: TcpListener,
+    client: TcpStream,
+    accepted: TcpStream,
+}
+
+impl OpenConnection {
+    /// Opens the connection in the calling thread's namespace.
+    fn here(server: SocketAddr) -> OpenConnection {
+        let listener = listen(server);
+        let (client, accepted) = connect_and_accept(&listener, server);
+        OpenConnection {
+            connection: Connection {
+                client: client.local_addr().expect("client address"),
+                server,
+            },
+            listener,
+            client,
+            accepted,
+        }
+    }
+
+    /// Closes the `closer` end, the other end once it has read the FIN, then the listener (the
+    /// sockets stay in their namespace, whatever thread this runs on). Completes [`LISTENER`]
+    /// and the `closer`'s client and server transitions.
+    pub fn close(self, closer: Closer) -> Connection {
+        close_in_order(self.client, self.accepted, closer);
+        drop(self.listener);
+        self.connection
+    }
+}
+
+/// Connects to `server` and accepts the connection on `listener`: (client, accepted).
+fn connect_and_accept(listener: &TcpListener, server: SocketAddr) -> (TcpStream, TcpStream) {
+    let client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
+    let (accepted, _) = listener.accept().expect("accept");
+    (client, accepted)
+}
+
+/// Closes the `closer` end, then the other end once it has read the FIN.
+fn close_in_order(client: TcpStream, accepted: TcpStream, closer: Closer) {
+    let (first, second) = match closer {
+        Closer::Client => (client, accepted),
+        Closer::Server => (accepted, client),
+    };
+    drop(first);
+    let read = read_once(&second).expect("read the peer's FIN");
+    assert_eq!(read, 0, "expected end of stream after the peer closed");
+    drop(second);
 }
 
 /// In `ns`: connects to `server`, where nothing listens, and checks that the connection is
@@ -162,8 +235,7 @@ pub fn listen_and_close(ns: &Netns, addr: SocketAddr) {
 pub fn connect_and_reset(ns: &Netns, server: SocketAddr) -> Connection {
     ns.run(|| {
         let listener = listen(server);
-        let client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
-        let (accepted, _) = listener.accept().expect("accept");
+        let (client, accepted) = connect_and_accept(&listener, server);
         let connection = Connection {
             client: client.local_addr().expect("client address"),
             server,
