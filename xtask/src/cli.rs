@@ -101,8 +101,8 @@ pub struct BenchArgs {
     /// (a command line; words separated by spaces).
     #[arg(long, value_name = "CMD")]
     pub peer: Option<String>,
-    /// Directory for the tracers' output files (default: a new directory under the system's
-    /// temporary directory, removed at the end).
+    /// Directory for the tracers' output files, kept there (default: a new directory under the
+    /// system's temporary directory, each file removed once counted).
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 }

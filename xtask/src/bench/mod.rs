@@ -97,6 +97,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             interrupt::check()?;
             let output = scratch.file(&format!("tracer{i}-round{round}.txt"));
             let run = traced_run(spec, &netns, &loadgen, args, &output)?;
+            scratch.discard(&output)?;
             println!(
                 "{}",
                 report::progress(round, args.rounds, &config.name, &run)
@@ -114,6 +115,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut configs = vec![untraced];
     configs.append(&mut traced);
     print!("{}", report::table(&configs, args.seconds));
+    print!("{}", report::transition_deviations(&configs));
     Ok(())
 }
 
@@ -157,7 +159,6 @@ fn traced_run(
     let stopped = tracer.stop()?;
     let lines =
         count_file(output, args.port).with_context(|| format!("reading {}", output.display()))?;
-    std::fs::remove_file(output).with_context(|| format!("removing {}", output.display()))?;
     let summary = stopped
         .stderr
         .iter()

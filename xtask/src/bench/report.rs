@@ -1,15 +1,33 @@
 //! The results of the bench's runs and the table that summarises them.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::count::LineCounts;
 use super::load::LoadResult;
 use super::summary::Summary;
 
+/// The state changes the kernel reports for each load-generator connection: the client's, then
+/// the server's accepted socket's.
+const CONNECTION_TRANSITIONS: [&str; 10] = [
+    "CLOSE->SYN_SENT",
+    "SYN_SENT->ESTABLISHED",
+    "ESTABLISHED->CLOSE_WAIT",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+    "LISTEN->SYN_RECV",
+    "SYN_RECV->ESTABLISHED",
+    "ESTABLISHED->FIN_WAIT1",
+    "FIN_WAIT1->FIN_WAIT2",
+    "FIN_WAIT2->CLOSE",
+];
+/// The state changes of the load generator's listener, once per run.
+const LISTENER_TRANSITIONS: [&str; 2] = ["CLOSE->LISTEN", "LISTEN->CLOSE"];
+
 /// State changes the kernel reports per load-generator connection (5 per side).
-pub const EVENTS_PER_CONNECTION: u64 = 10;
-/// State changes of the load generator's listener per run (CLOSE→LISTEN, LISTEN→CLOSE).
-pub const LISTENER_EVENTS: u64 = 2;
+pub const EVENTS_PER_CONNECTION: u64 = CONNECTION_TRANSITIONS.len() as u64;
+/// State changes of the load generator's listener per run.
+pub const LISTENER_EVENTS: u64 = LISTENER_TRANSITIONS.len() as u64;
 
 /// What the table's event and CPU rows mean.
 pub const LEGEND: &str = "events expected = 10 per connection + 2 for the listener; printed = \
@@ -259,6 +277,43 @@ fn cpu(config: &Config, seconds: u32) -> String {
     format!("{total:.2} ({:.0} % of a core)", total * 100.0 / wall)
 }
 
+/// For each tracer, the transitions printed more or fewer times than expected (printed minus
+/// expected, over all its runs), one line per tracer; empty if every count is exact.
+pub fn transition_deviations(configs: &[Config]) -> String {
+    let mut out = String::new();
+    for config in configs {
+        let mut deviations: BTreeMap<&str, i128> = BTreeMap::new();
+        let mut traced = false;
+        for run in &config.runs {
+            let Some(tracer) = &run.tracer else { continue };
+            traced = true;
+            let connections = i128::from(run.load.connections);
+            for name in CONNECTION_TRANSITIONS {
+                *deviations.entry(name).or_default() -= connections;
+            }
+            for name in LISTENER_TRANSITIONS {
+                *deviations.entry(name).or_default() -= 1;
+            }
+            for (name, count) in &tracer.lines.transitions {
+                *deviations.entry(name).or_default() += i128::from(*count);
+            }
+        }
+        let off: Vec<String> = deviations
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .map(|(name, n)| format!("{name} {n:+}"))
+            .collect();
+        if traced && !off.is_empty() {
+            out.push_str(&format!(
+                "{}: printed minus expected, by transition: {}\n",
+                config.name,
+                off.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 /// Lays the rows out in aligned columns.
 fn render(rows: &[(String, Vec<String>)]) -> String {
     let label_width = rows
@@ -334,6 +389,14 @@ mod tests {
                         lines: LineCounts {
                             total: 1100,
                             matched: 1001,
+                            transitions: CONNECTION_TRANSITIONS
+                                .iter()
+                                .map(|name| match *name {
+                                    "LAST_ACK->CLOSE" => (name.to_string(), 99),
+                                    _ => (name.to_string(), 100),
+                                })
+                                .chain(LISTENER_TRANSITIONS.map(|name| (name.to_string(), 1)))
+                                .collect(),
                         },
                         summary: Some(Summary {
                             written: 1099,
@@ -345,6 +408,10 @@ mod tests {
                 }],
             },
         ];
+        assert_eq!(
+            transition_deviations(&configs),
+            "tcpstates: printed minus expected, by transition: LAST_ACK->CLOSE -1\n"
+        );
         let table = table(&configs, 1);
         let row = |name: &str| {
             table

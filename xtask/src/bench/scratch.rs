@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 /// A directory for output files; removed on drop if this bench created it.
 pub struct Scratch {
     dir: PathBuf,
+    /// Whether the bench made the directory (then files are removed once counted, and the
+    /// directory at the end) or the user named it (then files are kept for inspection).
     owned: bool,
 }
 
@@ -29,6 +31,14 @@ impl Scratch {
     /// The path of file `name` in the directory.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Removes a counted file unless the user asked to keep them (by naming the directory).
+    pub fn discard(&self, path: &Path) -> Result<()> {
+        if self.owned {
+            fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
     }
 }
 
