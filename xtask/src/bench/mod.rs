@@ -156,6 +156,7 @@ fn traced_run(
     tracer.wait_ready(spec.readiness)?;
     let load = load::run(netns, loadgen, args.port, args.seconds)?;
     thread::sleep(DRAIN);
+    let closing = netns.tcp_sockets()?;
     let stopped = tracer.stop()?;
     let lines =
         count_file(output, args.port).with_context(|| format!("reading {}", output.display()))?;
@@ -181,6 +182,7 @@ fn traced_run(
             exit: stopped.exit,
             lines,
             summary,
+            closing,
         }),
     })
 }

@@ -45,6 +45,9 @@ pub struct TracerRun {
     pub lines: LineCounts,
     /// Its own event counts (tcpstates only; peers print none).
     pub summary: Option<Summary>,
+    /// The bench's sockets still closing when it was stopped, by `ss` state: their last state
+    /// changes came too late to be counted.
+    pub closing: BTreeMap<String, u64>,
 }
 
 /// One run of one configuration.
@@ -195,6 +198,10 @@ pub fn table(configs: &[Config], seconds: u32) -> String {
         }),
     ));
     rows.push((
+        "sockets still closing at stop".into(),
+        per_config(&|c| traced(c, |_, t| t.closing.values().sum())),
+    ));
+    rows.push((
         "tracer CPU time (s)".into(),
         per_config(&|c| cpu(c, seconds)),
     ));
@@ -283,10 +290,14 @@ pub fn transition_deviations(configs: &[Config]) -> String {
     let mut out = String::new();
     for config in configs {
         let mut deviations: BTreeMap<&str, i128> = BTreeMap::new();
+        let mut closing: BTreeMap<&str, u64> = BTreeMap::new();
         let mut traced = false;
         for run in &config.runs {
             let Some(tracer) = &run.tracer else { continue };
             traced = true;
+            for (state, n) in &tracer.closing {
+                *closing.entry(state).or_default() += n;
+            }
             let connections = i128::from(run.load.connections);
             for name in CONNECTION_TRANSITIONS {
                 *deviations.entry(name).or_default() -= connections;
@@ -305,10 +316,21 @@ pub fn transition_deviations(configs: &[Config]) -> String {
             .collect();
         if traced && !off.is_empty() {
             out.push_str(&format!(
-                "{}: printed minus expected, by transition: {}\n",
+                "{}: printed minus expected, by transition: {}",
                 config.name,
                 off.join(", ")
             ));
+            if !closing.is_empty() {
+                let states: Vec<String> = closing
+                    .iter()
+                    .map(|(state, n)| format!("{state} {n}"))
+                    .collect();
+                out.push_str(&format!(
+                    " (sockets still closing at stop: {})",
+                    states.join(", ")
+                ));
+            }
+            out.push('\n');
         }
     }
     out
@@ -398,6 +420,7 @@ mod tests {
                                 .chain(LISTENER_TRANSITIONS.map(|name| (name.to_string(), 1)))
                                 .collect(),
                         },
+                        closing: BTreeMap::from([("LAST-ACK".to_string(), 1)]),
                         summary: Some(Summary {
                             written: 1099,
                             lost: 1,
@@ -410,7 +433,8 @@ mod tests {
         ];
         assert_eq!(
             transition_deviations(&configs),
-            "tcpstates: printed minus expected, by transition: LAST_ACK->CLOSE -1\n"
+            "tcpstates: printed minus expected, by transition: LAST_ACK->CLOSE -1 \
+             (sockets still closing at stop: LAST-ACK 1)\n"
         );
         let table = table(&configs, 1);
         let row = |name: &str| {
