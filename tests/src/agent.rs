@@ -237,12 +237,19 @@ impl Agent {
     }
 
     /// Sends `signal` (e.g. `libc::SIGINT`) and waits for the agent to exit.
-    pub fn stop(mut self, signal: libc::c_int) -> Finished {
+    pub fn stop(self, signal: libc::c_int) -> Finished {
+        self.stop_within(signal, EXIT_TIMEOUT)
+    }
+
+    /// Sends `signal` and waits at most `timeout` for the agent to exit (with `--otlp` it first
+    /// exports every span still queued, which on a busy host may take longer than
+    /// [`EXIT_TIMEOUT`]).
+    pub fn stop_within(mut self, signal: libc::c_int, timeout: Duration) -> Finished {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
         let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-        self.finish(EXIT_TIMEOUT)
+        self.finish(timeout)
     }
 
     /// Waits (at most `timeout`) for the agent to exit by itself.
@@ -436,7 +443,10 @@ mod tests {
                 evicted: 1,
             })
         );
-        assert_eq!(parse_otlp_summary("tcpstates: OTLP: 1 sessions exported"), None);
+        assert_eq!(
+            parse_otlp_summary("tcpstates: OTLP: 1 sessions exported"),
+            None
+        );
         assert_eq!(
             parse_summary(line),
             None,

@@ -55,6 +55,10 @@ pub const START_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long stdout must stay quiet for the last span printed to count as complete.
 pub const QUIET: Duration = Duration::from_millis(100);
 
+/// How many of the spans received (the last ones) a wait that timed out shows: on a busy host
+/// the agent exports other sessions than the test's, many more than a message can hold.
+pub const SHOWN_ON_TIMEOUT: usize = 200;
+
 /// Asks Python where pip put `rotel-agent` (inside the `rotel` package, not on `PATH`).
 const AGENT_PROBE: &str =
     "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))";
@@ -430,35 +434,53 @@ impl Receiver {
     /// Every span received so far, in the order rotel printed them. Panics if some of its output
     /// could not be parsed.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        let collected = self.lock();
-        assert!(
-            collected.errors.is_empty(),
-            "cannot parse rotel's output: {:#?}",
-            collected.errors
-        );
-        collected.spans.clone()
+        parsed(&self.lock()).clone()
     }
 
-    /// Polls [`Receiver::spans`] until `done` holds for them and returns them; panics with what
-    /// was received after `timeout`.
-    pub fn wait_for(
+    /// Calls `done` on the spans received so far (in the order rotel printed them), each time
+    /// more have arrived, until it holds, and returns them; `Err` with the spans received after
+    /// `timeout`. `done` runs while the receiver's parser waits, so it should be quick; nothing
+    /// is copied until it holds, so waiting stays cheap when a busy host sends many spans.
+    /// Panics if some of rotel's output could not be parsed.
+    pub fn try_wait_for(
         &self,
         mut done: impl FnMut(&[ReceivedSpan]) -> bool,
         timeout: Duration,
-    ) -> Vec<ReceivedSpan> {
+    ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
         let deadline = Instant::now() + timeout;
+        let mut checked = None;
         loop {
-            let spans = self.spans();
-            if done(&spans) {
-                return spans;
+            {
+                let collected = self.lock();
+                let spans = parsed(&collected);
+                if checked != Some(spans.len()) {
+                    checked = Some(spans.len());
+                    if done(spans) {
+                        return Ok(spans.clone());
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return Err(spans.clone());
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "the spans wanted did not arrive within {timeout:?}; received {}: {spans:#?}",
-                spans.len()
-            );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Like [`Receiver::try_wait_for`], but panics after `timeout`, with the spans received
+    /// (the last [`SHOWN_ON_TIMEOUT`] of them).
+    pub fn wait_for(
+        &self,
+        done: impl FnMut(&[ReceivedSpan]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ReceivedSpan> {
+        self.try_wait_for(done, timeout).unwrap_or_else(|spans| {
+            panic!(
+                "the spans wanted did not arrive within {timeout:?}; received {}, the last: {:#?}",
+                spans.len(),
+                &spans[spans.len().saturating_sub(SHOWN_ON_TIMEOUT)..]
+            )
+        })
     }
 
     /// Waits (like [`Receiver::wait_for`]) until `count` spans of trace `trace_id` arrived and
@@ -484,6 +506,16 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The spans `collected` holds; panics if some of rotel's output could not be parsed.
+fn parsed(collected: &Collected) -> &Vec<ReceivedSpan> {
+    assert!(
+        collected.errors.is_empty(),
+        "cannot parse rotel's output: {:#?}",
+        collected.errors
+    );
+    &collected.spans
 }
 
 /// Sends each line of `source` (invalid UTF-8 replaced) until it ends.

@@ -6,7 +6,7 @@
 
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread;
 use std::time::Duration;
 
@@ -127,26 +127,29 @@ pub fn connect_and_close(
     })
 }
 
-/// In `ns`: listens on `server` and makes `count` connections to it one after the other, each
-/// closed as [`connect_and_close`] closes it (without holding it), then closes the listener.
-/// Produces [`LISTENER`] plus `count` times the `closer`'s client and server transitions.
-pub fn connect_and_close_many(
+/// In `ns`: listens on `server`, then for each address of `clients` in turn connects to it from
+/// that address (bound before the connect, so that even the client socket's first transition
+/// shows its local port and a local port filter, `-L`, keeps its whole life) and closes the
+/// connection as [`connect_and_close`] does, without holding it; then closes the listener.
+/// Produces [`LISTENER`] plus, for each client, the `closer`'s client and server transitions.
+pub fn connect_from_each_and_close(
     ns: &Netns,
     server: SocketAddr,
-    count: usize,
+    clients: &[SocketAddr],
     closer: Closer,
 ) -> Vec<Connection> {
     ns.run(|| {
         let listener = listen(server);
-        let connections = (0..count)
-            .map(|_| {
-                let (client, accepted) = connect_and_accept(&listener, server);
-                let connection = Connection {
-                    client: client.local_addr().expect("client address"),
-                    server,
-                };
+        let connections = clients
+            .iter()
+            .map(|&client_addr| {
+                let client = connect_from(client_addr, server);
+                let (accepted, _) = listener.accept().expect("accept");
                 close_in_order(client, accepted, closer);
-                connection
+                Connection {
+                    client: client_addr,
+                    server,
+                }
             })
             .collect();
         drop(listener);
@@ -250,6 +253,70 @@ pub fn connect_and_reset(ns: &Netns, server: SocketAddr) -> Connection {
         drop(listener);
         connection
     })
+}
+
+/// Connects to `server` from `client`, binding the socket to it first (std's `connect` binds
+/// only while connecting).
+fn connect_from(client: SocketAddr, server: SocketAddr) -> TcpStream {
+    let family = match server {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket(2); the descriptor is checked before use.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (local, local_len) = sockaddr(client);
+    // SAFETY: the address points to a sockaddr of the length passed, for the socket's family.
+    let rc = unsafe { libc::bind(socket.as_raw_fd(), (&raw const local).cast(), local_len) };
+    assert_eq!(rc, 0, "bind {client}: {}", std::io::Error::last_os_error());
+    let (remote, remote_len) = sockaddr(server);
+    // SAFETY: as for bind.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), (&raw const remote).cast(), remote_len) };
+    assert_eq!(
+        rc,
+        0,
+        "connect {client} -> {server}: {}",
+        std::io::Error::last_os_error()
+    );
+    TcpStream::from(socket)
+}
+
+/// `addr` as a C socket address, and its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all zeroes is a valid (empty) sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any socket address.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, libc::socklen_t::try_from(len).expect("small size"))
 }
 
 fn listen(addr: SocketAddr) -> TcpListener {
