@@ -1,0 +1,802 @@
+//! `--otlp`: every TCP socket session becomes one trace, exported to a real OTLP receiver
+//! (rotel, see `integration_tests::otlp`) over gRPC or HTTP. A root span per socket, named,
+//! kinded and attributed after the connection the test made; a child per state, end to end,
+//! lasting exactly what the text output's MS says; errors on refused and reset connections;
+//! a handshake visible while the connection is still open; a collector that comes up late; and
+//! nothing lost at SIGTERM or SIGINT, open sessions included.
+//!
+//! The agent also traces its own connection to the receiver (in the root namespace, on
+//! ephemeral ports), so the tests pick their sessions out by the ports of their own block,
+//! 28xxx.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use integration_tests::agent::{self, Agent, EVENT_TIMEOUT, Finished, READY};
+use integration_tests::events::{
+    Event, Format, Layout, closed_sessions_on_port, expect_lives, on_port, parse_json, sessions,
+};
+use integration_tests::netns::{Netns, THREAD_NAME};
+use integration_tests::otlp::{AttrValue, Ports, ReceivedSpan, Receiver, SpanKind, StatusCode};
+use integration_tests::traces::{
+    ARRIVAL_TIMEOUT, END_REASON, ERROR_TYPE, INCOMPLETE, Role, Trace, await_traces_on_port,
+    check_trace, host_name, open_states, timed_states, trace_of_life, traces_on_port,
+};
+use integration_tests::traffic::{
+    self, CLIENT_CLOSING_FIRST, CLIENT_RESET, Closer, LISTENER, REFUSED, SERVER_CLOSED_BY_PEER,
+    SERVER_RESET, Transitions,
+};
+
+/// The default text layout, which the agent prints alongside the export unless `-q`.
+const TEXT: Format = Format::Text(Layout {
+    time: false,
+    timestamp: false,
+    wide: false,
+    csv: false,
+});
+
+/// How the agent reaches the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `--otlp http://127.0.0.1:GRPC` (gRPC is the default protocol).
+    Grpc,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf --otlp http://127.0.0.1:HTTP` (a base URL, to
+    /// which the agent appends `/v1/traces`).
+    Http,
+}
+
+impl Transport {
+    /// The command that runs the agent with `args`, exporting to `ports` this way.
+    fn command(self, ports: Ports, args: &[&str]) -> Command {
+        let endpoint = match self {
+            Transport::Grpc => format!("http://127.0.0.1:{}", ports.grpc),
+            Transport::Http => format!("http://127.0.0.1:{}", ports.http),
+        };
+        let mut all = vec!["--otlp", endpoint.as_str()];
+        all.extend_from_slice(args);
+        let mut command = agent::command(&all);
+        if self == Transport::Http {
+            command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+        }
+        command
+    }
+}
+
+/// Starts the agent with `args`, exporting to `receiver` over gRPC.
+fn start_agent(receiver: &Receiver, args: &[&str]) -> Agent {
+    Agent::start_command(Transport::Grpc.command(receiver.ports(), args))
+}
+
+/// How long the agent may take to exit: it exports every span still queued first, and its
+/// queue holds every session on the host, which a busy host (a benchmark's load generator) fills.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Stops the agent with `signal` and checks that it exited with 0.
+fn stop(agent: Agent, signal: libc::c_int) -> Finished {
+    let finished = agent.stop_within(signal, FLUSH_TIMEOUT);
+    assert_eq!(
+        finished.code(),
+        0,
+        "stderr:\n{}",
+        finished.stderr.join("\n")
+    );
+    finished
+}
+
+/// The text output's socket lives on `port`, checked to be exactly `expected`, in that order.
+fn text_lives(finished: &Finished, port: u16, expected: &[Transitions]) -> Vec<Vec<Event>> {
+    expect_lives(
+        &sessions(&on_port(&TEXT.events(&finished.stdout), port)),
+        expected,
+    )
+}
+
+/// Waits until the text output shows `count` closed socket lives on `port`.
+fn await_text_lives(agent: &Agent, port: u16, count: usize) {
+    agent.await_stdout(
+        &format!("{count} closed socket lives on port {port}"),
+        EVENT_TIMEOUT,
+        |lines| closed_sessions_on_port(&TEXT.events(lines), port, count),
+    );
+}
+
+/// The address a listener's peer fields hold: the unspecified address of `addr`'s family,
+/// port 0.
+fn no_peer(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, 0)
+}
+
+/// Checks the shape of a trace of a connection closed first by `closer` (or of its listener),
+/// telling the three sockets apart by their root's kind.
+fn check_trace_by_kind(trace: &Trace, closer: Closer) {
+    let transitions = match trace.root.kind {
+        SpanKind::Client => closer.client_transitions(),
+        SpanKind::Server => closer.server_transitions(),
+        _ => LISTENER,
+    };
+    check_trace(trace, &timed_states(transitions), None);
+}
+
+/// What a socket's root span must be.
+#[derive(Debug, Clone, Copy)]
+struct Root {
+    role: Role,
+    local: SocketAddr,
+    peer: SocketAddr,
+    /// `error.type` of an abnormal end (status Error), if it is one.
+    error: Option<&'static str>,
+}
+
+/// Finds the one trace of `life` among `traces` and checks all of it: the shape of
+/// [`check_trace`] with a child per state `transitions` times, and the root's name, kind,
+/// status and exact attributes (`root`; the socket address and on-CPU task from the life's
+/// first line), plus the default resource and scope. Returns the trace.
+fn check_session(traces: &[Trace], life: &[Event], transitions: Transitions, root: Root) -> Trace {
+    let trace = trace_of_life(traces, life);
+    check_trace(trace, &timed_states(transitions), None);
+    let span = &trace.root;
+    let context = format!("{root:?}, life:\n{life:#?}\ntrace: {trace:#?}");
+    assert_eq!(
+        span.name,
+        root.role.root_name(root.local, root.peer),
+        "{context}"
+    );
+    assert_eq!(span.kind, root.role.kind(), "{context}");
+    let mut attributes = root.role.root_attributes(root.local, root.peer, &life[0]);
+    match root.error {
+        Some(error) => {
+            assert_eq!(span.status_code, StatusCode::Error, "{context}");
+            attributes.insert(ERROR_TYPE.to_owned(), AttrValue::Str(error.into()));
+        }
+        None => assert_eq!(span.status_code, StatusCode::Unset, "{context}"),
+    }
+    assert_eq!(span.attributes, attributes, "{context}");
+    for span in std::iter::once(span).chain(&trace.children) {
+        assert_eq!(span.scope_name, "tcpstates", "{context}");
+        assert_eq!(
+            span.resource.get("service.name"),
+            Some(&AttrValue::Str("tcpstates".into())),
+            "{context}"
+        );
+        assert_eq!(
+            span.resource.get("host.name"),
+            Some(&AttrValue::Str(host_name())),
+            "{context}"
+        );
+    }
+    trace.clone()
+}
+
+/// Makes one connection to `server` (the client closes first) with the agent exporting over
+/// `transport`, and checks the three traces: the listener's, the client's and the accepted
+/// socket's, each exactly once and whole.
+fn one_trace_per_socket(transport: Transport, server: SocketAddr) {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let agent = Agent::start_command(transport.command(receiver.ports(), &[]));
+    let connection = traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
+    let expected = [
+        LISTENER,
+        Closer::Client.client_transitions(),
+        Closer::Client.server_transitions(),
+    ];
+    await_traces_on_port(&receiver, server.port(), &expected, ARRIVAL_TIMEOUT);
+    await_text_lives(&agent, server.port(), expected.len());
+    let finished = stop(agent, libc::SIGINT);
+
+    let lives = text_lives(&finished, server.port(), &expected);
+    let traces = traces_on_port(&receiver.spans(), server.port());
+    assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
+    let client = connection.client;
+    let roots = [
+        Root {
+            role: Role::Listen,
+            local: server,
+            peer: no_peer(server),
+            error: None,
+        },
+        Root {
+            role: Role::Connect,
+            local: client,
+            peer: server,
+            error: None,
+        },
+        Root {
+            role: Role::Accept,
+            local: server,
+            peer: client,
+            error: None,
+        },
+    ];
+    for ((life, transitions), root) in lives.iter().zip(expected).zip(roots) {
+        check_session(&traces, life, transitions, root);
+    }
+    // connect() runs in the test's thread: the client's root names it.
+    let first = &lives[1][0];
+    assert_eq!(
+        (first.pid, first.comm.as_str()),
+        (std::process::id(), THREAD_NAME)
+    );
+}
+
+#[test]
+fn grpc_one_trace_per_socket() {
+    one_trace_per_socket(Transport::Grpc, "127.0.0.1:28001".parse().expect("address"));
+}
+
+#[test]
+fn http_one_trace_per_socket() {
+    one_trace_per_socket(Transport::Http, "[::1]:28002".parse().expect("address"));
+}
+
+/// MS as printed (three decimals), in whole microseconds.
+fn micros(ms: f64) -> u64 {
+    (ms * 1000.0).round() as u64
+}
+
+#[test]
+fn child_durations_equal_text_ms() {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let agent = start_agent(&receiver, &[]);
+    let held: SocketAddr = "127.0.0.1:28003".parse().expect("address");
+    let reset: SocketAddr = "127.0.0.1:28004".parse().expect("address");
+    let refused: SocketAddr = "127.0.0.1:28005".parse().expect("address");
+    traffic::connect_and_close(&ns, held, Duration::from_millis(20), Closer::Server);
+    traffic::connect_and_reset(&ns, reset);
+    traffic::connect_refused(&ns, refused);
+    let cases: [(u16, Vec<Transitions>); 3] = [
+        (
+            held.port(),
+            vec![
+                LISTENER,
+                Closer::Server.client_transitions(),
+                Closer::Server.server_transitions(),
+            ],
+        ),
+        (reset.port(), vec![LISTENER, CLIENT_RESET, SERVER_RESET]),
+        (refused.port(), vec![REFUSED]),
+    ];
+    for (port, expected) in &cases {
+        await_traces_on_port(&receiver, *port, expected, ARRIVAL_TIMEOUT);
+        await_text_lives(&agent, *port, expected.len());
+    }
+    let finished = stop(agent, libc::SIGINT);
+
+    let spans = receiver.spans();
+    let mut compared = 0;
+    for (port, expected) in &cases {
+        let traces = traces_on_port(&spans, *port);
+        for life in text_lives(&finished, *port, expected) {
+            let trace = trace_of_life(&traces, &life);
+            assert_eq!(
+                trace.children.len(),
+                life.len() - 1,
+                "{life:#?}\n{trace:#?}"
+            );
+            // The k-th line's MS is the time spent in its OLDSTATE: the (k-1)-th child.
+            for (line, child) in life[1..].iter().zip(&trace.children) {
+                assert_eq!(child.name, line.oldstate, "{line:?}\n{trace:#?}");
+                assert_eq!(
+                    child.duration_nanos() / 1000,
+                    micros(line.ms),
+                    "µs of the {} span ({} ns) vs MS {:.3} of {line:?}",
+                    child.name,
+                    child.duration_nanos(),
+                    line.ms
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 4 + 4 + 1 + 2 + 2 + 1 + 1, "durations compared");
+}
+
+#[test]
+fn refused_connect_is_one_error_trace() {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let agent = start_agent(&receiver, &[]);
+    let server: SocketAddr = "127.0.0.1:28006".parse().expect("address");
+    traffic::connect_refused(&ns, server);
+    await_traces_on_port(&receiver, server.port(), &[REFUSED], ARRIVAL_TIMEOUT);
+    await_text_lives(&agent, server.port(), 1);
+    let finished = stop(agent, libc::SIGINT);
+
+    let lives = text_lives(&finished, server.port(), &[REFUSED]);
+    let traces = traces_on_port(&receiver.spans(), server.port());
+    assert_eq!(traces.len(), 1, "one trace: {traces:#?}");
+    // The local port, 0 on the first line, is the one the kernel picked (on the last line).
+    let last = &lives[0][1];
+    assert_ne!(last.lport, 0, "{last:?}");
+    let trace = check_session(
+        &traces,
+        &lives[0],
+        REFUSED,
+        Root {
+            role: Role::Connect,
+            local: SocketAddr::new(last.laddr, last.lport),
+            peer: server,
+            error: Some("connect_failed"),
+        },
+    );
+    assert_eq!(trace.states(), ["SYN_SENT"]);
+}
+
+#[test]
+fn reset_is_an_error_on_both_ends() {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let agent = start_agent(&receiver, &[]);
+    let server: SocketAddr = "127.0.0.1:28007".parse().expect("address");
+    let connection = traffic::connect_and_reset(&ns, server);
+    let expected = [LISTENER, CLIENT_RESET, SERVER_RESET];
+    await_traces_on_port(&receiver, server.port(), &expected, ARRIVAL_TIMEOUT);
+    await_text_lives(&agent, server.port(), expected.len());
+    let finished = stop(agent, libc::SIGINT);
+
+    let lives = text_lives(&finished, server.port(), &expected);
+    let traces = traces_on_port(&receiver.spans(), server.port());
+    assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
+    let client = connection.client;
+    let roots = [
+        Root {
+            role: Role::Listen,
+            local: server,
+            peer: no_peer(server),
+            error: None,
+        },
+        Root {
+            role: Role::Connect,
+            local: client,
+            peer: server,
+            error: Some("connection_reset"),
+        },
+        Root {
+            role: Role::Accept,
+            local: server,
+            peer: client,
+            error: Some("connection_reset"),
+        },
+    ];
+    for ((life, transitions), root) in lives.iter().zip(expected).zip(roots) {
+        check_session(&traces, life, transitions, root);
+    }
+}
+
+/// The one span named `state` among `spans` that lasted exactly `nanos`, if it has arrived.
+fn span_lasting<'a>(
+    spans: &'a [ReceivedSpan],
+    state: &str,
+    nanos: u64,
+) -> Option<&'a ReceivedSpan> {
+    let found: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|span| span.name == state && span.duration_nanos() == nanos)
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "several {state} spans of {nanos} ns: {found:#?}"
+    );
+    found.first().copied()
+}
+
+#[test]
+fn handshake_arrives_while_the_connection_is_open() {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let agent = start_agent(&receiver, &["--json"]);
+    let server: SocketAddr = "127.0.0.1:28008".parse().expect("address");
+    let open = traffic::open_connection(&ns, server);
+
+    // The kernel's time in SYN_SENT and in SYN_RECV, to the nanosecond, as --json prints it.
+    let transition = |old: &'static str, local_port: u16| {
+        agent.await_stdout(&format!("{old} -> ESTABLISHED"), EVENT_TIMEOUT, |lines| {
+            lines
+                .iter()
+                .filter_map(|line| parse_json(line).ok())
+                .find(|json| {
+                    json.event.transition() == (old, "ESTABLISHED")
+                        && json.event.lport == local_port
+                })
+        })
+    };
+    let syn_sent = transition("SYN_SENT", open.connection.client.port());
+    let syn_recv = transition("SYN_RECV", server.port());
+    let handshake = receiver.wait_for(
+        |spans| {
+            span_lasting(spans, "SYN_SENT", syn_sent.span_ns).is_some()
+                && span_lasting(spans, "SYN_RECV", syn_recv.span_ns).is_some()
+        },
+        ARRIVAL_TIMEOUT,
+    );
+    let client_syn = span_lasting(&handshake, "SYN_SENT", syn_sent.span_ns)
+        .expect("waited for")
+        .clone();
+    let server_syn = span_lasting(&handshake, "SYN_RECV", syn_recv.span_ns)
+        .expect("waited for")
+        .clone();
+    // Hold the connection open for longer than a batch takes to arrive: still nothing but the
+    // handshake may have come of these two sockets.
+    thread::sleep(Duration::from_secs(1));
+    let before_close = receiver.spans();
+    for syn in [&client_syn, &server_syn] {
+        let of_trace: Vec<&ReceivedSpan> = before_close
+            .iter()
+            .filter(|span| span.trace_id == syn.trace_id)
+            .collect();
+        assert_eq!(of_trace, [syn], "only the handshake before the close");
+    }
+    assert!(
+        traces_on_port(&before_close, server.port()).is_empty(),
+        "no root span on port {} before the close",
+        server.port()
+    );
+
+    open.close(Closer::Client);
+    let expected = [LISTENER, CLIENT_CLOSING_FIRST, SERVER_CLOSED_BY_PEER];
+    let traces = await_traces_on_port(&receiver, server.port(), &expected, ARRIVAL_TIMEOUT);
+    stop(agent, libc::SIGINT);
+    for (syn, transitions) in [
+        (&client_syn, CLIENT_CLOSING_FIRST),
+        (&server_syn, SERVER_CLOSED_BY_PEER),
+    ] {
+        let trace = traces
+            .iter()
+            .find(|trace| trace.root.trace_id == syn.trace_id)
+            .unwrap_or_else(|| panic!("no root for {syn:#?} in {traces:#?}"));
+        check_trace(trace, &timed_states(transitions), None);
+        assert_eq!(
+            &trace.children[0], syn,
+            "the handshake span is the first child"
+        );
+        let established = &trace.children[1];
+        assert!(
+            !before_close.contains(established),
+            "ESTABLISHED arrived before the close: {established:#?}"
+        );
+    }
+}
+
+/// `-L` with `ports`: the agent then traces only the test's own sockets, so what it queues and
+/// counts is the test's alone, however busy the host (a load generator next door fills any
+/// queue while the collector is down).
+fn local_port_filter(ports: impl IntoIterator<Item = u16>) -> String {
+    ports
+        .into_iter()
+        .map(|port| port.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Checks the agent's OTLP account against the `sessions` sessions in `spans` spans the test
+/// made (the agent traced nothing else): all exported, nothing dropped, failed or evicted; and
+/// that the receiver got exactly those spans.
+fn assert_all_exported(finished: &Finished, receiver: &Receiver, sessions: usize, spans: usize) {
+    let summary = finished.otlp_summary();
+    let context = format!("{summary:?}; stderr:\n{}", finished.stderr.join("\n"));
+    assert_eq!(
+        (summary.dropped, summary.failed, summary.evicted),
+        (0, 0, 0),
+        "{context}"
+    );
+    assert_eq!(
+        (summary.sessions, summary.spans),
+        (
+            u64::try_from(sessions).expect("count"),
+            u64::try_from(spans).expect("count")
+        ),
+        "{context}"
+    );
+    let received = receiver.wait_for(|all| all.len() >= spans, ARRIVAL_TIMEOUT);
+    assert_eq!(received.len(), spans, "spans received; {context}");
+}
+
+#[test]
+fn collector_down_at_start_up_10_s_later() {
+    /// How long the collector stays down after the agent starts.
+    const DOWN_FOR: Duration = Duration::from_secs(10);
+    /// How long the agent may take to export what it queued meanwhile, once the collector is
+    /// up: its next retry comes at most 5 s later.
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+    let ns = Netns::create();
+    let ports = Ports::free();
+    let address = |text: &str| -> SocketAddr { text.parse().expect("address") };
+    // (server, client) before and after the collector comes up.
+    let before = (address("127.0.0.1:28010"), address("127.0.0.1:28020"));
+    let after = (address("127.0.0.1:28011"), address("127.0.0.1:28021"));
+    let filter = local_port_filter([before.0, before.1, after.0, after.1].map(|a| a.port()));
+    let agent = Agent::start_command(Transport::Grpc.command(ports, &["-q", "-L", &filter]));
+    let started = Instant::now();
+    let expected = [
+        LISTENER,
+        Closer::Server.client_transitions(),
+        Closer::Server.server_transitions(),
+    ];
+    traffic::connect_from_each_and_close(&ns, before.0, &[before.1], Closer::Server);
+    agent.await_stderr("an export failure", EVENT_TIMEOUT, |lines| {
+        lines
+            .iter()
+            .any(|line| line.starts_with("tcpstates: OTLP export failing, will retry: "))
+            .then_some(())
+    });
+    // The collector being down this long is the scenario.
+    thread::sleep(DOWN_FOR.saturating_sub(started.elapsed()));
+    let receiver = Receiver::start_on(ports);
+    traffic::connect_from_each_and_close(&ns, after.0, &[after.1], Closer::Server);
+    agent.await_stderr("the export's recovery", RECOVERY_TIMEOUT, |lines| {
+        lines
+            .iter()
+            .any(|line| line == "tcpstates: OTLP export recovered")
+            .then_some(())
+    });
+    let mut spans = 0;
+    for (server, client) in [before, after] {
+        let traces = await_traces_on_port(&receiver, server.port(), &expected, RECOVERY_TIMEOUT);
+        assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
+        let connect = traces
+            .iter()
+            .find(|trace| trace.root.name == format!("tcp connect {server}"))
+            .unwrap_or_else(|| panic!("no client trace: {traces:#?}"));
+        assert_eq!(
+            connect.root.int_attr("client.port"),
+            Some(i64::from(client.port()))
+        );
+        for trace in &traces {
+            check_trace_by_kind(trace, Closer::Server);
+        }
+        spans += traces.iter().map(Trace::span_count).sum::<usize>();
+    }
+    let finished = stop(agent, libc::SIGINT);
+    assert!(
+        finished.stdout.is_empty(),
+        "-q prints no events: {:?}",
+        finished.stdout
+    );
+    assert_all_exported(&finished, &receiver, 6, spans);
+}
+
+#[test]
+fn sigterm_loses_nothing_queued() {
+    /// Connections made right before the signal.
+    const CONNECTIONS: u16 = 200;
+    /// Their clients' ports: 28100, 28101, ...
+    const FIRST_CLIENT_PORT: u16 = 28100;
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let server: SocketAddr = "127.0.0.1:28012".parse().expect("address");
+    let clients: Vec<SocketAddr> = (0..CONNECTIONS)
+        .map(|i| SocketAddr::new(server.ip(), FIRST_CLIENT_PORT + i))
+        .collect();
+    let filter = local_port_filter(
+        std::iter::once(server.port()).chain(clients.iter().map(SocketAddr::port)),
+    );
+    let agent = start_agent(&receiver, &["-q", "-L", &filter]);
+    traffic::connect_from_each_and_close(&ns, server, &clients, Closer::Client);
+    // Once no socket is left, the kernel has emitted every transition to CLOSE; no span is
+    // waited for.
+    ns.await_no_tcp_sockets(EVENT_TIMEOUT);
+    let finished = stop(agent, libc::SIGTERM);
+
+    let mut expected = vec![LISTENER];
+    for _ in &clients {
+        expected.extend([
+            Closer::Client.client_transitions(),
+            Closer::Client.server_transitions(),
+        ]);
+    }
+    let traces = await_traces_on_port(&receiver, server.port(), &expected, ARRIVAL_TIMEOUT);
+    assert_eq!(traces.len(), expected.len(), "one trace per socket");
+    for trace in &traces {
+        check_trace_by_kind(trace, Closer::Client);
+    }
+    let client_ports: BTreeSet<i64> = traces
+        .iter()
+        .filter(|trace| trace.root.kind == SpanKind::Client)
+        .filter_map(|trace| trace.root.int_attr("client.port"))
+        .collect();
+    let made: BTreeSet<i64> = clients.iter().map(|c| i64::from(c.port())).collect();
+    assert_eq!(client_ports, made, "a client trace for every connection");
+    let spans: usize = expected.iter().map(|life| life.len()).sum();
+    assert_all_exported(&finished, &receiver, expected.len(), spans);
+}
+
+#[test]
+fn sigint_ends_open_sessions_as_incomplete() {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let agent = start_agent(&receiver, &[]);
+    let server: SocketAddr = "127.0.0.1:28013".parse().expect("address");
+    let open = traffic::open_connection(&ns, server);
+    // accept() returned: both ends are ESTABLISHED, their transitions emitted.
+    let expected: [Transitions; 3] = [
+        &LISTENER[..1],
+        &CLIENT_CLOSING_FIRST[..2],
+        &SERVER_CLOSED_BY_PEER[..2],
+    ];
+    await_text_lives_open(&agent, server.port());
+    let signalled = unix_nanos(SystemTime::now());
+    let finished = stop(agent, libc::SIGINT);
+    let exited = unix_nanos(SystemTime::now());
+
+    let lives = text_lives(&finished, server.port(), &expected);
+    let traces = await_traces_on_port(&receiver, server.port(), &expected, ARRIVAL_TIMEOUT);
+    assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
+    let client = open.connection.client;
+    let roots = [
+        (Role::Listen, server, no_peer(server)),
+        (Role::Connect, client, server),
+        (Role::Accept, server, client),
+    ];
+    for ((life, transitions), (role, local, peer)) in lives.iter().zip(expected).zip(roots) {
+        let trace = trace_of_life(&traces, life);
+        check_trace(trace, &open_states(transitions), Some("shutdown"));
+        let root = &trace.root;
+        let context = format!("{role:?}: {trace:#?}");
+        assert_eq!(root.name, role.root_name(local, peer), "{context}");
+        assert_eq!(root.kind, role.kind(), "{context}");
+        assert_eq!(root.status_code, StatusCode::Unset, "{context}");
+        let mut attributes = role.root_attributes(local, peer, &life[0]);
+        attributes.insert(INCOMPLETE.to_owned(), AttrValue::Bool(true));
+        attributes.insert(END_REASON.to_owned(), AttrValue::Str("shutdown".into()));
+        assert_eq!(root.attributes, attributes, "{context}");
+        // It ends at shutdown, between the signal and the exit (give or take the agent's
+        // reading of the two clocks).
+        let slack = 50_000_000;
+        assert!(
+            (signalled - slack..=exited + slack).contains(&root.end_unix_nano),
+            "ends at {} ns, signalled at {signalled}, exited at {exited}: {context}",
+            root.end_unix_nano
+        );
+    }
+    // Held open until the agent was gone.
+    drop(open);
+}
+
+/// Waits until the text output shows the three sockets of an open connection on `port`: the
+/// listener's CLOSE -> LISTEN, and both ends' SYN -> ESTABLISHED.
+fn await_text_lives_open(agent: &Agent, port: u16) {
+    agent.await_stdout(
+        &format!("an open connection on port {port}"),
+        EVENT_TIMEOUT,
+        |lines| {
+            let events = on_port(&TEXT.events(lines), port);
+            let established = events
+                .iter()
+                .filter(|event| event.newstate == "ESTABLISHED")
+                .count();
+            let listening = events.iter().any(|event| event.newstate == "LISTEN");
+            (listening && established == 2).then_some(())
+        },
+    );
+}
+
+/// `time` in nanoseconds since the Unix epoch.
+fn unix_nanos(time: SystemTime) -> u64 {
+    let since = time.duration_since(UNIX_EPOCH).expect("after the epoch");
+    u64::try_from(since.as_nanos()).expect("fits u64")
+}
+
+/// Makes a refused connect to `server` with the agent started by `command` and returns the
+/// resource its trace was exported with.
+fn resource_of_a_session(
+    receiver: &Receiver,
+    command: Command,
+    server: SocketAddr,
+) -> BTreeMap<String, AttrValue> {
+    let ns = Netns::create();
+    let agent = Agent::start_command(command);
+    traffic::connect_refused(&ns, server);
+    let traces = await_traces_on_port(receiver, server.port(), &[REFUSED], ARRIVAL_TIMEOUT);
+    stop(agent, libc::SIGINT);
+    let [trace] = traces.as_slice() else {
+        panic!("one trace: {traces:#?}");
+    };
+    for child in &trace.children {
+        assert_eq!(
+            child.resource, trace.root.resource,
+            "one resource: {trace:#?}"
+        );
+    }
+    trace.root.resource.clone()
+}
+
+#[test]
+fn resource_defaults_to_service_tcpstates_on_this_host() {
+    let receiver = Receiver::start();
+    let command = Transport::Grpc.command(receiver.ports(), &["-q"]);
+    let resource = resource_of_a_session(
+        &receiver,
+        command,
+        "127.0.0.1:28014".parse().expect("address"),
+    );
+    assert_eq!(
+        resource.get("service.name"),
+        Some(&AttrValue::Str("tcpstates".into())),
+        "{resource:#?}"
+    );
+    assert_eq!(
+        resource.get("host.name"),
+        Some(&AttrValue::Str(host_name())),
+        "{resource:#?}"
+    );
+}
+
+#[test]
+fn resource_follows_otel_service_name_and_resource_attributes() {
+    let receiver = Receiver::start();
+    let mut command = Transport::Grpc.command(receiver.ports(), &["-q"]);
+    command
+        .env("OTEL_SERVICE_NAME", "x")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test");
+    let resource = resource_of_a_session(
+        &receiver,
+        command,
+        "127.0.0.1:28015".parse().expect("address"),
+    );
+    for (key, value) in [
+        ("service.name", "x"),
+        ("deployment.environment", "test"),
+        ("host.name", host_name().as_str()),
+    ] {
+        assert_eq!(
+            resource.get(key),
+            Some(&AttrValue::Str(value.into())),
+            "{key} in {resource:#?}"
+        );
+    }
+}
+
+/// How long a run that must fail at once may take.
+const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `command`, expecting a usage error (exit 2, nothing traced) whose one `error:` line,
+/// the first on stderr, contains `needle`.
+fn assert_usage_error(command: Command, needle: &str) {
+    let described = format!("{command:?}");
+    let finished = Agent::spawn_command(command).wait_exit(FAIL_TIMEOUT);
+    let context = format!("{described}: {finished:#?}");
+    assert_eq!(finished.code(), 2, "{context}");
+    assert!(finished.stdout.is_empty(), "{context}");
+    assert!(!finished.stderr.iter().any(|l| l == READY), "{context}");
+    let errors: Vec<&String> = finished
+        .stderr
+        .iter()
+        .filter(|line| line.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error: line; {context}");
+    assert_eq!(finished.stderr.first(), Some(errors[0]), "{context}");
+    assert!(
+        errors[0].contains(needle),
+        "the error should mention {needle:?}; {context}"
+    );
+}
+
+#[test]
+fn unknown_protocol_is_a_usage_error_naming_the_variable() {
+    let mut command = agent::command(&["--otlp"]);
+    command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift");
+    assert_usage_error(command, "OTEL_EXPORTER_OTLP_PROTOCOL");
+}
+
+#[test]
+fn unknown_traces_protocol_is_a_usage_error_naming_that_variable() {
+    let mut command = agent::command(&["--otlp"]);
+    command.env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift");
+    assert_usage_error(command, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL");
+}
+
+#[test]
+fn endpoint_without_scheme_is_a_usage_error() {
+    assert_usage_error(
+        agent::command(&["--otlp", "localhost:4317"]),
+        "localhost:4317",
+    );
+}
