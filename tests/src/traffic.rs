@@ -118,7 +118,7 @@ pub fn connect_and_close(
     closer: Closer,
 ) -> Connection {
     ns.run(|| {
-        let open = OpenConnection::here(server);
+        let open = OpenConnection::here(server, None);
         if !hold.is_zero() {
             // Holding the connection open is what a timing test measures.
             thread::sleep(hold);
@@ -143,8 +143,7 @@ pub fn connect_from_each_and_close(
         let connections = clients
             .iter()
             .map(|&client_addr| {
-                let client = connect_from(client_addr, server);
-                let (accepted, _) = listener.accept().expect("accept");
+                let (client, accepted) = connect_and_accept(&listener, server, Some(client_addr));
                 close_in_order(client, accepted, closer);
                 Connection {
                     client: client_addr,
@@ -157,10 +156,11 @@ pub fn connect_from_each_and_close(
     })
 }
 
-/// In `ns`: listens on `server`, connects to it and accepts, and leaves all three sockets open
+/// In `ns`: listens on `server`, connects to it from `client` (bound before the connect, as
+/// [`connect_from_each_and_close`] binds it) and accepts, and leaves all three sockets open
 /// (both ends ESTABLISHED) until [`OpenConnection::close`], or until it is dropped.
-pub fn open_connection(ns: &Netns, server: SocketAddr) -> OpenConnection {
-    ns.run(|| OpenConnection::here(server))
+pub fn open_connection_from(ns: &Netns, client: SocketAddr, server: SocketAddr) -> OpenConnection {
+    ns.run(|| OpenConnection::here(server, Some(client)))
 }
 
 /// A connection left open: the listener, the client and the accepted socket.
@@ -174,10 +174,10 @@ pub struct OpenConnection {
 }
 
 impl OpenConnection {
-    /// Opens the connection in the calling thread's namespace.
-    fn here(server: SocketAddr) -> OpenConnection {
+    /// Opens the connection in the calling thread's namespace, from `from` if given.
+    fn here(server: SocketAddr, from: Option<SocketAddr>) -> OpenConnection {
         let listener = listen(server);
-        let (client, accepted) = connect_and_accept(&listener, server);
+        let (client, accepted) = connect_and_accept(&listener, server, from);
         OpenConnection {
             connection: Connection {
                 client: client.local_addr().expect("client address"),
@@ -199,9 +199,14 @@ impl OpenConnection {
     }
 }
 
-/// Connects to `server` and accepts the connection on `listener`: (client, accepted).
-fn connect_and_accept(listener: &TcpListener, server: SocketAddr) -> (TcpStream, TcpStream) {
-    let client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
+/// Connects to `server` (from `from` if given) and accepts the connection on `listener`:
+/// (client, accepted).
+fn connect_and_accept(
+    listener: &TcpListener,
+    server: SocketAddr,
+    from: Option<SocketAddr>,
+) -> (TcpStream, TcpStream) {
+    let client = connect(server, from).unwrap_or_else(|e| panic!("connect {server}: {e}"));
     let (accepted, _) = listener.accept().expect("accept");
     (client, accepted)
 }
@@ -221,10 +226,20 @@ fn close_in_order(client: TcpStream, accepted: TcpStream, closer: Closer) {
 /// In `ns`: connects to `server`, where nothing listens, and checks that the connection is
 /// refused. Produces [`REFUSED`].
 pub fn connect_refused(ns: &Netns, server: SocketAddr) {
-    ns.run(|| match TcpStream::connect(server) {
+    ns.run(|| expect_refusal(server, None))
+}
+
+/// Like [`connect_refused`], from `client` (bound before the connect, as
+/// [`connect_from_each_and_close`] binds it).
+pub fn connect_refused_from(ns: &Netns, client: SocketAddr, server: SocketAddr) {
+    ns.run(|| expect_refusal(server, Some(client)))
+}
+
+fn expect_refusal(server: SocketAddr, from: Option<SocketAddr>) {
+    match connect(server, from) {
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
         other => panic!("connect {server}: expected a refusal, got {other:?}"),
-    })
+    }
 }
 
 /// In `ns`: listens on `addr`, then closes the listener. Produces [`LISTENER`].
@@ -238,7 +253,7 @@ pub fn listen_and_close(ns: &Netns, addr: SocketAddr) {
 pub fn connect_and_reset(ns: &Netns, server: SocketAddr) -> Connection {
     ns.run(|| {
         let listener = listen(server);
-        let (client, accepted) = connect_and_accept(&listener, server);
+        let (client, accepted) = connect_and_accept(&listener, server, None);
         let connection = Connection {
             client: client.local_addr().expect("client address"),
             server,
@@ -255,9 +270,17 @@ pub fn connect_and_reset(ns: &Netns, server: SocketAddr) -> Connection {
     })
 }
 
+/// Connects to `server`, from `from` if given (see [`connect_from`]).
+fn connect(server: SocketAddr, from: Option<SocketAddr>) -> std::io::Result<TcpStream> {
+    match from {
+        Some(client) => connect_from(client, server),
+        None => TcpStream::connect(server),
+    }
+}
+
 /// Connects to `server` from `client`, binding the socket to it first (std's `connect` binds
-/// only while connecting).
-fn connect_from(client: SocketAddr, server: SocketAddr) -> TcpStream {
+/// only while connecting). Panics if it cannot bind.
+fn connect_from(client: SocketAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
     let family = match server {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
@@ -274,13 +297,10 @@ fn connect_from(client: SocketAddr, server: SocketAddr) -> TcpStream {
     let (remote, remote_len) = sockaddr(server);
     // SAFETY: as for bind.
     let rc = unsafe { libc::connect(socket.as_raw_fd(), (&raw const remote).cast(), remote_len) };
-    assert_eq!(
-        rc,
-        0,
-        "connect {client} -> {server}: {}",
-        std::io::Error::last_os_error()
-    );
-    TcpStream::from(socket)
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(socket))
 }
 
 /// `addr` as a C socket address, and its length.
