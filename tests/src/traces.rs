@@ -143,7 +143,8 @@ pub fn trace_of_life<'a, T: HasEvent>(traces: &'a [Trace], life: &[T]) -> &'a Tr
         .filter(|trace| {
             trace.root.str_attr(SKADDR) == Some(last.skaddr.as_str())
                 && port_attr(&trace.root, "network.local.port") == Some(last.lport)
-                && port_attr(&trace.root, "network.peer.port") == Some(last.rport)
+                // A listener's root has no peer; its last line shows RPORT 0.
+                && port_attr(&trace.root, "network.peer.port").unwrap_or(0) == last.rport
         })
         .collect();
     match matching.as_slice() {
@@ -223,7 +224,8 @@ impl Role {
     }
 
     /// Every attribute the root span of a socket of this role at `local`, talking to `peer`,
-    /// must carry when it ends normally: `network.*`, `server.*`/`client.*` by role, and
+    /// must carry when it ends normally: `network.*` (no peer for a listener),
+    /// `server.*`/`client.*` by role, and
     /// `tcpstates.*` with the socket address and the on-CPU task of its first transition
     /// (`first`, as the agent printed it).
     pub fn root_attributes<T: HasEvent>(
@@ -244,15 +246,18 @@ impl Role {
                 str(local.ip().to_string()),
             ),
             ("network.local.port".to_owned(), port(local)),
-            (
-                "network.peer.address".to_owned(),
-                str(peer.ip().to_string()),
-            ),
-            ("network.peer.port".to_owned(), port(peer)),
             (SKADDR.to_owned(), str(first.skaddr.clone())),
             (ONCPU_PID.to_owned(), AttrValue::Int(i64::from(first.pid))),
             (ONCPU_COMM.to_owned(), str(first.comm.clone())),
         ]);
+        // A listener has no peer.
+        if self != Role::Listen {
+            attributes.insert(
+                "network.peer.address".to_owned(),
+                str(peer.ip().to_string()),
+            );
+            attributes.insert("network.peer.port".to_owned(), port(peer));
+        }
         let (server, client) = match self {
             Role::Connect => (Some(peer), Some(local)),
             Role::Accept => (Some(local), Some(peer)),

@@ -29,7 +29,7 @@ const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// First and longest pause between attempts while the collector is unreachable.
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// After shutdown, how long queued spans may still be retried.
+/// After shutdown, how long exporting what is queued may take (retries included).
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The exporter could not be built.
@@ -185,6 +185,18 @@ async fn export_loop(exporter: SpanExporter, mut queue: mpsc::Receiver<SpanData>
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closed_at: Option<Instant> = None;
     loop {
+        if queue.is_closed()
+            && closed_at.get_or_insert_with(Instant::now).elapsed() >= FLUSH_DEADLINE
+        {
+            let waiting = batch.len() as u64 + queue.len() as u64;
+            if waiting > 0 {
+                eprintln!(
+                    "tcpstates: OTLP export still behind after {FLUSH_DEADLINE:?}, {waiting} spans not exported"
+                );
+                stats.failed.fetch_add(waiting, Ordering::Relaxed);
+            }
+            return;
+        }
         if batch.is_empty() {
             if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 return;
@@ -234,16 +246,6 @@ async fn export_loop(exporter: SpanExporter, mut queue: mpsc::Receiver<SpanData>
                     stats.failed.fetch_add(spans, Ordering::Relaxed);
                     healthy = false;
                     continue;
-                }
-                if queue.is_closed()
-                    && closed_at.get_or_insert_with(Instant::now).elapsed() >= FLUSH_DEADLINE
-                {
-                    let waiting = spans + queue.len() as u64;
-                    eprintln!(
-                        "tcpstates: OTLP collector unreachable at exit, {waiting} spans not exported"
-                    );
-                    stats.failed.fetch_add(waiting, Ordering::Relaxed);
-                    return;
                 }
                 tokio::time::sleep(retry_delay(failures)).await;
             }

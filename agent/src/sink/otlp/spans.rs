@@ -173,12 +173,15 @@ fn session_attributes(session: &Session) -> Vec<KeyValue> {
         KeyValue::new(NETWORK_TYPE, network_type),
         KeyValue::new(NETWORK_LOCAL_ADDRESS, local.0.clone()),
         KeyValue::new(NETWORK_LOCAL_PORT, local.1),
-        KeyValue::new(NETWORK_PEER_ADDRESS, peer.0.clone()),
-        KeyValue::new(NETWORK_PEER_PORT, peer.1),
         KeyValue::new(SKADDR, format!("{:x}", session.skaddr)),
         KeyValue::new(ONCPU_PID, i64::from(session.first_pid)),
         KeyValue::new(ONCPU_COMM, session.first_comm.to_str_lossy().into_owned()),
     ];
+    // A listener has no peer (the kernel reports 0.0.0.0:0).
+    if session.role != Role::Listen {
+        attributes.push(KeyValue::new(NETWORK_PEER_ADDRESS, peer.0.clone()));
+        attributes.push(KeyValue::new(NETWORK_PEER_PORT, peer.1));
+    }
     let (server, client) = match session.role {
         Role::Connect => (Some(peer), Some(local)),
         Role::Accept => (Some(local), Some(peer)),
@@ -345,6 +348,7 @@ mod tests {
             ("tcp listen [::1]:40000", SpanKind::Internal)
         );
         assert_eq!(attr(&listen, CLIENT_PORT), None);
+        assert_eq!(attr(&listen, NETWORK_PEER_PORT), None);
 
         let unknown = root(Role::Unknown);
         assert_eq!(
