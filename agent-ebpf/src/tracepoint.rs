@@ -93,7 +93,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     if (filter.local_ports != 0 && !port_in(&LOCAL_PORTS, sport))
         || (filter.remote_ports != 0 && !port_in(&REMOTE_PORTS, dport))
     {
-        let _ = LAST_TRANSITION.remove(&skaddr);
+        let _ = LAST_TRANSITION.remove(skaddr);
         return Ok(());
     }
     let oldstate = read::<i32>(ctx, tp::OLDSTATE)? as u32;
@@ -106,15 +106,15 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         // SAFETY: the value is copied out at once; a concurrent update of the same key can only
         // come from another transition of the same socket, which the kernel serialises.
-        match unsafe { LAST_TRANSITION.get(&skaddr) } {
+        match unsafe { LAST_TRANSITION.get(skaddr) } {
             Some(&last) if last <= ts_ns => ts_ns - last,
             _ => 0,
         }
     };
     if newstate == CLOSE {
-        let _ = LAST_TRANSITION.remove(&skaddr);
+        let _ = LAST_TRANSITION.remove(skaddr);
     } else {
-        let _ = LAST_TRANSITION.insert(&skaddr, &ts_ns, 0);
+        let _ = LAST_TRANSITION.insert(skaddr, ts_ns, 0);
     }
 
     count(Counter::Seen);
