@@ -146,8 +146,8 @@ pub struct Session {
 pub enum Completed {
     /// The session left a state.
     State {
-        /// The session (as of the end of the state).
-        session: Session,
+        /// The session's trace identifiers.
+        ids: SessionIds,
         /// The state left.
         state: TcpState,
         /// Kernel time the state was entered.
@@ -237,7 +237,7 @@ impl SessionTable {
         session.endpoints.update(Endpoints::of(change));
         if let Some(start_ns) = session.state_since_ns {
             out.push(Completed::State {
-                session: session.clone(),
+                ids: session.ids,
                 state: change.oldstate,
                 start_ns,
                 end_ns: change.ts_ns,
@@ -269,7 +269,7 @@ impl SessionTable {
 fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Completed>) {
     if let Some(start_ns) = session.state_since_ns {
         out.push(Completed::State {
-            session: session.clone(),
+            ids: session.ids,
             state: session.state,
             start_ns,
             end_ns: end_ns.max(start_ns),

@@ -22,8 +22,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::settings::{ExportSettings, Protocol};
 
-/// Spans sent in one export request at most.
-const MAX_BATCH: usize = 512;
+/// Spans sent in one export request at most (about 0.5 MiB of protobuf).
+const MAX_BATCH: usize = 2048;
 /// How long a partial batch waits for more spans.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// First and longest pause between attempts while the collector is unreachable.

@@ -21,7 +21,7 @@ use opentelemetry_semantic_conventions::attribute::{
 
 use crate::{
     clock::WallClock,
-    session::{Completed, Endpoints, Incomplete, Outcome, Role, Session},
+    session::{Completed, Endpoints, Incomplete, Outcome, Role, Session, SessionIds},
 };
 
 /// Vendor attribute: kernel address of the socket, hex.
@@ -54,7 +54,7 @@ impl SpanFactory {
     pub fn span(&self, completed: &Completed, child_span_id: u64) -> SpanData {
         match completed {
             Completed::State {
-                session,
+                ids,
                 state,
                 start_ns,
                 end_ns,
@@ -65,12 +65,16 @@ impl SpanFactory {
                     attributes.push(KeyValue::new(NETWORK_CONNECTION_STATE, value));
                 }
                 push_incomplete(&mut attributes, *incomplete);
+                let name = match state.name() {
+                    Some(name) => Cow::Borrowed(name),
+                    None => Cow::Owned(state.to_string()),
+                };
                 self.data(
-                    session,
+                    *ids,
                     SpanId::from(child_span_id),
-                    SpanId::from(session.ids.root_span_id),
+                    SpanId::from(ids.root_span_id),
                     SpanKind::Internal,
-                    Cow::Owned(state.to_string()),
+                    name,
                     (*start_ns, *end_ns),
                     attributes,
                     Status::Unset,
@@ -97,7 +101,7 @@ impl SpanFactory {
                 push_incomplete(&mut attributes, *incomplete);
                 let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
                 self.data(
-                    session,
+                    session.ids,
                     SpanId::from(session.ids.root_span_id),
                     SpanId::INVALID,
                     kind,
@@ -113,7 +117,7 @@ impl SpanFactory {
     #[allow(clippy::too_many_arguments)]
     fn data(
         &self,
-        session: &Session,
+        ids: SessionIds,
         span_id: SpanId,
         parent_span_id: SpanId,
         span_kind: SpanKind,
@@ -124,7 +128,7 @@ impl SpanFactory {
     ) -> SpanData {
         SpanData {
             span_context: SpanContext::new(
-                TraceId::from(session.ids.trace_id),
+                TraceId::from(ids.trace_id),
                 span_id,
                 TraceFlags::SAMPLED,
                 false,
@@ -239,7 +243,6 @@ mod tests {
     use opentelemetry::Value;
 
     use super::*;
-    use crate::session::SessionIds;
 
     fn session(role: Role) -> Session {
         let mut comm = [0; COMM_LEN];
@@ -279,7 +282,7 @@ mod tests {
     #[test]
     fn a_state_span_lasts_exactly_the_kernel_delta() {
         let completed = Completed::State {
-            session: session(Role::Connect),
+            ids: session(Role::Connect).ids,
             state: TcpState(agent_common::state::ESTABLISHED),
             start_ns: 1_234_567,
             end_ns: 201_234_568,
