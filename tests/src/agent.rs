@@ -60,22 +60,11 @@ impl Stream {
 
     /// Reads `source` to its end, one line at a time (invalid UTF-8 replaced).
     fn fill(&self, source: impl Read) {
-        let mut reader = BufReader::new(source);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if buf.last() == Some(&b'\n') {
-                        buf.pop();
-                    }
-                    self.lock()
-                        .lines
-                        .push(String::from_utf8_lossy(&buf).into_owned());
-                    self.changed.notify_all();
-                }
-            }
+        for line in BufReader::new(source).split(b'\n').map_while(Result::ok) {
+            self.lock()
+                .lines
+                .push(String::from_utf8_lossy(&line).into_owned());
+            self.changed.notify_all();
         }
         self.lock().closed = true;
         self.changed.notify_all();
@@ -423,6 +412,31 @@ fn numbers_in_shape(line: &str, shape: &str) -> Option<Vec<u64>> {
         }
     }
     (found == shape).then_some(numbers)
+}
+
+/// How long a run that must fail at once may take.
+pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `command`, expecting a usage error: exit 2, nothing traced, and one `error:` line,
+/// the first on stderr, that contains `needle`.
+pub fn assert_usage_error(command: Command, needle: &str) {
+    let described = format!("{command:?}");
+    let finished = Agent::spawn_command(command).wait_exit(FAIL_TIMEOUT);
+    let context = format!("{described}: {finished:#?}");
+    assert_eq!(finished.code(), 2, "{context}");
+    assert!(finished.stdout.is_empty(), "{context}");
+    assert!(!finished.stderr.iter().any(|l| l == READY), "{context}");
+    let errors: Vec<&String> = finished
+        .stderr
+        .iter()
+        .filter(|line| line.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error: line; {context}");
+    assert_eq!(finished.stderr.first(), Some(errors[0]), "{context}");
+    assert!(
+        errors[0].contains(needle),
+        "the error should mention {needle:?}; {context}"
+    );
 }
 
 #[cfg(test)]

@@ -521,23 +521,12 @@ fn parsed(collected: &Collected) -> &Vec<ReceivedSpan> {
 /// Sends each line of `source` (invalid UTF-8 replaced) until it ends.
 fn spawn_reader(source: impl Read + Send + 'static, lines: Sender<String>) -> JoinHandle<()> {
     thread::spawn(move || {
-        let mut reader = BufReader::new(source);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if buf.last() == Some(&b'\n') {
-                        buf.pop();
-                    }
-                    if lines
-                        .send(String::from_utf8_lossy(&buf).into_owned())
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+        for line in BufReader::new(source).split(b'\n').map_while(Result::ok) {
+            if lines
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                break;
             }
         }
     })

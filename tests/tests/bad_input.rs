@@ -4,31 +4,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::Duration;
 
-use integration_tests::agent::{self, Agent, Finished, READY};
-
-/// How long a run that must fail at once may take.
-const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+use integration_tests::agent::{self, Agent, FAIL_TIMEOUT, Finished};
 
 /// Runs the agent with `args`, expecting a usage error whose message contains `needle`.
 fn assert_usage_error(args: &[&str], needle: &str) {
-    let finished = Agent::spawn(args).wait_exit(FAIL_TIMEOUT);
-    let context = format!("tcpstates {args:?}: {finished:#?}");
-    assert_eq!(finished.code(), 2, "{context}");
-    assert!(finished.stdout.is_empty(), "{context}");
-    assert!(!finished.stderr.iter().any(|l| l == READY), "{context}");
-    let errors: Vec<&String> = finished
-        .stderr
-        .iter()
-        .filter(|line| line.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error: line; {context}");
-    assert_eq!(finished.stderr.first(), Some(errors[0]), "{context}");
-    assert!(
-        errors[0].contains(needle),
-        "the error should mention {needle:?}; {context}"
-    );
+    agent::assert_usage_error(agent::command(args), needle);
 }
 
 #[test]

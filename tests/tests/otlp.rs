@@ -19,7 +19,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use integration_tests::agent::{self, Agent, EVENT_TIMEOUT, Finished, READY};
+use integration_tests::agent::{self, Agent, EVENT_TIMEOUT, Finished, assert_usage_error};
 use integration_tests::events::{
     Event, Format, Layout, closed_sessions_on_port, expect_lives, on_port, parse_json, sessions,
 };
@@ -756,31 +756,6 @@ fn resource_follows_otel_service_name_and_resource_attributes() {
             "{key} in {resource:#?}"
         );
     }
-}
-
-/// How long a run that must fail at once may take.
-const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Runs `command`, expecting a usage error (exit 2, nothing traced) whose one `error:` line,
-/// the first on stderr, contains `needle`.
-fn assert_usage_error(command: Command, needle: &str) {
-    let described = format!("{command:?}");
-    let finished = Agent::spawn_command(command).wait_exit(FAIL_TIMEOUT);
-    let context = format!("{described}: {finished:#?}");
-    assert_eq!(finished.code(), 2, "{context}");
-    assert!(finished.stdout.is_empty(), "{context}");
-    assert!(!finished.stderr.iter().any(|l| l == READY), "{context}");
-    let errors: Vec<&String> = finished
-        .stderr
-        .iter()
-        .filter(|line| line.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error: line; {context}");
-    assert_eq!(finished.stderr.first(), Some(errors[0]), "{context}");
-    assert!(
-        errors[0].contains(needle),
-        "the error should mention {needle:?}; {context}"
-    );
 }
 
 #[test]
