@@ -36,7 +36,7 @@ pub enum Command {
     #[command(override_usage = "cargo xtask test [CARGO_TEST_ARGS]... [-- TEST_BINARY_ARGS...]")]
     Test(TestArgs),
     /// Measure the connection rate of a loopback load with and without tcpstates tracing it,
-    /// and whether tcpstates printed every event. Needs root.
+    /// and whether tcpstates printed every event (with `--otlp`, also exporting over OTLP). Needs root.
     Bench(BenchArgs),
 }
 
@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// (a command line; words separated by spaces).
     #[arg(long, value_name = "CMD")]
     pub peer: Option<String>,
+    /// Also measure tcpstates exporting every session over OTLP/gRPC without text
+    /// (`--otlp ENDPOINT -q`) to a local rotel receiver (blackhole exporter), started once.
+    #[arg(long)]
+    pub otlp: bool,
     /// Directory for the tracers' output files, kept there (default: a new directory under the
     /// system's temporary directory, each file removed once counted).
     #[arg(long, value_name = "DIR")]

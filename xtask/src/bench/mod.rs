@@ -2,14 +2,17 @@
 //! whether the tracer printed every event. A measuring tool: it reports, it never asserts.
 //!
 //! The load runs in the bench's own network namespace; the tracers run in the host namespace
-//! (they see every namespace) with their text output in a file. Configurations are interleaved
-//! (no tracer, tcpstates, [peer], then again) so slow drifts of the machine hit each alike.
+//! (they see every namespace) with their text output in a file. With `--otlp`, tcpstates also
+//! runs exporting every session over OTLP/gRPC, without text, to a local receiver started once
+//! for the whole bench. Configurations are interleaved (no tracer, tcpstates, [tcpstates --otlp],
+//! [peer], then again) so slow drifts of the machine hit each alike.
 
 mod count;
 mod interrupt;
 mod load;
 mod netns;
 mod others;
+mod receiver;
 mod report;
 mod scratch;
 mod summary;
@@ -23,9 +26,10 @@ use anyhow::{Context, Result, bail};
 
 use self::count::count_file;
 use self::netns::Netns;
-use self::report::{Config, Run, TracerRun};
+use self::receiver::Receiver;
+use self::report::{Config, OtlpRun, Run, TracerRun};
 use self::scratch::Scratch;
-use self::summary::Summary;
+use self::summary::{OtlpSummary, Summary};
 use self::tracer::{Readiness, Running};
 use crate::cli::BenchArgs;
 use crate::paths::{self, Profile};
@@ -51,7 +55,15 @@ struct TracerSpec {
     readiness: Readiness,
     /// Whether it prints tcpstates' exit summary.
     has_summary: bool,
+    /// Whether it is tcpstates exporting to the receiver instead of printing text.
+    exports: bool,
 }
+
+/// How many of its unexpected stderr lines (or of its last ones) the bench shows after a run.
+const SHOWN_STDERR_LINES: usize = 5;
+/// What tcpstates' running accounts of losses contain (`N more events lost; …`, `N more spans
+/// dropped (OTLP queue full); …`): the table shows the totals, so the bench does not repeat them.
+const RUNNING_ACCOUNTS: [&str; 2] = [" more events lost; ", " more spans dropped "];
 
 /// Runs the bench and prints its table.
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -61,8 +73,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     setup::setup()?;
     cargo::build_agent(Profile::Release)?;
     let loadgen = cargo::build_loadgen()?;
+    let receiver = args.otlp.then(Receiver::start).transpose()?;
     let tracers = tracer_specs(
         &paths::binary(Profile::Release, "tcpstates"),
+        receiver.as_ref(),
         args.peer.as_deref(),
     )?;
     let others = others::attached_tracers();
@@ -96,7 +110,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         for (i, (spec, config)) in tracers.iter().zip(&mut traced).enumerate() {
             interrupt::check()?;
             let output = scratch.file(&format!("tracer{i}-round{round}.txt"));
-            let run = traced_run(spec, &netns, &loadgen, args, &output)?;
+            let exports_to = receiver.as_ref().filter(|_| spec.exports);
+            let run = traced_run(spec, &netns, &loadgen, args, &output, exports_to)?;
             scratch.discard(&output)?;
             println!(
                 "{}",
@@ -108,10 +123,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     println!();
     println!(
         "tcpstates-otel bench: {} rounds of {} s, loopback connections on port {} in network \
-         namespace {NETNS}; tracers write their default text output to a file",
-        args.rounds, args.seconds, args.port
+         namespace {NETNS}; tracers write their default text output to a file{}",
+        args.rounds,
+        args.seconds,
+        args.port,
+        if receiver.is_some() {
+            ", but tcpstates --otlp exports to rotel instead"
+        } else {
+            ""
+        }
     );
     println!("{}", report::LEGEND);
+    if receiver.is_some() {
+        println!("{}", report::OTLP_LEGEND);
+    }
     let mut configs = vec![untraced];
     configs.append(&mut traced);
     print!("{}", report::table(&configs, args.seconds));
@@ -119,14 +144,35 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// tcpstates (the release binary at `agent`), then the peer's command line if there is one.
-fn tracer_specs(agent: &Path, peer: Option<&str>) -> Result<Vec<TracerSpec>> {
+/// tcpstates (the release binary at `agent`), then tcpstates exporting to `receiver` without
+/// text if there is one, then the peer's command line if there is one.
+fn tracer_specs(
+    agent: &Path,
+    receiver: Option<&Receiver>,
+    peer: Option<&str>,
+) -> Result<Vec<TracerSpec>> {
+    let agent = agent.to_string_lossy().into_owned();
     let mut tracers = vec![TracerSpec {
         name: "tcpstates".into(),
-        argv: vec![agent.to_string_lossy().into_owned()],
+        argv: vec![agent.clone()],
         readiness: Readiness::StderrLine(READY_LINE),
         has_summary: true,
+        exports: false,
     }];
+    if let Some(receiver) = receiver {
+        tracers.push(TracerSpec {
+            name: "tcpstates --otlp".into(),
+            argv: vec![
+                agent,
+                "--otlp".into(),
+                receiver.grpc_endpoint(),
+                "-q".into(),
+            ],
+            readiness: Readiness::StderrLine(READY_LINE),
+            has_summary: true,
+            exports: true,
+        });
+    }
     if let Some(peer) = peer {
         let argv: Vec<String> = peer.split_whitespace().map(str::to_owned).collect();
         let program = argv.first().context("--peer is empty")?;
@@ -139,50 +185,99 @@ fn tracer_specs(agent: &Path, peer: Option<&str>) -> Result<Vec<TracerSpec>> {
             argv,
             readiness: Readiness::PerfEvent,
             has_summary: false,
+            exports: false,
         });
     }
     Ok(tracers)
 }
 
 /// One run with `spec` tracing: start it, wait until attached, run the load, stop it, count.
+/// `receiver` is the one it exports to, whose CPU time is measured over the run.
 fn traced_run(
     spec: &TracerSpec,
     netns: &Netns,
     loadgen: &Path,
     args: &BenchArgs,
     output: &Path,
+    receiver: Option<&Receiver>,
 ) -> Result<Run> {
+    let receiver_cpu = receiver.map(Receiver::cpu).transpose()?;
     let mut tracer = Running::start(&spec.name, &spec.argv, output)?;
     tracer.wait_ready(spec.readiness)?;
     let load = load::run(netns, loadgen, args.port, args.seconds)?;
     thread::sleep(DRAIN);
     let closing = netns.tcp_sockets()?;
     let stopped = tracer.stop()?;
-    let lines =
-        count_file(output, args.port).with_context(|| format!("reading {}", output.display()))?;
-    let summary = stopped
-        .stderr
-        .iter()
-        .rev()
-        .find_map(|line| Summary::parse(line));
-    if spec.has_summary && summary.is_none() {
-        eprintln!(
-            "bench: {} printed no summary line; its stderr ended with:",
-            spec.name
-        );
-        let start = stopped.stderr.len().saturating_sub(5);
-        for line in &stopped.stderr[start..] {
-            eprintln!("  {line}");
-        }
+    let otlp = match (receiver, receiver_cpu) {
+        (Some(receiver), Some(before)) => Some(OtlpRun {
+            receiver_cpu: receiver.cpu()?.saturating_sub(before),
+            summary: last_parsed(&stopped.stderr, OtlpSummary::parse),
+        }),
+        _ => None,
+    };
+    let lines = if spec.exports {
+        None
+    } else {
+        let counts = count_file(output, args.port)
+            .with_context(|| format!("reading {}", output.display()))?;
+        Some(counts)
+    };
+    let summary = last_parsed(&stopped.stderr, Summary::parse);
+    if spec.has_summary {
+        report_stderr(spec, &stopped.stderr, summary.is_some(), otlp.as_ref());
     }
     Ok(Run {
         load,
         tracer: Some(TracerRun {
             cpu: stopped.cpu,
             exit: stopped.exit,
+            stopping: stopped.stopping,
             lines,
             summary,
             closing,
+            otlp,
         }),
     })
+}
+
+/// The last of `lines` that `parse` accepts, parsed.
+fn last_parsed<T>(lines: &[String], parse: fn(&str) -> Option<T>) -> Option<T> {
+    lines.iter().rev().find_map(|line| parse(line))
+}
+
+/// Shows what tcpstates said on stderr besides its readiness line, running accounts of losses
+/// and summary lines (export errors, say), and its last lines if a summary it owed is missing.
+fn report_stderr(spec: &TracerSpec, stderr: &[String], has_summary: bool, otlp: Option<&OtlpRun>) {
+    let missing_otlp = otlp.is_some_and(|o| o.summary.is_none());
+    if !has_summary || missing_otlp {
+        eprintln!(
+            "bench: {} printed no {}summary line; its stderr ended with:",
+            spec.name,
+            if has_summary { "OTLP " } else { "" }
+        );
+        let start = stderr.len().saturating_sub(SHOWN_STDERR_LINES);
+        for line in &stderr[start..] {
+            eprintln!("  {line}");
+        }
+        return;
+    }
+    let other: Vec<&String> = stderr
+        .iter()
+        .filter(|line| {
+            !line.contains(READY_LINE)
+                && !RUNNING_ACCOUNTS.iter().any(|text| line.contains(text))
+                && Summary::parse(line).is_none()
+                && OtlpSummary::parse(line).is_none()
+        })
+        .collect();
+    if !other.is_empty() {
+        eprintln!(
+            "bench: {} also said on stderr ({} lines besides its accounts of losses):",
+            spec.name,
+            other.len()
+        );
+        for line in other.iter().take(SHOWN_STDERR_LINES) {
+            eprintln!("  {line}");
+        }
+    }
 }

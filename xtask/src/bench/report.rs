@@ -1,11 +1,15 @@
 //! The results of the bench's runs and the table that summarises them.
 
+mod otlp;
+
+pub use self::otlp::LEGEND as OTLP_LEGEND;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::count::LineCounts;
 use super::load::LoadResult;
-use super::summary::Summary;
+use super::summary::{OtlpSummary, Summary};
 
 /// The state changes the kernel reports for each load-generator connection: the client's, then
 /// the server's accepted socket's.
@@ -31,8 +35,10 @@ pub const LISTENER_EVENTS: u64 = LISTENER_TRANSITIONS.len() as u64;
 
 /// What the table's event and CPU rows mean.
 pub const LEGEND: &str = "events expected = 10 per connection + 2 for the listener; printed = \
-    output lines with the port as LPORT or RPORT; written and lost = tcpstates' own exit summary; \
-    CPU time = user + system time of the tracer process (wait4), start to exit";
+    output lines with the port as LPORT or RPORT; written and lost = tcpstates' own exit summary \
+    (written: events handled, printed or turned into spans); CPU time = user + system time of the \
+    tracer process (wait4), start to exit, and its share of one core over the load's seconds; \
+    SIGINT to exit = the slowest stop (the OTLP agent flushes its queue then)";
 
 /// What a tracer did during one run.
 #[derive(Debug)]
@@ -41,13 +47,26 @@ pub struct TracerRun {
     pub cpu: Duration,
     /// How it ended.
     pub exit: String,
-    /// Its output's line counts.
-    pub lines: LineCounts,
+    /// Time from SIGINT to its exit.
+    pub stopping: Duration,
+    /// Its output's line counts; `None` for a tracer that prints nothing (`tcpstates --otlp -q`).
+    pub lines: Option<LineCounts>,
     /// Its own event counts (tcpstates only; peers print none).
     pub summary: Option<Summary>,
     /// The bench's sockets still closing when it was stopped, by `ss` state: their last state
     /// changes came too late to be counted.
     pub closing: BTreeMap<String, u64>,
+    /// What it exported, for tcpstates exporting over OTLP.
+    pub otlp: Option<OtlpRun>,
+}
+
+/// The export side of a run of `tcpstates --otlp`.
+#[derive(Debug)]
+pub struct OtlpRun {
+    /// The agent's OTLP summary line, if it printed one.
+    pub summary: Option<OtlpSummary>,
+    /// The receiver's user plus system CPU time from the agent's start to its exit.
+    pub receiver_cpu: Duration,
 }
 
 /// One run of one configuration.
@@ -108,18 +127,27 @@ pub fn progress(round: u32, rounds: u32, name: &str, run: &Run) -> String {
         run.load.rate, run.load.connections, run.load.failed
     );
     if let Some(tracer) = &run.tracer {
+        if let Some(lines) = &tracer.lines {
+            line.push_str(&format!(
+                ", {} of {} events printed",
+                lines.matched,
+                run.expected_events()
+            ));
+        }
         line.push_str(&format!(
-            ", {} of {} events printed, cpu {:.2} s, {}",
-            tracer.lines.matched,
-            run.expected_events(),
+            ", cpu {:.2} s, {} after {:.1} s",
             tracer.cpu.as_secs_f64(),
-            tracer.exit
+            tracer.exit,
+            tracer.stopping.as_secs_f64()
         ));
         if let Some(summary) = &tracer.summary {
             line.push_str(&format!(
                 ", {} written, {} lost",
                 summary.written, summary.lost
             ));
+        }
+        if let Some(export) = &tracer.otlp {
+            line.push_str(&otlp::progress(run, export));
         }
     }
     line
@@ -177,11 +205,11 @@ pub fn table(configs: &[Config], seconds: u32) -> String {
     ));
     rows.push((
         "events expected".into(),
-        per_config(&|c| traced(c, |r, _| r.expected_events())),
+        per_config(&|c| printed(c, |r, _| r.expected_events())),
     ));
     rows.push((
         "events printed (port)".into(),
-        per_config(&|c| traced(c, |_, t| t.lines.matched)),
+        per_config(&|c| printed(c, |_, lines| lines.matched)),
     ));
     rows.push(("missing".into(), per_config(&missing)));
     rows.push((
@@ -201,9 +229,22 @@ pub fn table(configs: &[Config], seconds: u32) -> String {
         "sockets still closing at stop".into(),
         per_config(&|c| traced(c, |_, t| t.closing.values().sum())),
     ));
+    if configs.iter().any(otlp::exports) {
+        rows.extend(otlp::rows(configs, seconds));
+    }
     rows.push((
         "tracer CPU time (s)".into(),
-        per_config(&|c| cpu(c, seconds)),
+        per_config(&|c| cpu(c, seconds, |t| Some(t.cpu))),
+    ));
+    rows.push((
+        "SIGINT to exit (s, slowest)".into(),
+        per_config(&|c| {
+            c.runs
+                .iter()
+                .filter_map(|r| Some(r.tracer.as_ref()?.stopping))
+                .max()
+                .map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64()))
+        }),
     ));
     rows.push((
         "tracer exits".into(),
@@ -236,14 +277,27 @@ fn traced(config: &Config, f: impl Fn(&Run, &TracerRun) -> u64) -> String {
     if any { sum.to_string() } else { "-".into() }
 }
 
+/// Sum of `f` over the runs whose tracer printed text, or `-`.
+fn printed(config: &Config, f: impl Fn(&Run, &LineCounts) -> u64) -> String {
+    let mut any = false;
+    let mut sum = 0;
+    for run in &config.runs {
+        if let Some(lines) = run.tracer.as_ref().and_then(|t| t.lines.as_ref()) {
+            any = true;
+            sum += f(run, lines);
+        }
+    }
+    if any { sum.to_string() } else { "-".into() }
+}
+
 /// Expected minus printed events, with the share of expected, or `-`.
 fn missing(config: &Config) -> String {
     let (mut expected, mut printed, mut any) = (0u64, 0u64, false);
     for run in &config.runs {
-        if let Some(tracer) = &run.tracer {
+        if let Some(lines) = run.tracer.as_ref().and_then(|t| t.lines.as_ref()) {
             any = true;
             expected += run.expected_events();
-            printed += tracer.lines.matched;
+            printed += lines.matched;
         }
     }
     if !any || expected == 0 {
@@ -269,23 +323,25 @@ fn summed(config: &Config, f: impl Fn(&Summary) -> u64) -> String {
     total_summary(config).map_or("-".into(), |s| f(&s).to_string())
 }
 
-/// Total tracer CPU time and its share of one core over the load's duration.
-fn cpu(config: &Config, seconds: u32) -> String {
-    let tracers: Vec<&TracerRun> = config
+/// Total of a CPU time `f` takes from each traced run (where it has one) and its share of one
+/// core over the load's duration, or `-`.
+fn cpu(config: &Config, seconds: u32, f: impl Fn(&TracerRun) -> Option<Duration>) -> String {
+    let times: Vec<Duration> = config
         .runs
         .iter()
-        .filter_map(|r| r.tracer.as_ref())
+        .filter_map(|r| f(r.tracer.as_ref()?))
         .collect();
-    if tracers.is_empty() {
+    if times.is_empty() {
         return "-".into();
     }
-    let total: f64 = tracers.iter().map(|t| t.cpu.as_secs_f64()).sum();
-    let wall = f64::from(seconds) * tracers.len() as f64;
+    let total: f64 = times.iter().map(Duration::as_secs_f64).sum();
+    let wall = f64::from(seconds) * times.len() as f64;
     format!("{total:.2} ({:.0} % of a core)", total * 100.0 / wall)
 }
 
-/// For each tracer, the transitions printed more or fewer times than expected (printed minus
-/// expected, over all its runs), one line per tracer; empty if every count is exact.
+/// For each tracer that prints text, the transitions printed more or fewer times than expected
+/// (printed minus expected, over all its runs), one line per tracer; empty if every count is
+/// exact.
 pub fn transition_deviations(configs: &[Config]) -> String {
     let mut out = String::new();
     for config in configs {
@@ -294,6 +350,7 @@ pub fn transition_deviations(configs: &[Config]) -> String {
         let mut traced = false;
         for run in &config.runs {
             let Some(tracer) = &run.tracer else { continue };
+            let Some(lines) = &tracer.lines else { continue };
             traced = true;
             for (state, n) in &tracer.closing {
                 *closing.entry(state).or_default() += n;
@@ -305,7 +362,7 @@ pub fn transition_deviations(configs: &[Config]) -> String {
             for name in LISTENER_TRANSITIONS {
                 *deviations.entry(name).or_default() -= 1;
             }
-            for (name, count) in &tracer.lines.transitions {
+            for (name, count) in &lines.transitions {
                 *deviations.entry(name).or_default() += i128::from(*count);
             }
         }
@@ -367,6 +424,7 @@ fn render(rows: &[(String, Vec<String>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::summary::OtlpSummary;
 
     #[test]
     fn legend_states_the_constants() {
@@ -392,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn table_shows_ratio_and_missing_events() {
+    fn table_shows_ratio_missing_events_and_exports() {
         let configs = [
             Config {
                 name: "no tracer".into(),
@@ -408,7 +466,8 @@ mod tests {
                     tracer: Some(TracerRun {
                         cpu: Duration::from_millis(500),
                         exit: "exit 0".into(),
-                        lines: LineCounts {
+                        stopping: Duration::from_millis(100),
+                        lines: Some(LineCounts {
                             total: 1100,
                             matched: 1001,
                             transitions: CONNECTION_TRANSITIONS
@@ -419,13 +478,41 @@ mod tests {
                                 })
                                 .chain(LISTENER_TRANSITIONS.map(|name| (name.to_string(), 1)))
                                 .collect(),
-                        },
+                        }),
                         closing: BTreeMap::from([("LAST-ACK".to_string(), 1)]),
                         summary: Some(Summary {
                             written: 1099,
                             lost: 1,
                             ring_full: 1,
                             ..Summary::default()
+                        }),
+                        otlp: None,
+                    }),
+                }],
+            },
+            Config {
+                name: "tcpstates --otlp".into(),
+                runs: vec![Run {
+                    load: load(900.0),
+                    tracer: Some(TracerRun {
+                        cpu: Duration::from_millis(250),
+                        exit: "exit 0".into(),
+                        stopping: Duration::from_millis(1500),
+                        lines: None,
+                        closing: BTreeMap::new(),
+                        summary: Some(Summary {
+                            written: 1010,
+                            ..Summary::default()
+                        }),
+                        otlp: Some(OtlpRun {
+                            summary: Some(OtlpSummary {
+                                sessions: 203,
+                                spans: 1012,
+                                dropped: 4,
+                                failed: 0,
+                                evicted: 1,
+                            }),
+                            receiver_cpu: Duration::from_millis(100),
                         }),
                     }),
                 }],
@@ -437,25 +524,29 @@ mod tests {
              (sockets still closing at stop: LAST-ACK 1)\n"
         );
         let table = table(&configs, 1);
-        let row = |name: &str| {
-            table
-                .lines()
-                .find(|line| line.starts_with(name))
-                .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
-        };
-        assert_eq!(
-            row("ratio to no tracer").as_deref(),
-            Some("ratio to no tracer 1.000 0.800")
-        );
-        assert_eq!(
-            row("events expected").as_deref(),
-            Some("events expected - 1002")
-        );
-        assert_eq!(row("missing").as_deref(), Some("missing - 1 (0.100 %)"));
-        assert_eq!(row("lost").as_deref(), Some("lost - 1"));
-        assert_eq!(
-            row("tracer CPU time").as_deref(),
-            Some("tracer CPU time (s) - 0.50 (50 % of a core)")
-        );
+        let rows: Vec<String> = table
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        for expected in [
+            "ratio to no tracer 1.000 0.800 0.900",
+            "events expected - 1002 -",
+            "missing - 1 (0.100 %) -",
+            "lost - 1 0",
+            "sessions expected - - 201",
+            "sessions exported (all host) - - 203",
+            "exported minus expected - - +2",
+            "spans expected - - 1002",
+            "spans/s over the load - - 1012",
+            "spans dropped / failed / sessions evicted - - 4 / 0 / 1",
+            "receiver CPU time (s) - - 0.10 (10 % of a core)",
+            "tracer CPU time (s) - 0.50 (50 % of a core) 0.25 (25 % of a core)",
+            "SIGINT to exit (s, slowest) - 0.1 1.5",
+        ] {
+            assert!(
+                rows.iter().any(|row| row == expected),
+                "{expected}\n{table}"
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The agent's exit summary: `tcpstates: N events written, M lost (A ring buffer full,
-//! B BPF recursion, C unreadable)`.
+//! B BPF recursion, C unreadable)`, and with `--otlp` `tcpstates: OTLP: S sessions exported in
+//! P spans, D spans dropped (queue full), F failed, E sessions evicted`.
 
 /// Event counts from the agent's summary line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +45,49 @@ impl Summary {
     }
 }
 
+/// Export counts from the agent's OTLP summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OtlpSummary {
+    /// Sessions whose root span was exported.
+    pub sessions: u64,
+    /// Spans exported, roots and children.
+    pub spans: u64,
+    /// Spans dropped because the export queue was full.
+    pub dropped: u64,
+    /// Spans whose export failed.
+    pub failed: u64,
+    /// Sessions ended early because the session table was full.
+    pub evicted: u64,
+}
+
+impl OtlpSummary {
+    /// Parses an OTLP summary line; `None` if `line` is not one.
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("tcpstates: OTLP: ")?;
+        let (sessions, rest) = rest.split_once(" sessions exported in ")?;
+        let (spans, rest) = rest.split_once(" spans, ")?;
+        let (dropped, rest) = rest.split_once(" spans dropped (queue full), ")?;
+        let (failed, rest) = rest.split_once(" failed, ")?;
+        let evicted = rest.strip_suffix(" sessions evicted")?;
+        Some(Self {
+            sessions: sessions.parse().ok()?,
+            spans: spans.parse().ok()?,
+            dropped: dropped.parse().ok()?,
+            failed: failed.parse().ok()?,
+            evicted: evicted.parse().ok()?,
+        })
+    }
+
+    /// Adds another run's counts to these.
+    pub fn add(&mut self, other: &Self) {
+        self.sessions += other.sessions;
+        self.spans += other.spans;
+        self.dropped += other.dropped;
+        self.failed += other.failed;
+        self.evicted += other.evicted;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +119,24 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn parses_the_otlp_summary_line() {
+        let line = "tcpstates: OTLP: 1520 sessions exported in 9120 spans, 3 spans dropped \
+                    (queue full), 2 failed, 1 sessions evicted\n";
+        assert_eq!(
+            OtlpSummary::parse(line),
+            Some(OtlpSummary {
+                sessions: 1520,
+                spans: 9120,
+                dropped: 3,
+                failed: 2,
+                evicted: 1
+            })
+        );
+        let events = "tcpstates: 5 events written, 0 lost (0 ring buffer full, 0 BPF recursion, 0 unreadable)";
+        assert_eq!(OtlpSummary::parse(events), None);
+        assert_eq!(Summary::parse(line), None);
     }
 }

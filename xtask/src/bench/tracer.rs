@@ -55,6 +55,8 @@ pub struct Stopped {
     pub cpu: Duration,
     /// How it ended, e.g. `exit 0` or `signal 9`.
     pub exit: String,
+    /// Time from SIGINT to its exit.
+    pub stopping: Duration,
     /// Everything it wrote to stderr.
     pub stderr: Vec<String>,
 }
@@ -153,7 +155,8 @@ impl Running {
     pub fn stop(mut self) -> Result<Stopped> {
         signal(self.pid, libc::SIGINT)
             .with_context(|| format!("sending SIGINT to {}", self.name))?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let signalled = Instant::now();
+        let deadline = signalled + STOP_TIMEOUT;
         let (status, usage) = loop {
             if let Some(done) = reap(self.pid, false)? {
                 break done;
@@ -169,11 +172,13 @@ impl Running {
             self.drain_stderr();
             thread::sleep(POLL);
         };
+        let stopping = signalled.elapsed();
         self.reaped = true;
         self.collect_stderr_until_closed();
         Ok(Stopped {
             cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
             exit: describe_status(status),
+            stopping,
             stderr: std::mem::take(&mut self.lines),
         })
     }
