@@ -4,6 +4,7 @@
 //! dropped because the queue was full, or given up on.
 
 use std::{
+    cell::OnceCell,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -16,14 +17,22 @@ use opentelemetry::trace::SpanId;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::{
     Resource,
+    error::OTelSdkResult,
     trace::{SpanData, SpanExporter as _},
 };
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::{
+    sync::mpsc::{self, error::TrySendError},
+    task::JoinSet,
+};
 
 use super::settings::{ExportSettings, Protocol};
 
 /// Spans sent in one export request at most (about 0.5 MiB of protobuf).
 const MAX_BATCH: usize = 2048;
+/// Export requests out at once while the collector answers: collectors answer a request
+/// only once it has gone through their pipeline, so one at a time caps the span rate at
+/// batch size / pipeline latency.
+const MAX_IN_FLIGHT: usize = 8;
 /// How long a partial batch waits for more spans.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// First and longest pause between attempts while the collector is unreachable.
@@ -172,85 +181,183 @@ fn build_exporter(settings: &ExportSettings) -> Result<SpanExporter, ExportError
     Ok(exporter?)
 }
 
-/// Batches and exports until the queue is closed and empty.
-///
-/// While exports succeed, a batch is handed over without a copy; after a failure (and until
-/// the first success) a copy is kept so the batch can be retried, with growing pauses. So a
-/// collector that is down at start or goes away loses at most the one batch in flight when
-/// it went away, and that loss is counted.
-async fn export_loop(exporter: SpanExporter, mut queue: mpsc::Receiver<SpanData>, stats: &Stats) {
-    let mut healthy = false;
-    let mut failing = false;
-    let mut failures = 0u32;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut closed_at: Option<Instant> = None;
-    loop {
-        if queue.is_closed()
-            && closed_at.get_or_insert_with(Instant::now).elapsed() >= FLUSH_DEADLINE
-        {
-            let waiting = batch.len() as u64 + queue.len() as u64;
-            if waiting > 0 {
-                eprintln!(
-                    "tcpstates: OTLP export still behind after {FLUSH_DEADLINE:?}, {waiting} spans not exported"
-                );
-                stats.failed.fetch_add(waiting, Ordering::Relaxed);
-            }
-            return;
-        }
-        if batch.is_empty() {
-            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
-            }
-            let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-            while batch.len() < MAX_BATCH {
-                let room = MAX_BATCH - batch.len();
-                match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        }
-        let spans = batch.len() as u64;
-        let sessions = batch
+/// A batch of spans and what it holds.
+struct Batch {
+    spans: Vec<SpanData>,
+    sessions: u64,
+}
+
+impl Batch {
+    fn new(spans: Vec<SpanData>) -> Self {
+        let sessions = spans
             .iter()
             .filter(|span| span.parent_span_id == SpanId::INVALID)
             .count() as u64;
-        let attempt = if healthy {
-            std::mem::take(&mut batch)
-        } else {
-            batch.clone()
-        };
-        match exporter.export(attempt).await {
+        Self { spans, sessions }
+    }
+}
+
+/// The export side's state: requests in flight, and whether the collector is answering.
+struct Exporter<'a> {
+    exporter: Arc<SpanExporter>,
+    stats: &'a Stats,
+    in_flight: JoinSet<(u64, u64, OTelSdkResult)>,
+    /// The last request succeeded: batches go out concurrently, without a copy.
+    healthy: bool,
+    /// Failures in a row, for the retry pause.
+    failures: u32,
+}
+
+impl Exporter<'_> {
+    /// Sends `batch` without waiting for the answer, once fewer than [`MAX_IN_FLIGHT`]
+    /// requests are out.
+    async fn send(&mut self, batch: Batch) {
+        while self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.settle_one().await;
+        }
+        let exporter = Arc::clone(&self.exporter);
+        let (spans, sessions) = (batch.spans.len() as u64, batch.sessions);
+        self.in_flight
+            .spawn(async move { (spans, sessions, exporter.export(batch.spans).await) });
+    }
+
+    /// Sends `batch` and waits for the answer, retrying with growing pauses until it is
+    /// accepted or `give_up` says to stop; returns the batch if it was not accepted.
+    async fn send_until_accepted(
+        &mut self,
+        batch: Batch,
+        give_up: impl Fn() -> bool,
+    ) -> Option<Batch> {
+        self.settle_all().await;
+        loop {
+            let result = self.exporter.export(batch.spans.clone()).await;
+            let accepted = result.is_ok();
+            self.account(batch.spans.len() as u64, batch.sessions, result, false);
+            if accepted {
+                return None;
+            }
+            if give_up() {
+                return Some(batch);
+            }
+            tokio::time::sleep(retry_delay(self.failures)).await;
+        }
+    }
+
+    /// Waits for one request in flight and accounts for it.
+    async fn settle_one(&mut self) {
+        if let Some(Ok((spans, sessions, result))) = self.in_flight.join_next().await {
+            self.account(spans, sessions, result, true);
+        }
+    }
+
+    /// Waits for every request in flight.
+    async fn settle_all(&mut self) {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await;
+        }
+    }
+
+    /// Counts a request's outcome; the spans of a failed request that kept no copy are lost.
+    fn account(
+        &mut self,
+        spans: u64,
+        sessions: u64,
+        result: OTelSdkResult,
+        sent_without_copy: bool,
+    ) {
+        match result {
             Ok(()) => {
-                batch.clear();
-                if failing {
+                if self.failures > 0 {
                     eprintln!("tcpstates: OTLP export recovered");
-                    failing = false;
                 }
-                healthy = true;
-                failures = 0;
-                stats.exported.fetch_add(spans, Ordering::Relaxed);
-                stats
+                self.healthy = true;
+                self.failures = 0;
+                self.stats.exported.fetch_add(spans, Ordering::Relaxed);
+                self.stats
                     .exported_sessions
                     .fetch_add(sessions, Ordering::Relaxed);
             }
             Err(err) => {
-                stats.failed_requests.fetch_add(1, Ordering::Relaxed);
-                failures += 1;
-                if !failing {
+                self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
+                if self.failures == 0 {
                     eprintln!("tcpstates: OTLP export failing, will retry: {err}");
-                    failing = true;
                 }
-                if healthy {
-                    eprintln!("tcpstates: {spans} spans of the failed request are lost");
-                    stats.failed.fetch_add(spans, Ordering::Relaxed);
-                    healthy = false;
-                    continue;
+                self.failures += 1;
+                self.healthy = false;
+                if sent_without_copy {
+                    eprintln!("tcpstates: {spans} spans of a failed request are lost");
+                    self.stats.failed.fetch_add(spans, Ordering::Relaxed);
                 }
-                tokio::time::sleep(retry_delay(failures)).await;
             }
         }
     }
+}
+
+/// Batches and exports until the queue is closed and empty.
+///
+/// While the collector answers, up to [`MAX_IN_FLIGHT`] requests are out at once and a batch
+/// is handed over without a copy. Until the first success, and after a failure, batches go
+/// one at a time with a copy kept so they can be retried, with growing pauses. So a collector
+/// that is down at start loses nothing, and one that goes away loses at most the requests in
+/// flight when it went away; every such loss is counted.
+async fn export_loop(exporter: SpanExporter, mut queue: mpsc::Receiver<SpanData>, stats: &Stats) {
+    let mut export = Exporter {
+        exporter: Arc::new(exporter),
+        stats,
+        in_flight: JoinSet::new(),
+        healthy: false,
+        failures: 0,
+    };
+    let closed_at: OnceCell<Instant> = OnceCell::new();
+    let past_deadline = |queue: &mpsc::Receiver<SpanData>| {
+        queue.is_closed() && closed_at.get_or_init(Instant::now).elapsed() >= FLUSH_DEADLINE
+    };
+    while let Some(batch) = next_batch(&mut queue).await {
+        if past_deadline(&queue) {
+            let waiting = batch.spans.len() as u64 + queue.len() as u64;
+            eprintln!(
+                "tcpstates: OTLP export still behind {FLUSH_DEADLINE:?} after exit began, \
+                 {waiting} spans not exported"
+            );
+            stats.failed.fetch_add(waiting, Ordering::Relaxed);
+            break;
+        }
+        if export.healthy {
+            export.send(batch).await;
+            continue;
+        }
+        if let Some(unsent) = export
+            .send_until_accepted(batch, || past_deadline(&queue))
+            .await
+        {
+            let waiting = unsent.spans.len() as u64 + queue.len() as u64;
+            eprintln!(
+                "tcpstates: OTLP collector unreachable {FLUSH_DEADLINE:?} after exit began, \
+                 {waiting} spans not exported"
+            );
+            stats.failed.fetch_add(waiting, Ordering::Relaxed);
+            break;
+        }
+    }
+    export.settle_all().await;
+}
+
+/// Up to [`MAX_BATCH`] spans: what is queued, plus what arrives within [`BATCH_DELAY`] when that
+/// is fewer. `None` once the queue is closed and empty.
+async fn next_batch(queue: &mut mpsc::Receiver<SpanData>) -> Option<Batch> {
+    let mut spans = Vec::with_capacity(MAX_BATCH);
+    if queue.recv_many(&mut spans, MAX_BATCH).await == 0 {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+    while spans.len() < MAX_BATCH {
+        let room = MAX_BATCH - spans.len();
+        match tokio::time::timeout_at(deadline, queue.recv_many(&mut spans, room)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    Some(Batch::new(spans))
 }
 
 fn retry_delay(failures: u32) -> Duration {
