@@ -3,8 +3,9 @@
 
 use aya_build::{Package, Toolchain};
 
-/// The nightly whose LLVM matches bpf-linker 0.10.4 (see README, "Toolchain").
-const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// The nightly whose LLVM matches bpf-linker 0.10.4 (see README, "Toolchain"); xtask's setup
+/// installs the same one from the same file.
+const BPF_TOOLCHAIN: &str = include_str!("../agent-ebpf/bpf-toolchain").trim_ascii_end();
 
 fn main() -> aya_build::Result<()> {
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-ebpf");

@@ -10,9 +10,9 @@ use anyhow::Result;
 
 use crate::process::{self, as_root};
 
-/// The nightly toolchain that builds the kernel program. Must match `BPF_TOOLCHAIN` in
-/// `agent/build.rs`: its LLVM (22) is the one bpf-linker 0.10.4 loads.
-pub const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// The nightly toolchain that builds the kernel program, from the file `agent/build.rs` reads
+/// too: its LLVM (22) is the one bpf-linker 0.10.4 loads.
+pub const BPF_TOOLCHAIN: &str = include_str!("../../agent-ebpf/bpf-toolchain").trim_ascii_end();
 
 /// The bpf-linker release that works with the pinned nightly (later ones want a system LLVM 23).
 const BPF_LINKER_VERSION: &str = "0.10.4";

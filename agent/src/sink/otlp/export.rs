@@ -32,7 +32,7 @@ const MAX_BATCH: usize = 2048;
 /// Export requests out at once while the collector answers: collectors answer a request
 /// only once it has gone through their pipeline, so one at a time caps the span rate at
 /// batch size / pipeline latency.
-const MAX_IN_FLIGHT: usize = 8;
+const MAX_IN_FLIGHT: usize = 32;
 /// How long a partial batch waits for more spans.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// First and longest pause between attempts while the collector is unreachable.
