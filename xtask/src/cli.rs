@@ -35,6 +35,9 @@ pub enum Command {
     /// tests (one at a time, against the real kernel).
     #[command(override_usage = "cargo xtask test [CARGO_TEST_ARGS]... [-- TEST_BINARY_ARGS...]")]
     Test(TestArgs),
+    /// Set up, then check formatting and run clippy on every crate, the kernel program included
+    /// (for the BPF target).
+    Lint,
     /// Measure the connection rate of a loopback load with and without tcpstates tracing it,
     /// and whether tcpstates printed every event (with `--otlp`, also exporting over OTLP). Needs root.
     Bench(BenchArgs),

@@ -7,6 +7,7 @@
 mod bench;
 mod cargo;
 mod cli;
+mod lint;
 mod paths;
 mod process;
 mod run;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         Command::Build(args) => setup::setup().and_then(|()| cargo::build_agent(args.profile())),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test_suite::test(&args),
+        Command::Lint => lint::lint(),
         Command::Bench(args) => bench::bench(&args),
     };
     match result {
