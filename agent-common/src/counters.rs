@@ -12,9 +12,12 @@ pub enum Counter {
     UnknownFamily = 2,
     /// Hits whose tracepoint record could not be read.
     ReadError = 3,
+    /// Hits the classic tracepoint program missed to BPF recursion protection that the BTF
+    /// tracepoint program delivered instead.
+    Recovered = 4,
 }
 
 impl Counter {
     /// Number of counters; the size of the `COUNTERS` array.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }

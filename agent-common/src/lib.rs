@@ -11,6 +11,7 @@ pub mod counters;
 pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod sock;
 pub mod state;
 pub mod tracepoint;
 

@@ -4,15 +4,18 @@ use agent_common::{
     counters::Counter,
     event::RawStateChange,
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
+    sock::SockOffsets,
     state::{AF_INET, AF_INET6, CLOSE, IPPROTO_TCP, starts_socket},
     tracepoint as tp,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 /// Default ring buffer size; user space may resize it before load.
@@ -49,19 +52,176 @@ static FILTER: Filter = Filter {
     wakeup_bytes: 0,
 };
 
-/// Entry point: see the crate documentation.
+/// Offsets of `struct sock` fields for the BTF program, set by user space at load time.
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: SockOffsets = SockOffsets {
+    family: 0,
+    protocol: 0,
+    sport: 0,
+    dport: 0,
+    saddr: 0,
+    daddr: 0,
+    saddr_v6: 0,
+    daddr_v6: 0,
+};
+
+/// Per CPU: 1 while the classic program runs on that CPU.
+#[map]
+static CLASSIC_RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Entry point of the classic tracepoint program: see the crate documentation.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    if try_inet_sock_set_state(&ctx).is_err() {
+    set_classic_running(1);
+    if record(&Classic(&ctx)).is_err() {
         count(Counter::ReadError);
+    }
+    set_classic_running(0);
+    0
+}
+
+/// Entry point of the BTF tracepoint program, the classic program's backstop.
+///
+/// The kernel runs a classic tracepoint program only if no such program already runs on the
+/// CPU (`bpf_prog_active`), so a state change made by a softirq that interrupted the classic
+/// program is dropped for it. The BTF program has a recursion guard of its own, so it still
+/// runs: when it finds the classic program running on its CPU, this hit is one the classic
+/// program will miss, and it records it instead; otherwise it returns at once.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    if CLASSIC_RUNNING.get(0).copied() != Some(1) {
+        return 0;
+    }
+    let source = Btf {
+        sk: ctx.arg(0),
+        oldstate: ctx.arg(1),
+        newstate: ctx.arg(2),
+    };
+    match record(&source) {
+        Ok(()) => count(Counter::Recovered),
+        Err(_) => count(Counter::ReadError),
     }
     0
 }
 
-fn read<T>(ctx: &TracePointContext, field: tp::Field) -> Result<T, i32> {
-    // SAFETY: the offsets come from the tracepoint layout that user space checked against the
-    // kernel's format file before loading; `read_at` uses bpf_probe_read, which cannot fault.
-    unsafe { ctx.read_at::<T>(field.offset) }
+fn set_classic_running(value: u32) {
+    if let Some(slot) = CLASSIC_RUNNING.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate while they run.
+        unsafe { *slot = value };
+    }
+}
+
+/// Where a state change's fields come from.
+trait Source {
+    fn protocol(&self) -> Result<u16, i32>;
+    fn family(&self) -> Result<u16, i32>;
+    fn skaddr(&self) -> Result<u64, i32>;
+    /// Local and remote port, host order.
+    fn ports(&self) -> Result<(u16, u16), i32>;
+    fn states(&self) -> Result<(u32, u32), i32>;
+    /// Local and remote address of an `AF_INET` socket, in the first 4 bytes.
+    fn addrs_v4(&self) -> Result<([u8; 16], [u8; 16]), i32>;
+    /// Local and remote address of an `AF_INET6` socket.
+    fn addrs_v6(&self) -> Result<([u8; 16], [u8; 16]), i32>;
+}
+
+/// The classic tracepoint's record.
+struct Classic<'a>(&'a TracePointContext);
+
+impl Classic<'_> {
+    fn read<T>(&self, field: tp::Field) -> Result<T, i32> {
+        // SAFETY: the offsets come from the tracepoint layout that user space checked against
+        // the kernel's format file before loading; `read_at` uses bpf_probe_read, which cannot
+        // fault.
+        unsafe { self.0.read_at::<T>(field.offset) }
+    }
+}
+
+impl Source for Classic<'_> {
+    fn protocol(&self) -> Result<u16, i32> {
+        self.read(tp::PROTOCOL)
+    }
+    fn family(&self) -> Result<u16, i32> {
+        self.read(tp::FAMILY)
+    }
+    fn skaddr(&self) -> Result<u64, i32> {
+        self.read(tp::SKADDR)
+    }
+    fn ports(&self) -> Result<(u16, u16), i32> {
+        Ok((self.read(tp::SPORT)?, self.read(tp::DPORT)?))
+    }
+    fn states(&self) -> Result<(u32, u32), i32> {
+        Ok((
+            self.read::<i32>(tp::OLDSTATE)? as u32,
+            self.read::<i32>(tp::NEWSTATE)? as u32,
+        ))
+    }
+    fn addrs_v4(&self) -> Result<([u8; 16], [u8; 16]), i32> {
+        Ok((widen(self.read(tp::SADDR)?), widen(self.read(tp::DADDR)?)))
+    }
+    fn addrs_v6(&self) -> Result<([u8; 16], [u8; 16]), i32> {
+        Ok((self.read(tp::SADDR_V6)?, self.read(tp::DADDR_V6)?))
+    }
+}
+
+/// The BTF tracepoint's arguments: the socket, read at the offsets user space found in BTF.
+struct Btf {
+    sk: *const u8,
+    oldstate: i32,
+    newstate: i32,
+}
+
+impl Btf {
+    fn read<T>(&self, offset: u32) -> Result<T, i32> {
+        // SAFETY: bpf_probe_read_kernel copies from kernel memory and cannot fault; `sk` is the
+        // tracepoint's socket and `offset` one of its fields per the kernel's BTF.
+        unsafe { bpf_probe_read_kernel(self.sk.wrapping_add(offset as usize).cast::<T>()) }
+    }
+
+    fn offsets() -> SockOffsets {
+        // SAFETY: a read-only global; the volatile read keeps its load-time value.
+        unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+    }
+}
+
+impl Source for Btf {
+    fn protocol(&self) -> Result<u16, i32> {
+        self.read(Self::offsets().protocol)
+    }
+    fn family(&self) -> Result<u16, i32> {
+        self.read(Self::offsets().family)
+    }
+    fn skaddr(&self) -> Result<u64, i32> {
+        Ok(self.sk as u64)
+    }
+    fn ports(&self) -> Result<(u16, u16), i32> {
+        let offsets = Self::offsets();
+        Ok((
+            u16::from_be(self.read(offsets.sport)?),
+            u16::from_be(self.read(offsets.dport)?),
+        ))
+    }
+    fn states(&self) -> Result<(u32, u32), i32> {
+        Ok((self.oldstate as u32, self.newstate as u32))
+    }
+    fn addrs_v4(&self) -> Result<([u8; 16], [u8; 16]), i32> {
+        let offsets = Self::offsets();
+        Ok((
+            widen(self.read(offsets.saddr)?),
+            widen(self.read(offsets.daddr)?),
+        ))
+    }
+    fn addrs_v6(&self) -> Result<([u8; 16], [u8; 16]), i32> {
+        let offsets = Self::offsets();
+        Ok((self.read(offsets.saddr_v6)?, self.read(offsets.daddr_v6)?))
+    }
+}
+
+/// A 4-byte IPv4 address in the 16-byte address slot of an event.
+fn widen(v4: [u8; 4]) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    bytes[..4].copy_from_slice(&v4);
+    bytes
 }
 
 fn count(counter: Counter) {
@@ -76,28 +236,27 @@ fn port_in(set: &Array<u64>, port: u16) -> bool {
         .is_some_and(|word| word & port_mask(port) != 0)
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    if read::<u16>(ctx, tp::PROTOCOL)? != IPPROTO_TCP {
+/// Filters, times and submits one state change.
+fn record<S: Source>(source: &S) -> Result<(), i32> {
+    if source.protocol()? != IPPROTO_TCP {
         return Ok(());
     }
     // SAFETY: FILTER is a read-only global; the volatile read keeps the compiler from folding
     // the load-time value away.
     let filter = unsafe { core::ptr::read_volatile(&FILTER) };
-    let family = read::<u16>(ctx, tp::FAMILY)?;
+    let family = source.family()?;
     if filter.family != 0 && family != filter.family {
         return Ok(());
     }
-    let skaddr = read::<u64>(ctx, tp::SKADDR)?;
-    let sport = read::<u16>(ctx, tp::SPORT)?;
-    let dport = read::<u16>(ctx, tp::DPORT)?;
+    let skaddr = source.skaddr()?;
+    let (sport, dport) = source.ports()?;
     if (filter.local_ports != 0 && !port_in(&LOCAL_PORTS, sport))
         || (filter.remote_ports != 0 && !port_in(&REMOTE_PORTS, dport))
     {
         let _ = LAST_TRANSITION.remove(skaddr);
         return Ok(());
     }
-    let oldstate = read::<i32>(ctx, tp::OLDSTATE)? as u32;
-    let newstate = read::<i32>(ctx, tp::NEWSTATE)? as u32;
+    let (oldstate, newstate) = source.states()?;
 
     // SAFETY: a helper without arguments or side effects.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -119,8 +278,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
 
     count(Counter::Seen);
     let (saddr, daddr) = match family {
-        AF_INET => (read_v4(ctx, tp::SADDR)?, read_v4(ctx, tp::DADDR)?),
-        AF_INET6 => (read(ctx, tp::SADDR_V6)?, read(ctx, tp::DADDR_V6)?),
+        AF_INET => source.addrs_v4()?,
+        AF_INET6 => source.addrs_v6()?,
         _ => {
             count(Counter::UnknownFamily);
             return Ok(());
@@ -154,12 +313,4 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     };
     entry.submit(wakeup);
     Ok(())
-}
-
-/// Reads a 4-byte IPv4 address field into the 16-byte address slot of an event.
-fn read_v4(ctx: &TracePointContext, field: tp::Field) -> Result<[u8; 16], i32> {
-    let v4: [u8; 4] = read(ctx, field)?;
-    let mut bytes = [0; 16];
-    bytes[..4].copy_from_slice(&v4);
-    Ok(bytes)
 }

@@ -25,9 +25,12 @@ pub struct Counts {
     pub seen: u64,
     /// Transitions dropped because the ring buffer was full.
     pub ring_full: u64,
-    /// Program runs the kernel skipped because a BPF program was already running on that CPU;
-    /// `None` on kernels that do not report it (before 5.12).
+    /// Runs of the classic program the kernel skipped because a BPF program was already
+    /// running on that CPU, less those the BTF program recovered; `None` on kernels that do not
+    /// report it (before 5.12).
     pub recursion: Option<u64>,
+    /// Transitions the classic program missed that the BTF program delivered.
+    pub recovered: u64,
     /// Transitions whose tracepoint record could not be read.
     pub unreadable: u64,
     /// Transitions of sockets of an unknown address family (skipped, not lost).
@@ -69,10 +72,15 @@ impl KernelCounters {
         let sum = |counter: Counter| -> Result<u64, MapError> {
             Ok(self.map.get(&(counter as u32), 0)?.iter().sum())
         };
+        let recovered = sum(Counter::Recovered)?;
         Ok(Counts {
             seen: sum(Counter::Seen)?,
             ring_full: sum(Counter::RingFull)?,
-            recursion: recursion_misses(&self.program).ok().flatten(),
+            recursion: recursion_misses(&self.program)
+                .ok()
+                .flatten()
+                .map(|misses| misses.saturating_sub(recovered)),
+            recovered,
             unreadable: sum(Counter::ReadError)?,
             unknown_family: sum(Counter::UnknownFamily)?,
         })
@@ -110,6 +118,7 @@ mod tests {
             seen: 10,
             ring_full: 2,
             recursion: Some(3),
+            recovered: 4,
             unreadable: 1,
             unknown_family: 0,
         };

@@ -5,6 +5,7 @@
 //! [`config::Config`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod btf;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -32,6 +32,13 @@ fn report(summary: &Summary) {
         "tcpstates: {} events written, {}",
         summary.written, summary.counts
     );
+    if summary.counts.recovered > 0 {
+        eprintln!(
+            "tcpstates: {} events the kernel skipped for the classic program (BPF recursion) \
+             were recovered by the BTF program",
+            summary.counts.recovered
+        );
+    }
     if summary.counts.unknown_family > 0 {
         eprintln!(
             "tcpstates: {} events of sockets of unknown address family skipped",

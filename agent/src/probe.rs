@@ -7,14 +7,21 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint, trace_point::TracePointLink},
+    programs::{
+        BtfTracePoint, ProgramError, TracePoint, tp_btf::BtfTracePointLink,
+        trace_point::TracePointLink,
+    },
 };
 
 use crate::{
+    btf,
     config::{Config, PortList},
     counters::KernelCounters,
     tracefs::{self, TracefsError},
 };
+
+/// Name of the BTF tracepoint program in the object.
+const BACKSTOP: &str = "inet_sock_set_state_btf";
 
 /// The compiled kernel program (built by build.rs).
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -73,8 +80,11 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
         remote_ports: u8::from(config.remote_ports.is_some()),
         wakeup_bytes: wakeup_bytes(config.ring_buffer_bytes),
     };
+    let offsets = btf::Btf::from_file(btf::VMLINUX).and_then(|btf| btf::sock_offsets(&btf));
+    let sock_offsets = offsets.as_ref().copied().unwrap_or_default();
     let mut ebpf = EbpfLoader::new()
         .override_global("FILTER", &filter, true)
+        .override_global("SOCK_OFFSETS", &sock_offsets, true)
         .map_max_entries("EVENTS", config.ring_buffer_bytes)
         .load(PROGRAM_OBJECT)?;
 
@@ -99,6 +109,23 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
         .attach(tp::CATEGORY, tp::NAME)
         .and_then(|id| program.take_link(id))
         .map_err(|source| ProbeError::Program { source })?;
+    let backstop = match offsets {
+        Ok(_) => attach_backstop(&mut ebpf),
+        Err(err) => Err(err.to_string()),
+    };
+    let backstop = backstop
+        .map_err(|why| {
+            eprintln!(
+                "tcpstates: the BTF tracepoint is unavailable ({why}); state changes the kernel \
+                 skips to BPF recursion cannot be recovered (they are counted)"
+            );
+        })
+        .ok();
+    let program: &mut TracePoint = ebpf
+        .program_mut(tp::NAME)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(TryInto::try_into)
+        .map_err(|source| ProbeError::Program { source })?;
     let program_fd = program
         .fd()
         .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
@@ -119,6 +146,7 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
         attachment: Attachment {
             _ebpf: ebpf,
             link: Some(link),
+            backstop,
         },
         events,
         counters: KernelCounters::new(counters, program_fd),
@@ -129,8 +157,10 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
 pub struct Attachment {
     /// Keeps the program and its maps alive.
     _ebpf: Ebpf,
-    /// The attachment; `None` once detached.
+    /// The classic program's attachment; `None` once detached.
     link: Option<TracePointLink>,
+    /// The BTF program's attachment, when the kernel offers it; `None` once detached.
+    backstop: Option<BtfTracePointLink>,
 }
 
 impl Attachment {
@@ -138,7 +168,23 @@ impl Attachment {
     /// can still be drained and the counters read for a final, exact account.
     pub fn detach(&mut self) {
         self.link = None;
+        self.backstop = None;
     }
+}
+
+/// Loads and attaches the BTF tracepoint program that records what the classic one misses.
+fn attach_backstop(ebpf: &mut Ebpf) -> Result<BtfTracePointLink, String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|err| err.to_string())?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(BACKSTOP)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(TryInto::try_into)
+        .map_err(|err| err.to_string())?;
+    program
+        .load(tp::NAME, &btf)
+        .and_then(|()| program.attach())
+        .and_then(|id| program.take_link(id))
+        .map_err(|err| err.to_string())
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
