@@ -1,9 +1,10 @@
 //! `cargo xtask test`: every test of the workspace, against the real kernel.
 
 use std::ffi::OsStr;
-use std::process::Command;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
 
 use crate::cli::TestArgs;
 use crate::paths::{self, Profile};
@@ -33,5 +34,77 @@ pub fn test(args: &TestArgs) -> Result<()> {
         cmd.arg(OsStr::new("--test-threads=1"));
     }
     cmd.args(&args.harness_args);
-    process::run(&mut cmd)
+    println!("+ {}", process::describe(&cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    // One closing line for the whole run (every test binary prints its own).
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// Tests passed and failed over every test binary of a run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    /// Adds the counts of a `test result: ok. 3 passed; 0 failed; …` line; other lines are
+    /// ignored.
+    fn add(&mut self, line: &str) {
+        let Some(counts) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        let count = |label: &str| {
+            counts
+                .split(';')
+                .find_map(|part| {
+                    part.trim()
+                        .strip_suffix(label)?
+                        .trim()
+                        .rsplit(' ')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        self.passed += count(" passed");
+        self.failed += count(" failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_every_binary() {
+        let mut totals = Totals::default();
+        totals.add("test result: ok. 8 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        totals.add("running 3 tests");
+        totals
+            .add("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        assert_eq!(
+            totals,
+            Totals {
+                passed: 10,
+                failed: 1
+            }
+        );
+    }
 }
