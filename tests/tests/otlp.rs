@@ -138,6 +138,35 @@ struct Root {
     error: Option<&'static str>,
 }
 
+/// The roots of one connection's three traces, in the order listener, client, accepted
+/// socket; `error` is the `error.type` of both ends of the connection, if it ended abnormally.
+fn connection_roots(
+    server: SocketAddr,
+    client: SocketAddr,
+    error: Option<&'static str>,
+) -> [Root; 3] {
+    [
+        Root {
+            role: Role::Listen,
+            local: server,
+            peer: no_peer(server),
+            error: None,
+        },
+        Root {
+            role: Role::Connect,
+            local: client,
+            peer: server,
+            error,
+        },
+        Root {
+            role: Role::Accept,
+            local: server,
+            peer: client,
+            error,
+        },
+    ]
+}
+
 /// Finds the one trace of `life` among `traces` and checks all of it: the shape of
 /// [`check_trace`] with a child per state `transitions` times, and the root's name, kind,
 /// status and exact attributes (`root`; the socket address and on-CPU task from the life's
@@ -198,27 +227,7 @@ fn one_trace_per_socket(transport: Transport, server: SocketAddr) {
     let lives = text_lives(&finished, server.port(), &expected);
     let traces = traces_on_port(&receiver.spans(), server.port());
     assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
-    let client = connection.client;
-    let roots = [
-        Root {
-            role: Role::Listen,
-            local: server,
-            peer: no_peer(server),
-            error: None,
-        },
-        Root {
-            role: Role::Connect,
-            local: client,
-            peer: server,
-            error: None,
-        },
-        Root {
-            role: Role::Accept,
-            local: server,
-            peer: client,
-            error: None,
-        },
-    ];
+    let roots = connection_roots(server, connection.client, None);
     for ((life, transitions), root) in lives.iter().zip(expected).zip(roots) {
         check_session(&traces, life, transitions, root);
     }
@@ -348,27 +357,7 @@ fn reset_is_an_error_on_both_ends() {
     let lives = text_lives(&finished, server.port(), &expected);
     let traces = traces_on_port(&receiver.spans(), server.port());
     assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
-    let client = connection.client;
-    let roots = [
-        Root {
-            role: Role::Listen,
-            local: server,
-            peer: no_peer(server),
-            error: None,
-        },
-        Root {
-            role: Role::Connect,
-            local: client,
-            peer: server,
-            error: Some("connection_reset"),
-        },
-        Root {
-            role: Role::Accept,
-            local: server,
-            peer: client,
-            error: Some("connection_reset"),
-        },
-    ];
+    let roots = connection_roots(server, connection.client, Some("connection_reset"));
     for ((life, transitions), root) in lives.iter().zip(expected).zip(roots) {
         check_session(&traces, life, transitions, root);
     }
