@@ -109,6 +109,10 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
         .attach(tp::CATEGORY, tp::NAME)
         .and_then(|id| program.take_link(id))
         .map_err(|source| ProbeError::Program { source })?;
+    let program_fd = program
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(|source| ProbeError::Program { source })?;
     let backstop = match offsets {
         Ok(_) => attach_backstop(&mut ebpf),
         Err(err) => Err(err.to_string()),
@@ -121,15 +125,6 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
             );
         })
         .ok();
-    let program: &mut TracePoint = ebpf
-        .program_mut(tp::NAME)
-        .ok_or(ProgramError::NotLoaded)
-        .and_then(TryInto::try_into)
-        .map_err(|source| ProbeError::Program { source })?;
-    let program_fd = program
-        .fd()
-        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
-        .map_err(|source| ProbeError::Program { source })?;
 
     let events =
         RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
