@@ -9,6 +9,7 @@ use agent_common::{
     tracepoint as tp,
 };
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -129,38 +130,55 @@ trait Source {
 struct Classic<'a>(&'a TracePointContext);
 
 impl Classic<'_> {
-    fn read<T>(&self, field: tp::Field) -> Result<T, i32> {
+    /// Loads `field` straight from the record: the verifier allows aligned loads from a
+    /// tracepoint's context, which cost far less than a `bpf_probe_read` call each.
+    fn read<T: Copy>(&self, field: tp::Field) -> T {
         // SAFETY: the offsets come from the tracepoint layout that user space checked against
-        // the kernel's format file before loading; `read_at` uses bpf_probe_read, which cannot
-        // fault.
-        unsafe { self.0.read_at::<T>(field.offset) }
+        // the kernel's format file before loading; each field is aligned to its size, and the
+        // volatile read keeps the load at exactly that size.
+        unsafe {
+            core::ptr::read_volatile(self.0.as_ptr().cast::<u8>().add(field.offset).cast::<T>())
+        }
+    }
+
+    /// A 16-byte address field, loaded as two aligned 8-byte words.
+    fn read_v6(&self, field: tp::Field) -> [u8; 16] {
+        let high = tp::Field {
+            offset: field.offset + 8,
+            ..field
+        };
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.read::<u64>(field).to_ne_bytes());
+        bytes[8..].copy_from_slice(&self.read::<u64>(high).to_ne_bytes());
+        bytes
     }
 }
 
 impl Source for Classic<'_> {
     fn protocol(&self) -> Result<u16, i32> {
-        self.read(tp::PROTOCOL)
+        Ok(self.read(tp::PROTOCOL))
     }
     fn family(&self) -> Result<u16, i32> {
-        self.read(tp::FAMILY)
+        Ok(self.read(tp::FAMILY))
     }
     fn skaddr(&self) -> Result<u64, i32> {
-        self.read(tp::SKADDR)
+        Ok(self.read(tp::SKADDR))
     }
     fn ports(&self) -> Result<(u16, u16), i32> {
-        Ok((self.read(tp::SPORT)?, self.read(tp::DPORT)?))
+        Ok((self.read(tp::SPORT), self.read(tp::DPORT)))
     }
     fn states(&self) -> Result<(u32, u32), i32> {
         Ok((
-            self.read::<i32>(tp::OLDSTATE)? as u32,
-            self.read::<i32>(tp::NEWSTATE)? as u32,
+            self.read::<i32>(tp::OLDSTATE) as u32,
+            self.read::<i32>(tp::NEWSTATE) as u32,
         ))
     }
     fn addrs_v4(&self) -> Result<([u8; 16], [u8; 16]), i32> {
-        Ok((widen(self.read(tp::SADDR)?), widen(self.read(tp::DADDR)?)))
+        let (saddr, daddr) = (self.read::<u32>(tp::SADDR), self.read::<u32>(tp::DADDR));
+        Ok((widen(saddr.to_ne_bytes()), widen(daddr.to_ne_bytes())))
     }
     fn addrs_v6(&self) -> Result<([u8; 16], [u8; 16]), i32> {
-        Ok((self.read(tp::SADDR_V6)?, self.read(tp::DADDR_V6)?))
+        Ok((self.read_v6(tp::SADDR_V6), self.read_v6(tp::DADDR_V6)))
     }
 }
 
@@ -236,6 +254,20 @@ fn port_in(set: &Array<u64>, port: u16) -> bool {
         .is_some_and(|word| word & port_mask(port) != 0)
 }
 
+/// Time since the socket's last transition, moving its entry to `ts_ns` in place (cheaper than
+/// a map update); `None` when there is no entry to use: none kept, or a transition that starts
+/// a socket (an entry left by a missed CLOSE is stale).
+fn since_last(skaddr: u64, oldstate: u32, newstate: u32, ts_ns: u64) -> Option<u64> {
+    if starts_socket(oldstate, newstate) {
+        return None;
+    }
+    let last = LAST_TRANSITION.get_ptr_mut(skaddr)?;
+    // SAFETY: the entry is only written by transitions of this socket, which the kernel
+    // serialises; an LRU eviction meanwhile leaves the memory valid until the program ends.
+    let previous = unsafe { core::mem::replace(&mut *last, ts_ns) };
+    Some(ts_ns.saturating_sub(previous))
+}
+
 /// Filters, times and submits one state change.
 fn record<S: Source>(source: &S) -> Result<(), i32> {
     if source.protocol()? != IPPROTO_TCP {
@@ -260,21 +292,16 @@ fn record<S: Source>(source: &S) -> Result<(), i32> {
 
     // SAFETY: a helper without arguments or side effects.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let span_ns = if starts_socket(oldstate, newstate) {
-        0
-    } else {
-        // SAFETY: the value is copied out at once; a concurrent update of the same key can only
-        // come from another transition of the same socket, which the kernel serialises.
-        match unsafe { LAST_TRANSITION.get(skaddr) } {
-            Some(&last) if last <= ts_ns => ts_ns - last,
-            _ => 0,
-        }
-    };
-    if newstate == CLOSE {
+    let span_ns = if newstate == CLOSE {
+        let span_ns = since_last(skaddr, oldstate, newstate, ts_ns).unwrap_or(0);
         let _ = LAST_TRANSITION.remove(skaddr);
+        span_ns
+    } else if let Some(span_ns) = since_last(skaddr, oldstate, newstate, ts_ns) {
+        span_ns
     } else {
         let _ = LAST_TRANSITION.insert(skaddr, ts_ns, 0);
-    }
+        0
+    };
 
     count(Counter::Seen);
     let (saddr, daddr) = match family {
