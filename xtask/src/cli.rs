@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// (`--otlp ENDPOINT -q`) to a local rotel receiver (blackhole exporter), started once.
     #[arg(long)]
     pub otlp: bool,
+    /// Run the load on CPU 0 and every tracer and the receiver on the last CPU: the rate then
+    /// measures what tracing costs the traced application's own CPU, with the agent and the
+    /// collector on a core of their own.
+    #[arg(long)]
+    pub pin: bool,
     /// Directory for the tracers' output files, kept there (default: a new directory under the
     /// system's temporary directory, each file removed once counted).
     #[arg(long, value_name = "DIR")]

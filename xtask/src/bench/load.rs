@@ -5,6 +5,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
+use super::cpus;
 use super::netns::Netns;
 use crate::process;
 
@@ -21,9 +22,17 @@ pub struct LoadResult {
     pub rate: f64,
 }
 
-/// Runs `loadgen` in `netns` for `seconds` on `port` and returns its result.
-pub fn run(netns: &Netns, loadgen: &Path, port: u16, seconds: u32) -> Result<LoadResult> {
+/// Runs `loadgen` in `netns` for `seconds` on `port`, on `cpu` only if given, and returns its
+/// result.
+pub fn run(
+    netns: &Netns,
+    loadgen: &Path,
+    port: u16,
+    seconds: u32,
+    cpu: Option<usize>,
+) -> Result<LoadResult> {
     let mut cmd = netns.command(loadgen);
+    cpus::pin_to(&mut cmd, cpu);
     cmd.args([
         "--port",
         &port.to_string(),

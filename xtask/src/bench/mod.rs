@@ -5,9 +5,11 @@
 //! (they see every namespace) with their text output in a file. With `--otlp`, tcpstates also
 //! runs exporting every session over OTLP/gRPC, without text, to a local receiver started once
 //! for the whole bench. Configurations are interleaved (no tracer, tcpstates, [tcpstates --otlp],
-//! [peer], then again) so slow drifts of the machine hit each alike.
+//! [peer], then again) so slow drifts of the machine hit each alike. With `--pin` the load and
+//! the observers (tracers, receiver) run on CPUs of their own (see [`cpus`]).
 
 mod count;
+mod cpus;
 mod interrupt;
 mod load;
 mod netns;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use self::count::count_file;
+use self::cpus::Pinning;
 use self::netns::Netns;
 use self::receiver::Receiver;
 use self::report::{Config, OtlpRun, Run, TracerRun};
@@ -73,7 +76,23 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     setup::setup()?;
     cargo::build_agent(Profile::Release)?;
     let loadgen = cargo::build_loadgen()?;
-    let receiver = args.otlp.then(Receiver::start).transpose()?;
+    let pinning = if args.pin {
+        let cpus = thread::available_parallelism().context("counting CPUs")?;
+        let pinning = Pinning::split(cpus.get())?;
+        println!(
+            "bench: the load runs on CPU {}, tracers and the receiver on CPU {}",
+            pinning.load, pinning.observers
+        );
+        Some(pinning)
+    } else {
+        None
+    };
+    let load_cpu = pinning.map(|p| p.load);
+    let observer_cpu = pinning.map(|p| p.observers);
+    let receiver = args
+        .otlp
+        .then(|| Receiver::start(observer_cpu))
+        .transpose()?;
     let tracers = tracer_specs(
         &paths::binary(Profile::Release, "tcpstates"),
         receiver.as_ref(),
@@ -92,14 +111,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let scratch = Scratch::new(args.output_dir.as_deref())?;
     let netns = Netns::create(NETNS)?;
     println!("bench: warm-up, {WARM_UP_SECONDS} s without a tracer (not reported)");
-    load::run(&netns, &loadgen, args.port, WARM_UP_SECONDS)?;
+    load::run(&netns, &loadgen, args.port, WARM_UP_SECONDS, load_cpu)?;
 
     let mut untraced = Config::new("no tracer");
     let mut traced: Vec<Config> = tracers.iter().map(|t| Config::new(&t.name)).collect();
     for round in 1..=args.rounds {
         interrupt::check()?;
         let run = Run {
-            load: load::run(&netns, &loadgen, args.port, args.seconds)?,
+            load: load::run(&netns, &loadgen, args.port, args.seconds, load_cpu)?,
             tracer: None,
         };
         println!(
@@ -111,7 +130,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             interrupt::check()?;
             let output = scratch.file(&format!("tracer{i}-round{round}.txt"));
             let exports_to = receiver.as_ref().filter(|_| spec.exports);
-            let run = traced_run(spec, &netns, &loadgen, args, &output, exports_to)?;
+            let run = traced_run(spec, &netns, &loadgen, args, &output, exports_to, pinning)?;
             scratch.discard(&output)?;
             println!(
                 "{}",
@@ -192,7 +211,8 @@ fn tracer_specs(
 }
 
 /// One run with `spec` tracing: start it, wait until attached, run the load, stop it, count.
-/// `receiver` is the one it exports to, whose CPU time is measured over the run.
+/// `receiver` is the one it exports to, whose CPU time is measured over the run; `pinning`
+/// says where the tracer and the load run, if anywhere in particular.
 fn traced_run(
     spec: &TracerSpec,
     netns: &Netns,
@@ -200,11 +220,23 @@ fn traced_run(
     args: &BenchArgs,
     output: &Path,
     receiver: Option<&Receiver>,
+    pinning: Option<Pinning>,
 ) -> Result<Run> {
     let receiver_cpu = receiver.map(Receiver::cpu).transpose()?;
-    let mut tracer = Running::start(&spec.name, &spec.argv, output)?;
+    let mut tracer = Running::start(
+        &spec.name,
+        &spec.argv,
+        output,
+        pinning.map(|p| p.observers),
+    )?;
     tracer.wait_ready(spec.readiness)?;
-    let load = load::run(netns, loadgen, args.port, args.seconds)?;
+    let load = load::run(
+        netns,
+        loadgen,
+        args.port,
+        args.seconds,
+        pinning.map(|p| p.load),
+    )?;
     thread::sleep(DRAIN);
     let closing = netns.tcp_sockets()?;
     let stopped = tracer.stop()?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::cpus;
 use crate::process;
 
 /// Environment variable that overrides where the `rotel-agent` executable is (as in the tests).
@@ -30,11 +31,13 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts rotel on two free loopback ports and waits until both accept connections.
-    pub fn start() -> Result<Self> {
+    /// Starts rotel on two free loopback ports, on `cpu` only if given, and waits until both
+    /// accept connections.
+    pub fn start(cpu: Option<usize>) -> Result<Self> {
         let program = agent_binary()?;
         let (grpc, http) = (free_port()?, free_port()?);
         let mut cmd = Command::new(&program);
+        cpus::pin_to(&mut cmd, cpu);
         cmd.arg("start")
             .arg("--otlp-grpc-endpoint")
             .arg(format!("127.0.0.1:{grpc}"))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::cpus;
 use super::others::holds_tracer_fd;
 
 /// How long a tracer may take to attach.
@@ -62,12 +63,14 @@ pub struct Stopped {
 }
 
 impl Running {
-    /// Starts `argv` with stdout into `output` and stderr captured.
-    pub fn start(name: &str, argv: &[String], output: &Path) -> Result<Self> {
+    /// Starts `argv` with stdout into `output` and stderr captured, on `cpu` only if given.
+    pub fn start(name: &str, argv: &[String], output: &Path, cpu: Option<usize>) -> Result<Self> {
         let (program, args) = argv.split_first().context("empty tracer command")?;
         let file =
             File::create(output).with_context(|| format!("creating {}", output.display()))?;
-        let mut child = Command::new(program)
+        let mut cmd = Command::new(program);
+        cpus::pin_to(&mut cmd, cpu);
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(file)
