@@ -223,12 +223,7 @@ fn traced_run(
     pinning: Option<Pinning>,
 ) -> Result<Run> {
     let receiver_cpu = receiver.map(Receiver::cpu).transpose()?;
-    let mut tracer = Running::start(
-        &spec.name,
-        &spec.argv,
-        output,
-        pinning.map(|p| p.observers),
-    )?;
+    let mut tracer = Running::start(&spec.name, &spec.argv, output, pinning.map(|p| p.observers))?;
     tracer.wait_ready(spec.readiness)?;
     let load = load::run(
         netns,
