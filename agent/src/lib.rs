@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod privileges;
 pub mod probe;
+pub mod process_info;
 pub mod session;
 pub mod sink;
 pub mod tracefs;
