@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod btf;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;
