@@ -6,6 +6,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod correlation;
 pub mod counters;
 #[cfg(feature = "user")]
 pub mod decode;
@@ -15,5 +16,5 @@ pub mod sock;
 pub mod state;
 pub mod tracepoint;
 
-#[cfg(feature = "user")]
+#[cfg(feature = "std")]
 extern crate std;
