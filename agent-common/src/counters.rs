@@ -10,10 +10,11 @@ pub enum Counter {
     RingFull = 1,
     /// Transitions of a socket whose family is neither `AF_INET` nor `AF_INET6`.
     UnknownFamily = 2,
-    /// Hits whose tracepoint record could not be read.
-    ReadError = 3,
-    /// Hits the classic tracepoint program missed to BPF recursion protection that the BTF
-    /// tracepoint program delivered instead.
+    /// Transitions of a socket the kernel could not give storage: their duration and owner
+    /// are unknown (delivered with 0 and no owner).
+    NoStorage = 3,
+    /// Hits the main program missed to BPF recursion protection that the backstop program
+    /// handled instead.
     Recovered = 4,
 }
 

@@ -5,7 +5,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::borrow::Cow;
 use std::string::{String, ToString};
 
-use crate::event::{COMM_LEN, RawStateChange};
+use crate::event::{COMM_LEN, FLAG_OWNER_KNOWN, RawStateChange};
 use crate::state::{self, AF_INET, AF_INET6};
 
 /// A TCP state number, known to the kernel or not.
@@ -68,6 +68,16 @@ impl fmt::Display for DecodeError {
 
 impl core::error::Error for DecodeError {}
 
+/// The process that owns a socket: the one that connected or listened (for an accepted
+/// socket, its listener's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Command name at `connect()` or `listen()`.
+    pub comm: Comm,
+}
+
 /// One TCP state change, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateChange {
@@ -75,6 +85,17 @@ pub struct StateChange {
     pub ts_ns: u64,
     /// Kernel address of the socket.
     pub skaddr: u64,
+    /// The socket's cookie (`SO_COOKIE`), unique for the host's boot.
+    pub cookie: u64,
+    /// The socket's owner; `None` when the socket predates the agent (its `connect()` or
+    /// `listen()` was not seen).
+    pub owner: Option<Owner>,
+    /// The socket's uid.
+    pub uid: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// Id of the socket's cgroup (v2).
+    pub cgroup_id: u64,
     /// Time spent in `oldstate`, in nanoseconds (0 when its start was not seen).
     pub span_ns: u64,
     /// On-CPU process id at the transition.
@@ -123,6 +144,14 @@ pub fn decode(raw: &RawStateChange) -> Result<StateChange, DecodeError> {
     Ok(StateChange {
         ts_ns: raw.ts_ns,
         skaddr: raw.skaddr,
+        cookie: raw.cookie,
+        owner: (raw.flags & FLAG_OWNER_KNOWN != 0).then(|| Owner {
+            pid: raw.owner_pid,
+            comm: Comm::new(raw.owner_comm),
+        }),
+        uid: raw.uid,
+        netns: raw.netns,
+        cgroup_id: raw.cgroup_id,
         span_ns: raw.span_ns,
         pid: raw.pid,
         comm: Comm::new(raw.comm),
@@ -157,16 +186,22 @@ mod tests {
             ts_ns: 5,
             skaddr: 0xffff_9fd7_e819_2000,
             span_ns: 1_373_999,
+            cookie: 4122,
+            cgroup_id: 44,
             pid: 22384,
             oldstate: 2,
             newstate: 1,
+            owner_pid: 22384,
+            uid: 1000,
+            netns: 4_026_531_833,
             sport: 63446,
             dport: 80,
             family,
-            pad: 0,
+            flags: FLAG_OWNER_KNOWN,
             saddr,
             daddr,
             comm,
+            owner_comm: comm,
         }
     }
 
@@ -189,6 +224,23 @@ mod tests {
             format!("{} {}", change.oldstate, change.newstate),
             "SYN_SENT ESTABLISHED"
         );
+    }
+
+    #[test]
+    fn decodes_owner_and_location() {
+        let change = decode(&raw(AF_INET)).expect("AF_INET decodes");
+        let owner = change.owner.expect("flag set");
+        assert_eq!(
+            (owner.pid, owner.comm.to_str_lossy().as_ref()),
+            (22384, "curl")
+        );
+        assert_eq!(
+            (change.cookie, change.uid, change.netns, change.cgroup_id),
+            (4122, 1000, 4_026_531_833, 44)
+        );
+        let mut unknown = raw(AF_INET);
+        unknown.flags = 0;
+        assert_eq!(decode(&unknown).expect("decodes").owner, None);
     }
 
     #[test]

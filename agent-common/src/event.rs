@@ -3,10 +3,13 @@
 /// Length of a task's command name in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
+/// [`RawStateChange::flags`]: the owner fields hold the process that made the socket.
+pub const FLAG_OWNER_KNOWN: u16 = 1;
+
 /// One `sock:inet_sock_set_state` hit on a TCP socket, as the kernel program saw it.
 ///
-/// Addresses are copied as the tracepoint holds them: 4 bytes for `AF_INET`, 16 for
-/// `AF_INET6`, in network byte order; ports are in host byte order.
+/// Addresses are copied as the socket holds them: 4 bytes for `AF_INET`, 16 for `AF_INET6`, in
+/// network byte order; ports are in host byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RawStateChange {
@@ -16,29 +19,55 @@ pub struct RawStateChange {
     pub skaddr: u64,
     /// Nanoseconds the socket spent in `oldstate`; 0 when its entry into it was not seen.
     pub span_ns: u64,
+    /// The socket's cookie (`SO_COOKIE`): unique for the life of the host's boot, never reused.
+    pub cookie: u64,
+    /// Id of the socket's cgroup (v2): the inode number of the cgroup's directory.
+    pub cgroup_id: u64,
     /// Thread-group id of the task on the CPU (not necessarily the socket's owner).
     pub pid: u32,
     /// State before the transition (`TCP_*` number, see [`crate::state`]).
     pub oldstate: u32,
     /// State after the transition.
     pub newstate: u32,
+    /// Thread-group id of the owner, the process that connected or listened (valid with
+    /// [`FLAG_OWNER_KNOWN`]; an accepted socket has its listener's owner).
+    pub owner_pid: u32,
+    /// The socket's uid (`sk_uid`): the user that created it.
+    pub uid: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
     /// Local port.
     pub sport: u16,
     /// Remote port.
     pub dport: u16,
     /// Address family: `AF_INET` (2) or `AF_INET6` (10).
     pub family: u16,
-    /// Explicit padding, always zero.
-    pub pad: u16,
+    /// `FLAG_*` bits.
+    pub flags: u16,
     /// Local address.
     pub saddr: [u8; 16],
     /// Remote address.
     pub daddr: [u8; 16],
     /// Command name of the task on the CPU, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// Command name of the owner (valid with [`FLAG_OWNER_KNOWN`]), NUL-padded.
+    pub owner_comm: [u8; COMM_LEN],
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `RawStateChange` is `repr(C)`, `Copy`, has no implicit padding and every bit
-// pattern is a valid value.
+// SAFETY: `RawStateChange` is `repr(C)`, `Copy`, has no implicit padding (5×8 + 6×4 + 4×2 +
+// 4×16 bytes, 8-aligned) and every bit pattern is a valid value.
 unsafe impl aya::Pod for RawStateChange {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_no_implicit_padding() {
+        assert_eq!(
+            core::mem::size_of::<RawStateChange>(),
+            5 * 8 + 6 * 4 + 4 * 2 + 4 * 16
+        );
+    }
+}

@@ -1,4 +1,5 @@
-//! Filters the agent hands the kernel program: address family and port sets.
+//! Filters the agent hands the kernel program: address family, port sets, owner process,
+//! network namespace and cgroup.
 //!
 //! A port set is a bitmap of all 65,536 ports stored in an array map of `u64` words, so
 //! `-L`/`-D` lists may hold any number of ports and a lookup costs one map access.
@@ -29,11 +30,17 @@ pub struct Filter {
     /// Ring-buffer fill (bytes) from which a submit wakes the reader; below it the reader
     /// drains on its own timer. 0 wakes it on every event.
     pub wakeup_bytes: u32,
+    /// Non-zero: keep only sockets whose owner is this process (thread-group id).
+    pub owner_pid: u32,
+    /// Non-zero: keep only sockets in the network namespace with this inode number.
+    pub netns: u32,
+    /// Non-zero: keep only sockets of the cgroup (v2) with this id.
+    pub cgroup_id: u64,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `Filter` is `repr(C)`, `Copy`, has no implicit padding (2+1+1+4 bytes) and every
-// bit pattern is a valid value.
+// SAFETY: `Filter` is `repr(C)`, `Copy`, has no implicit padding (2+1+1+4+4+4+8 bytes) and
+// every bit pattern is a valid value.
 unsafe impl aya::Pod for Filter {}
 
 #[cfg(test)]

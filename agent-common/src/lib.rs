@@ -14,7 +14,6 @@ pub mod event;
 pub mod filter;
 pub mod sock;
 pub mod state;
-pub mod tracepoint;
 
 #[cfg(feature = "std")]
 extern crate std;

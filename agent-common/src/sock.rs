@@ -1,29 +1,47 @@
-//! Offsets of `struct sock` fields, found in the kernel's BTF by user space and written into
-//! the BTF tracepoint program's read-only `SOCK_OFFSETS` global at load (aya-ebpf has no CO-RE
-//! field relocations).
+//! Offsets of the kernel structure fields the program reads from a `struct sock`, found in the
+//! kernel's BTF by user space and written into the program's read-only `SOCK_OFFSETS` global at
+//! load (aya-ebpf has no CO-RE field relocations). The verifier sees a frozen read-only global as
+//! a constant, so it checks each load at these offsets against the kernel's BTF like any typed
+//! access.
 
-/// Byte offsets from a `struct sock *` of the fields the classic tracepoint record carries.
+/// Byte offsets, each from the start of the structure named in its doc.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOffsets {
-    /// `__sk_common.skc_family` (u16).
+    /// `sock.__sk_common.skc_family` (u16).
     pub family: u32,
-    /// `sk_protocol` (u16).
+    /// `sock.sk_protocol` (u16).
     pub protocol: u32,
-    /// `inet_sock.inet_sport` (u16, network order).
+    /// `sock.__sk_common.skc_num`: the local port (u16, host order) while the port is bound.
+    pub num: u32,
+    /// `inet_sock.inet_sport`: the local port (u16, network order), kept after the port is
+    /// released on the way to CLOSE; read through the socket as a `tcp_sock`.
     pub sport: u32,
-    /// `__sk_common.skc_dport` (u16, network order).
+    /// `sock.__sk_common.skc_dport` (u16, network order).
     pub dport: u32,
-    /// `inet_sock.inet_saddr` (4 bytes).
-    pub saddr: u32,
-    /// `__sk_common.skc_daddr` (4 bytes).
+    /// `sock.__sk_common.skc_rcv_saddr`: the local IPv4 address (4 bytes).
+    pub rcv_saddr: u32,
+    /// `sock.__sk_common.skc_daddr` (4 bytes).
     pub daddr: u32,
-    /// `__sk_common.skc_v6_rcv_saddr` (16 bytes).
-    pub saddr_v6: u32,
-    /// `__sk_common.skc_v6_daddr` (16 bytes).
+    /// `sock.__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub rcv_saddr_v6: u32,
+    /// `sock.__sk_common.skc_v6_daddr` (16 bytes).
     pub daddr_v6: u32,
+    /// `sock.sk_uid` (u32).
+    pub uid: u32,
+    /// `sock.__sk_common.skc_net.net` (pointer to `struct net`).
+    pub net: u32,
+    /// `net.ns.inum` (u32).
+    pub net_inum: u32,
+    /// `sock.sk_cgrp_data.cgroup` (pointer to `struct cgroup`).
+    pub cgroup: u32,
+    /// `cgroup.kn` (pointer to `struct kernfs_node`).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64).
+    pub kn_id: u32,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `SockOffsets` is `repr(C)`, `Copy`, eight u32 without padding; any bit pattern is valid.
+// SAFETY: `SockOffsets` is `repr(C)`, `Copy`, u32 fields without padding; any bit pattern is
+// valid.
 unsafe impl aya::Pod for SockOffsets {}

@@ -62,6 +62,13 @@ pub const fn starts_socket(oldstate: u32, newstate: u32) -> bool {
     oldstate == CLOSE || (oldstate == LISTEN && newstate == SYN_RECV)
 }
 
+/// Whether a transition runs in the context of the process that owns the socket: `connect()`
+/// (CLOSE → SYN_SENT) or `listen()` (CLOSE → LISTEN). Every other transition may run in a
+/// softirq, on behalf of whatever task the CPU happened to be running.
+pub const fn runs_as_owner(oldstate: u32, newstate: u32) -> bool {
+    oldstate == CLOSE && (newstate == SYN_SENT || newstate == LISTEN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +88,13 @@ mod tests {
         assert!(starts_socket(LISTEN, SYN_RECV));
         assert!(!starts_socket(LISTEN, CLOSE));
         assert!(!starts_socket(SYN_SENT, ESTABLISHED));
+    }
+
+    #[test]
+    fn only_connect_and_listen_run_as_the_owner() {
+        assert!(runs_as_owner(CLOSE, SYN_SENT));
+        assert!(runs_as_owner(CLOSE, LISTEN));
+        assert!(!runs_as_owner(LISTEN, SYN_RECV));
+        assert!(!runs_as_owner(ESTABLISHED, FIN_WAIT1));
     }
 }

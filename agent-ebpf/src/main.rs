@@ -1,10 +1,12 @@
-//! Kernel half of tcpstates: one program on the `sock:inet_sock_set_state` tracepoint.
+//! Kernel half of tcpstates: two BTF programs on the `sock:inet_sock_set_state` tracepoint.
 //!
-//! For every TCP state change that passes the family and port filters it records how long the
-//! socket spent in the state it leaves (from its own previous transition, kept in an LRU map
-//! and deleted at CLOSE) and submits one [`RawStateChange`] to the `EVENTS` ring buffer.
-//! Every transition that passes the filters is counted, and so is every one that could not
-//! be delivered, so user space can report each loss.
+//! For every TCP state change that passes the filters the main program records how long the
+//! socket spent in the state it leaves and who owns it (both kept with the socket, in socket
+//! storage), reads where the socket lives (network namespace, cgroup) and its cookie, and submits
+//! one [`RawStateChange`](agent_common::event::RawStateChange) to the `EVENTS` ring buffer. The
+//! backstop program does the same for the hits the kernel skips for the main one (see
+//! [`tracepoint`]). Every transition that passes the filters is counted, and so is every one
+//! that could not be delivered, so user space can report each loss.
 #![no_std]
 #![no_main]
 

@@ -1,36 +1,42 @@
-//! The `sock:inet_sock_set_state` program and the maps it uses.
+//! The `sock:inet_sock_set_state` programs and the maps they use.
+//!
+//! Both are BTF tracepoint programs: they get the tracepoint's own arguments (the socket and
+//! the two states) and read the socket's fields at offsets user space found in the kernel's BTF.
+//! The kernel runs a BTF program only if that same program is not already running on the CPU, so
+//! a state change made by a softirq that interrupted the main program is skipped for it (and
+//! counted in its `recursion_misses`). The backstop program has a guard of its own: when it finds
+//! the main program running on its CPU, the hit is one the main program misses, and it records it
+//! instead; otherwise it returns at once.
+
+use core::ffi::c_void;
 
 use agent_common::{
     counters::Counter,
-    event::RawStateChange,
+    event::{COMM_LEN, FLAG_OWNER_KNOWN, RawStateChange},
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
     sock::SockOffsets,
-    state::{AF_INET, AF_INET6, CLOSE, IPPROTO_TCP, starts_socket},
-    tracepoint as tp,
+    state::{AF_INET, AF_INET6, IPPROTO_TCP, runs_as_owner, starts_socket},
 };
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
     },
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_map, btf_tracepoint, map},
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
 };
 
 /// Default ring buffer size; user space may resize it before load.
 const RING_BYTES: u32 = 8 << 20;
-/// Default number of sockets whose last transition time is kept; user space may resize it.
-const MAX_SOCKETS: u32 = 65_536;
+
+/// `BPF_SK_STORAGE_GET_F_CREATE`.
+const STORAGE_CREATE: u64 = 1;
 
 /// Events to user space.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
-
-/// Socket address → kernel time of its last transition.
-#[map]
-static LAST_TRANSITION: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// Bitmap of local ports to keep when `Filter::local_ports` is set.
 #[map]
@@ -44,6 +50,50 @@ static REMOTE_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Per CPU: 1 while the main program runs on that CPU.
+#[map]
+static MAIN_RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the kernel keeps with each socket for the program.
+#[repr(C)]
+struct SocketState {
+    /// Kernel time of the socket's last transition; 0 before the first one seen.
+    last_ns: u64,
+    /// Owner's thread-group id, with `FLAG_OWNER_KNOWN` in `flags`.
+    owner_pid: u32,
+    /// `FLAG_*` bits of [`RawStateChange::flags`].
+    flags: u32,
+    /// Owner's command name.
+    owner_comm: [u8; COMM_LEN],
+}
+
+/// Definition of a `BPF_MAP_TYPE_SK_STORAGE` (24) map with `BPF_F_NO_PREALLOC` (1) and
+/// `BPF_F_CLONE` (512): values live and die with their socket, and the kernel copies a
+/// listener's value into each socket it accepts, so an accepted socket inherits its owner.
+/// aya-ebpf's own socket storage type fixes the flags without `BPF_F_CLONE`, so the map is
+/// declared in the BTF map format by hand.
+#[repr(C)]
+struct SocketStorage {
+    r#type: *const [i32; 24],
+    key: *const i32,
+    value: *const SocketState,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; 513],
+}
+
+// SAFETY: the fields only describe the map to the loader; nothing reads or writes them.
+unsafe impl Sync for SocketStorage {}
+
+/// Per-socket state.
+#[btf_map]
+static SOCKETS: SocketStorage = SocketStorage {
+    r#type: core::ptr::null(),
+    key: core::ptr::null(),
+    value: core::ptr::null(),
+    max_entries: core::ptr::null(),
+    map_flags: core::ptr::null(),
+};
+
 /// Filter settings, set by user space at load time.
 #[unsafe(no_mangle)]
 static FILTER: Filter = Filter {
@@ -51,195 +101,66 @@ static FILTER: Filter = Filter {
     local_ports: 0,
     remote_ports: 0,
     wakeup_bytes: 0,
+    owner_pid: 0,
+    netns: 0,
+    cgroup_id: 0,
 };
 
-/// Offsets of `struct sock` fields for the BTF program, set by user space at load time.
+/// Offsets of the fields read from the socket, set by user space at load time.
 #[unsafe(no_mangle)]
 static SOCK_OFFSETS: SockOffsets = SockOffsets {
     family: 0,
     protocol: 0,
+    num: 0,
     sport: 0,
     dport: 0,
-    saddr: 0,
+    rcv_saddr: 0,
     daddr: 0,
-    saddr_v6: 0,
+    rcv_saddr_v6: 0,
     daddr_v6: 0,
+    uid: 0,
+    net: 0,
+    net_inum: 0,
+    cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
 };
 
-/// Per CPU: 1 while the classic program runs on that CPU.
-#[map]
-static CLASSIC_RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// Reads one offset of [`SOCK_OFFSETS`] on its own, so the verifier sees it as the constant of
+/// the frozen read-only global and can check the load it is used for against the kernel's BTF.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a read-only global; the volatile read keeps its load-time value.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(SOCK_OFFSETS.$field)) as usize }
+    };
+}
 
-/// Entry point of the classic tracepoint program: see the crate documentation.
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    set_classic_running(1);
-    if record(&Classic(&ctx)).is_err() {
-        count(Counter::ReadError);
-    }
-    set_classic_running(0);
+/// Entry point of the main program.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    set_main_running(1);
+    record(&ctx);
+    set_main_running(0);
     0
 }
 
-/// Entry point of the BTF tracepoint program, the classic program's backstop.
-///
-/// The kernel runs a classic tracepoint program only if no such program already runs on the
-/// CPU (`bpf_prog_active`), so a state change made by a softirq that interrupted the classic
-/// program is dropped for it. The BTF program has a recursion guard of its own, so it still
-/// runs: when it finds the classic program running on its CPU, this hit is one the classic
-/// program will miss, and it records it instead; otherwise it returns at once.
+/// Entry point of the backstop program: records a hit only if the main program is running on
+/// this CPU, i.e. the hit interrupted it and the kernel skips the main program for it.
 #[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    if CLASSIC_RUNNING.get(0).copied() != Some(1) {
+pub fn inet_sock_set_state_backstop(ctx: BtfTracePointContext) -> i32 {
+    if MAIN_RUNNING.get(0).copied() != Some(1) {
         return 0;
     }
-    let source = Btf {
-        sk: ctx.arg(0),
-        oldstate: ctx.arg(1),
-        newstate: ctx.arg(2),
-    };
-    match record(&source) {
-        Ok(()) => count(Counter::Recovered),
-        Err(_) => count(Counter::ReadError),
-    }
+    record(&ctx);
+    count(Counter::Recovered);
     0
 }
 
-fn set_classic_running(value: u32) {
-    if let Some(slot) = CLASSIC_RUNNING.get_ptr_mut(0) {
+fn set_main_running(value: u32) {
+    if let Some(slot) = MAIN_RUNNING.get_ptr_mut(0) {
         // SAFETY: per-CPU slot of this CPU; programs do not migrate while they run.
         unsafe { *slot = value };
     }
-}
-
-/// Where a state change's fields come from.
-trait Source {
-    fn protocol(&self) -> Result<u16, i32>;
-    fn family(&self) -> Result<u16, i32>;
-    fn skaddr(&self) -> Result<u64, i32>;
-    /// Local and remote port, host order.
-    fn ports(&self) -> Result<(u16, u16), i32>;
-    fn states(&self) -> Result<(u32, u32), i32>;
-    /// Local and remote address of an `AF_INET` socket, in the first 4 bytes.
-    fn addrs_v4(&self) -> Result<([u8; 16], [u8; 16]), i32>;
-    /// Local and remote address of an `AF_INET6` socket.
-    fn addrs_v6(&self) -> Result<([u8; 16], [u8; 16]), i32>;
-}
-
-/// The classic tracepoint's record.
-struct Classic<'a>(&'a TracePointContext);
-
-impl Classic<'_> {
-    /// Loads `field` straight from the record: the verifier allows aligned loads from a
-    /// tracepoint's context, which cost far less than a `bpf_probe_read` call each.
-    fn read<T: Copy>(&self, field: tp::Field) -> T {
-        // SAFETY: the offsets come from the tracepoint layout that user space checked against
-        // the kernel's format file before loading; each field is aligned to its size, and the
-        // volatile read keeps the load at exactly that size.
-        unsafe {
-            core::ptr::read_volatile(self.0.as_ptr().cast::<u8>().add(field.offset).cast::<T>())
-        }
-    }
-
-    /// A 16-byte address field, loaded as two aligned 8-byte words.
-    fn read_v6(&self, field: tp::Field) -> [u8; 16] {
-        let high = tp::Field {
-            offset: field.offset + 8,
-            ..field
-        };
-        let mut bytes = [0; 16];
-        bytes[..8].copy_from_slice(&self.read::<u64>(field).to_ne_bytes());
-        bytes[8..].copy_from_slice(&self.read::<u64>(high).to_ne_bytes());
-        bytes
-    }
-}
-
-impl Source for Classic<'_> {
-    fn protocol(&self) -> Result<u16, i32> {
-        Ok(self.read(tp::PROTOCOL))
-    }
-    fn family(&self) -> Result<u16, i32> {
-        Ok(self.read(tp::FAMILY))
-    }
-    fn skaddr(&self) -> Result<u64, i32> {
-        Ok(self.read(tp::SKADDR))
-    }
-    fn ports(&self) -> Result<(u16, u16), i32> {
-        Ok((self.read(tp::SPORT), self.read(tp::DPORT)))
-    }
-    fn states(&self) -> Result<(u32, u32), i32> {
-        Ok((
-            self.read::<i32>(tp::OLDSTATE) as u32,
-            self.read::<i32>(tp::NEWSTATE) as u32,
-        ))
-    }
-    fn addrs_v4(&self) -> Result<([u8; 16], [u8; 16]), i32> {
-        let (saddr, daddr) = (self.read::<u32>(tp::SADDR), self.read::<u32>(tp::DADDR));
-        Ok((widen(saddr.to_ne_bytes()), widen(daddr.to_ne_bytes())))
-    }
-    fn addrs_v6(&self) -> Result<([u8; 16], [u8; 16]), i32> {
-        Ok((self.read_v6(tp::SADDR_V6), self.read_v6(tp::DADDR_V6)))
-    }
-}
-
-/// The BTF tracepoint's arguments: the socket, read at the offsets user space found in BTF.
-struct Btf {
-    sk: *const u8,
-    oldstate: i32,
-    newstate: i32,
-}
-
-impl Btf {
-    fn read<T>(&self, offset: u32) -> Result<T, i32> {
-        // SAFETY: bpf_probe_read_kernel copies from kernel memory and cannot fault; `sk` is the
-        // tracepoint's socket and `offset` one of its fields per the kernel's BTF.
-        unsafe { bpf_probe_read_kernel(self.sk.wrapping_add(offset as usize).cast::<T>()) }
-    }
-
-    fn offsets() -> SockOffsets {
-        // SAFETY: a read-only global; the volatile read keeps its load-time value.
-        unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
-    }
-}
-
-impl Source for Btf {
-    fn protocol(&self) -> Result<u16, i32> {
-        self.read(Self::offsets().protocol)
-    }
-    fn family(&self) -> Result<u16, i32> {
-        self.read(Self::offsets().family)
-    }
-    fn skaddr(&self) -> Result<u64, i32> {
-        Ok(self.sk as u64)
-    }
-    fn ports(&self) -> Result<(u16, u16), i32> {
-        let offsets = Self::offsets();
-        Ok((
-            u16::from_be(self.read(offsets.sport)?),
-            u16::from_be(self.read(offsets.dport)?),
-        ))
-    }
-    fn states(&self) -> Result<(u32, u32), i32> {
-        Ok((self.oldstate as u32, self.newstate as u32))
-    }
-    fn addrs_v4(&self) -> Result<([u8; 16], [u8; 16]), i32> {
-        let offsets = Self::offsets();
-        Ok((
-            widen(self.read(offsets.saddr)?),
-            widen(self.read(offsets.daddr)?),
-        ))
-    }
-    fn addrs_v6(&self) -> Result<([u8; 16], [u8; 16]), i32> {
-        let offsets = Self::offsets();
-        Ok((self.read(offsets.saddr_v6)?, self.read(offsets.daddr_v6)?))
-    }
-}
-
-/// A 4-byte IPv4 address in the 16-byte address slot of an event.
-fn widen(v4: [u8; 4]) -> [u8; 16] {
-    let mut bytes = [0; 16];
-    bytes[..4].copy_from_slice(&v4);
-    bytes
 }
 
 fn count(counter: Counter) {
@@ -254,82 +175,178 @@ fn port_in(set: &Array<u64>, port: u16) -> bool {
         .is_some_and(|word| word & port_mask(port) != 0)
 }
 
-/// Time since the socket's last transition, moving its entry to `ts_ns` in place (cheaper than
-/// a map update); `None` when there is no entry to use: none kept, or a transition that starts
-/// a socket (an entry left by a missed CLOSE is stale).
-fn since_last(skaddr: u64, oldstate: u32, newstate: u32, ts_ns: u64) -> Option<u64> {
-    if starts_socket(oldstate, newstate) {
-        return None;
+/// A kernel object the tracepoint handed over, read with typed loads the verifier checks
+/// against BTF (a faulting load reads 0 instead of faulting).
+#[derive(Clone, Copy)]
+struct Kernel(*const u8);
+
+impl Kernel {
+    fn load<T: Copy>(self, offset: usize) -> T {
+        // SAFETY: `offset` is the offset of a field of type `T` per the kernel's BTF, and the
+        // verifier rewrites loads from BTF pointers into fault-tolerant ones.
+        unsafe { core::ptr::read_volatile(self.0.wrapping_add(offset).cast::<T>()) }
     }
-    let last = LAST_TRANSITION.get_ptr_mut(skaddr)?;
-    // SAFETY: the entry is only written by transitions of this socket, which the kernel
-    // serialises; an LRU eviction meanwhile leaves the memory valid until the program ends.
-    let previous = unsafe { core::mem::replace(&mut *last, ts_ns) };
-    Some(ts_ns.saturating_sub(previous))
+
+    fn follow(self, offset: usize) -> Self {
+        Self(self.load::<*const u8>(offset))
+    }
+
+    /// A 4-byte IPv4 address, in the first 4 bytes of an event's 16-byte address slot.
+    fn addr_v4(self, offset: usize) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..4].copy_from_slice(&self.load::<u32>(offset).to_ne_bytes());
+        bytes
+    }
+
+    /// A 16-byte IPv6 address, loaded as two 8-byte words.
+    fn addr_v6(self, offset: usize) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.load::<u64>(offset).to_ne_bytes());
+        bytes[8..].copy_from_slice(&self.load::<u64>(offset + 8).to_ne_bytes());
+        bytes
+    }
+}
+
+/// The socket's state in socket storage, created on first sight; `None` if the kernel could not
+/// allocate it.
+fn socket_state(sk: *const u8) -> Option<&'static mut SocketState> {
+    let map = core::ptr::addr_of!(SOCKETS).cast_mut().cast::<c_void>();
+    // SAFETY: `sk` is the tracepoint's socket argument (a trusted BTF pointer); the helper
+    // returns the socket's value or NULL.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            map,
+            sk.cast_mut().cast(),
+            core::ptr::null_mut(),
+            STORAGE_CREATE,
+        )
+    };
+    // SAFETY: a non-NULL result points to this socket's value, which lives as long as the
+    // socket; transitions of one socket are serialised by the kernel.
+    unsafe { state.cast::<SocketState>().as_mut() }
 }
 
 /// Filters, times and submits one state change.
-fn record<S: Source>(source: &S) -> Result<(), i32> {
-    if source.protocol()? != IPPROTO_TCP {
-        return Ok(());
+fn record(ctx: &BtfTracePointContext) {
+    let sk: *const u8 = ctx.arg(0);
+    let oldstate = ctx.arg::<i32>(1) as u32;
+    let newstate = ctx.arg::<i32>(2) as u32;
+    let sock = Kernel(sk);
+    if sock.load::<u16>(offset!(protocol)) != IPPROTO_TCP {
+        return;
     }
     // SAFETY: FILTER is a read-only global; the volatile read keeps the compiler from folding
     // the load-time value away.
     let filter = unsafe { core::ptr::read_volatile(&FILTER) };
-    let family = source.family()?;
+    let family = sock.load::<u16>(offset!(family));
     if filter.family != 0 && family != filter.family {
-        return Ok(());
+        return;
     }
-    let skaddr = source.skaddr()?;
-    let (sport, dport) = source.ports()?;
-    if (filter.local_ports != 0 && !port_in(&LOCAL_PORTS, sport))
-        || (filter.remote_ports != 0 && !port_in(&REMOTE_PORTS, dport))
-    {
-        let _ = LAST_TRANSITION.remove(skaddr);
-        return Ok(());
-    }
-    let (oldstate, newstate) = source.states()?;
 
     // SAFETY: a helper without arguments or side effects.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let span_ns = if newstate == CLOSE {
-        let span_ns = since_last(skaddr, oldstate, newstate, ts_ns).unwrap_or(0);
-        let _ = LAST_TRANSITION.remove(skaddr);
-        span_ns
-    } else if let Some(span_ns) = since_last(skaddr, oldstate, newstate, ts_ns) {
-        span_ns
-    } else {
-        let _ = LAST_TRANSITION.insert(skaddr, ts_ns, 0);
-        0
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    // The socket's own state is kept up to date even for transitions filtered out below, so a
+    // socket's owner and durations stay right when later transitions pass the filters.
+    let (span_ns, owner_pid, flags, owner_comm) = match socket_state(sk) {
+        Some(state) => {
+            if runs_as_owner(oldstate, newstate) {
+                state.owner_pid = pid;
+                state.owner_comm = comm;
+                state.flags = u32::from(FLAG_OWNER_KNOWN);
+            }
+            let span_ns = if starts_socket(oldstate, newstate) || state.last_ns == 0 {
+                0
+            } else {
+                ts_ns.saturating_sub(state.last_ns)
+            };
+            state.last_ns = ts_ns;
+            (
+                span_ns,
+                state.owner_pid,
+                state.flags as u16,
+                state.owner_comm,
+            )
+        }
+        None => {
+            count(Counter::NoStorage);
+            (0, 0, 0, [0; COMM_LEN])
+        }
     };
+
+    // The tracepoint's own record reports `inet_sport`, which outlives the port's release at
+    // CLOSE (`skc_num` is 0 by then); it lies beyond `struct sock`, so it is read through the
+    // socket as a `tcp_sock`.
+    // SAFETY: `sk` is the tracepoint's socket argument; the helper returns NULL or the socket
+    // as a trusted `tcp_sock` pointer.
+    let tcp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast()) };
+    let sport = if tcp.is_null() {
+        sock.load::<u16>(offset!(num))
+    } else {
+        u16::from_be(Kernel(tcp.cast()).load::<u16>(offset!(sport)))
+    };
+    let dport = u16::from_be(sock.load::<u16>(offset!(dport)));
+    if (filter.local_ports != 0 && !port_in(&LOCAL_PORTS, sport))
+        || (filter.remote_ports != 0 && !port_in(&REMOTE_PORTS, dport))
+        || (filter.owner_pid != 0
+            && (flags & FLAG_OWNER_KNOWN == 0 || owner_pid != filter.owner_pid))
+    {
+        return;
+    }
+    let netns = sock.follow(offset!(net)).load::<u32>(offset!(net_inum));
+    if filter.netns != 0 && netns != filter.netns {
+        return;
+    }
+    let cgroup_id = sock
+        .follow(offset!(cgroup))
+        .follow(offset!(cgroup_kn))
+        .load::<u64>(offset!(kn_id));
+    if filter.cgroup_id != 0 && cgroup_id != filter.cgroup_id {
+        return;
+    }
 
     count(Counter::Seen);
     let (saddr, daddr) = match family {
-        AF_INET => source.addrs_v4()?,
-        AF_INET6 => source.addrs_v6()?,
+        AF_INET => (
+            sock.addr_v4(offset!(rcv_saddr)),
+            sock.addr_v4(offset!(daddr)),
+        ),
+        AF_INET6 => (
+            sock.addr_v6(offset!(rcv_saddr_v6)),
+            sock.addr_v6(offset!(daddr_v6)),
+        ),
         _ => {
             count(Counter::UnknownFamily);
-            return Ok(());
+            return;
         }
     };
     let Some(mut entry) = EVENTS.reserve::<RawStateChange>(0) else {
         count(Counter::RingFull);
-        return Ok(());
+        return;
     };
+    // SAFETY: `sk` is the tracepoint's socket argument, a trusted BTF pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk.cast_mut().cast()) };
     entry.write(RawStateChange {
         ts_ns,
-        skaddr,
+        skaddr: sk as u64,
         span_ns,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        cookie,
+        cgroup_id,
+        pid,
         oldstate,
         newstate,
+        owner_pid,
+        uid: sock.load::<u32>(offset!(uid)),
+        netns,
         sport,
         dport,
         family,
-        pad: 0,
+        flags,
         saddr,
         daddr,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm,
+        owner_comm,
     });
     let wakeup = match filter.wakeup_bytes {
         0 => 0,
@@ -339,5 +356,4 @@ fn record<S: Source>(source: &S) -> Result<(), i32> {
         _ => BPF_RB_NO_WAKEUP.into(),
     };
     entry.submit(wakeup);
-    Ok(())
 }

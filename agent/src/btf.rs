@@ -1,7 +1,8 @@
 //! Reading member offsets of kernel structs from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
 //!
-//! aya-ebpf has no CO-RE field relocations, so the BTF tracepoint program reads `struct sock`
-//! fields at offsets this module finds at run time and hands over as globals. Only what that
+//! aya-ebpf has no CO-RE field relocations, so the kernel program reads `struct sock` (and the
+//! network namespace and cgroup it points to) at offsets this module finds at run time and hands
+//! over as globals. Only what that
 //! needs is parsed: the type table, struct and union members, and the qualifiers and typedefs
 //! between them.
 
@@ -251,8 +252,8 @@ impl Btf {
     }
 }
 
-/// Offsets of the `struct sock` fields the BTF tracepoint program reads: the same fields the
-/// classic tracepoint copies into its record.
+/// Offsets of the fields the kernel program reads: the socket's addresses, ports, family,
+/// protocol and uid, and the path to its network namespace's inode and its cgroup's id.
 pub fn sock_offsets(btf: &Btf) -> Result<agent_common::sock::SockOffsets, BtfError> {
     let field = |outer: &str, path: &str, size: u32| -> Result<u32, BtfError> {
         let member = btf.member(outer, path)?;
@@ -268,12 +269,19 @@ pub fn sock_offsets(btf: &Btf) -> Result<agent_common::sock::SockOffsets, BtfErr
     Ok(agent_common::sock::SockOffsets {
         family: field("sock", "__sk_common.skc_family", 2)?,
         protocol: field("sock", "sk_protocol", 2)?,
-        sport: field("inet_sock", "inet_sport", 2)?,
+        num: field("sock", "__sk_common.skc_num", 2)?,
+        sport: field("tcp_sock", "inet_conn.icsk_inet.inet_sport", 2)?,
         dport: field("sock", "__sk_common.skc_dport", 2)?,
-        saddr: field("inet_sock", "inet_saddr", 4)?,
+        rcv_saddr: field("sock", "__sk_common.skc_rcv_saddr", 4)?,
         daddr: field("sock", "__sk_common.skc_daddr", 4)?,
-        saddr_v6: field("sock", "__sk_common.skc_v6_rcv_saddr", 16)?,
+        rcv_saddr_v6: field("sock", "__sk_common.skc_v6_rcv_saddr", 16)?,
         daddr_v6: field("sock", "__sk_common.skc_v6_daddr", 16)?,
+        uid: field("sock", "sk_uid", 4)?,
+        net: field("sock", "__sk_common.skc_net.net", 8)?,
+        net_inum: field("net", "ns.inum", 4)?,
+        cgroup: field("sock", "sk_cgrp_data.cgroup", 8)?,
+        cgroup_kn: field("cgroup", "kn", 8)?,
+        kn_id: field("kernfs_node", "id", 8)?,
     })
 }
 
@@ -303,11 +311,15 @@ mod tests {
             "{family:?} within {sock_common:?}"
         );
         let offsets = sock_offsets(&btf).expect("every field");
-        assert_ne!(offsets.saddr_v6, offsets.daddr_v6);
-        assert!(
-            offsets.sport > sock_common.size,
-            "inet_sport lies past sock_common"
-        );
+        assert_ne!(offsets.rcv_saddr_v6, offsets.daddr_v6);
+        for (name, offset) in [
+            ("num", offsets.num),
+            ("dport", offsets.dport),
+            ("rcv_saddr", offsets.rcv_saddr),
+            ("net", offsets.net),
+        ] {
+            assert!(offset < sock_common.size, "{name} lies within sock_common");
+        }
     }
 
     #[test]

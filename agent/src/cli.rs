@@ -1,8 +1,10 @@
 //! Raw command-line flags, as the user typed them. [`crate::config::Config`] validates them.
 
+use std::path::Path;
+
 use clap::{ArgGroup, Parser};
 
-use crate::config::PortList;
+use crate::{cgroup, config::PortList};
 
 const EXAMPLES: &str = "\
 examples:
@@ -17,6 +19,10 @@ examples:
     tcpstates -D 80     # only trace remote port 80
     tcpstates -4        # trace IPv4 family only
     tcpstates -6        # trace IPv6 family only
+    tcpstates -x        # add the owner's PID, COMM, UID and the socket's NETNS, CGROUP
+    tcpstates --pid 181 # only sockets owned by process 181
+    tcpstates --cgroup /sys/fs/cgroup/system.slice/nginx.service
+    tcpstates --netns /run/netns/blue   # only sockets in that network namespace
     tcpstates --json    # one JSON object per line, for scripts
     tcpstates --otlp -q # export sessions as traces to $OTEL_EXPORTER_OTLP_ENDPOINT only";
 
@@ -58,6 +64,22 @@ pub struct Cli {
     /// Trace IPv6 family only.
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+    /// Extended columns: the owner's PID and COMM (the process that connected or listened),
+    /// the socket's UID, network namespace and cgroup.
+    #[arg(short = 'x', long = "extended")]
+    pub extended: bool,
+    /// Only sockets owned by this process (filtered in-kernel; sockets older than the agent
+    /// have no known owner and are left out).
+    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub owner_pid: Option<u32>,
+    /// Only sockets of this cgroup (v2), e.g. /sys/fs/cgroup/system.slice/nginx.service
+    /// (filtered in-kernel).
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Option<u64>,
+    /// Only sockets in this network namespace, e.g. /proc/PID/ns/net or /run/netns/NAME
+    /// (filtered in-kernel).
+    #[arg(long, value_name = "PATH", value_parser = parse_netns)]
+    pub netns: Option<u32>,
     /// One JSON object per line (all fields, kernel timestamp in ns) instead of columns.
     #[arg(long)]
     pub json: bool,
@@ -67,7 +89,7 @@ pub struct Cli {
     #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
     pub otlp: Option<String>,
     /// Print no state changes on standard output (e.g. when only exporting with --otlp).
-    #[arg(short = 'q', long, conflicts_with_all = ["csv", "json", "wide", "time", "timestamp"])]
+    #[arg(short = 'q', long, conflicts_with_all = ["csv", "json", "wide", "time", "timestamp", "extended"])]
     pub quiet: bool,
     /// With --otlp: most sessions tracked at once; beyond it the one idle longest is ended
     /// early (counted).
@@ -79,6 +101,15 @@ pub struct Cli {
     /// Size of the kernel-to-user ring buffer, in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
+}
+
+fn parse_cgroup(path: &str) -> Result<u64, String> {
+    cgroup::cgroup_id_of(Path::new(path)).map_err(|err| err.to_string())
+}
+
+fn parse_netns(path: &str) -> Result<u32, String> {
+    let inode = cgroup::netns_inode_of(Path::new(path)).map_err(|err| err.to_string())?;
+    u32::try_from(inode).map_err(|_| format!("{path}: inode {inode} is not a namespace inode"))
 }
 
 fn parse_ring_mib(arg: &str) -> Result<u32, String> {

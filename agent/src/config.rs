@@ -81,6 +81,8 @@ pub struct Config {
     pub format: Format,
     /// Wide table layout with the IP column and full IPv6 addresses.
     pub wide: bool,
+    /// Extended table and CSV layouts with the owner and the socket's location (`-x`).
+    pub extended: bool,
     /// Leading time columns.
     pub time_columns: TimeColumns,
     /// Also log each change to the systemd journal.
@@ -91,6 +93,12 @@ pub struct Config {
     pub local_ports: Option<PortList>,
     /// Only these remote ports.
     pub remote_ports: Option<PortList>,
+    /// Only sockets owned by this process.
+    pub owner_pid: Option<u32>,
+    /// Only sockets in the network namespace with this inode number.
+    pub netns: Option<u32>,
+    /// Only sockets of the cgroup with this id.
+    pub cgroup_id: Option<u64>,
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: u32,
     /// OpenTelemetry export, with `--otlp`.
@@ -141,6 +149,7 @@ impl Config {
         Ok(Self {
             format,
             wide: cli.wide,
+            extended: cli.extended,
             time_columns: TimeColumns {
                 clock: cli.time,
                 elapsed: cli.timestamp,
@@ -149,6 +158,9 @@ impl Config {
             family,
             local_ports: cli.local_ports,
             remote_ports: cli.remote_ports,
+            owner_pid: cli.owner_pid,
+            netns: cli.netns,
+            cgroup_id: cli.cgroup,
             ring_buffer_bytes: cli.ring_buffer_mib << 20,
             otlp,
         })
@@ -233,14 +245,32 @@ mod tests {
     }
 
     #[test]
+    fn owner_and_location_filters_resolve_their_paths() {
+        let config = parse(&["-x", "--pid", "181", "--netns", "/proc/self/ns/net"]).expect("valid");
+        assert!(config.extended);
+        assert_eq!(config.owner_pid, Some(181));
+        let inode = std::fs::metadata("/proc/self/ns/net")
+            .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta))
+            .expect("stat");
+        assert_eq!(config.netns.map(u64::from), Some(inode));
+    }
+
+    #[test]
     fn conflicting_flags_are_usage_errors() {
         for args in [
             &["-4", "-6"][..],
             &["-s", "--json"],
             &["-L", "80,x"],
             &["--ring-buffer-mib", "3"],
-            &["-x"],
+            &["-z"],
             &["-q", "-s"],
+            &["-q", "-x"],
+            &["--pid", "0"],
+            &["--pid", "x"],
+            &["--cgroup", "/no/such/cgroup"],
+            &["--cgroup", "/etc"],
+            &["--netns", "/proc/self/ns/uts"],
+            &["--netns", "/no/such/netns"],
             &["--max-sessions", "0"],
         ] {
             let err = parse(args).expect_err("must be rejected");

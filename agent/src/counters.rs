@@ -25,14 +25,14 @@ pub struct Counts {
     pub seen: u64,
     /// Transitions dropped because the ring buffer was full.
     pub ring_full: u64,
-    /// Runs of the classic program the kernel skipped because a BPF program was already
-    /// running on that CPU, less those the BTF program recovered; `None` on kernels that do not
-    /// report it (before 5.12).
+    /// Runs of the main program the kernel skipped because it was already running on that CPU,
+    /// less those the backstop program recovered; `None` if the kernel does not report them.
     pub recursion: Option<u64>,
-    /// Transitions the classic program missed that the BTF program delivered.
+    /// Transitions the main program missed that the backstop program handled.
     pub recovered: u64,
-    /// Transitions whose tracepoint record could not be read.
-    pub unreadable: u64,
+    /// Transitions of sockets the kernel could not give storage (delivered without duration
+    /// or owner, not lost).
+    pub no_storage: u64,
     /// Transitions of sockets of an unknown address family (skipped, not lost).
     pub unknown_family: u64,
 }
@@ -40,12 +40,12 @@ pub struct Counts {
 impl Counts {
     /// Every event the kernel side could not deliver.
     pub fn lost(&self) -> u64 {
-        self.ring_full + self.recursion.unwrap_or(0) + self.unreadable
+        self.ring_full + self.recursion.unwrap_or(0)
     }
 }
 
 impl fmt::Display for Counts {
-    /// `L lost (A ring buffer full, B BPF recursion, C unreadable)`.
+    /// `L lost (A ring buffer full, B BPF recursion)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -54,10 +54,9 @@ impl fmt::Display for Counts {
             self.ring_full
         )?;
         match self.recursion {
-            Some(recursion) => write!(f, "{recursion} BPF recursion, ")?,
-            None => write!(f, "BPF recursion not reported by this kernel, ")?,
+            Some(recursion) => write!(f, "{recursion} BPF recursion)"),
+            None => write!(f, "BPF recursion not reported by this kernel)"),
         }
-        write!(f, "{} unreadable)", self.unreadable)
     }
 }
 
@@ -81,7 +80,7 @@ impl KernelCounters {
                 .flatten()
                 .map(|misses| misses.saturating_sub(recovered)),
             recovered,
-            unreadable: sum(Counter::ReadError)?,
+            no_storage: sum(Counter::NoStorage)?,
             unknown_family: sum(Counter::UnknownFamily)?,
         })
     }
@@ -119,17 +118,17 @@ mod tests {
             ring_full: 2,
             recursion: Some(3),
             recovered: 4,
-            unreadable: 1,
+            no_storage: 1,
             unknown_family: 0,
         };
         assert_eq!(
             counts.to_string(),
-            "6 lost (2 ring buffer full, 3 BPF recursion, 1 unreadable)"
+            "5 lost (2 ring buffer full, 3 BPF recursion)"
         );
-        let old_kernel = Counts {
+        let unreported = Counts {
             recursion: None,
             ..counts
         };
-        assert_eq!(old_kernel.lost(), 3);
+        assert_eq!(unreported.lost(), 2);
     }
 }

@@ -11,19 +11,22 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod counters;
+pub mod details;
 pub mod privileges;
 pub mod probe;
 pub mod process_info;
 pub mod session;
 pub mod sink;
-pub mod tracefs;
 pub mod tracer;
 
 use std::io::{self, BufWriter};
 
+use agent_common::correlation::BootId;
+
 use crate::{
     clock::WallClock,
     config::Config,
+    details::DetailsCache,
     privileges::PrivilegeError,
     probe::ProbeError,
     session::SessionTable,
@@ -52,6 +55,9 @@ pub enum Error {
     /// The clocks could not be read.
     #[error("reading the clocks: {0}")]
     Clock(#[source] nix::Error),
+    /// The host's boot id, which trace ids derive from, could not be read.
+    #[error("reading the boot id ({path}): {0}", path = BootId::PATH)]
+    BootId(#[source] io::Error),
     /// The OTLP exporter could not start.
     #[error(transparent)]
     Export(#[from] ExportError),
@@ -78,8 +84,13 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         .otlp
         .as_ref()
         .map(|otlp| {
-            let sink = OtlpSink::start(&otlp.export, clock, otlp.queue_capacity)?;
-            Ok::<_, Error>(Traces::new(SessionTable::new(otlp.max_sessions), sink))
+            let boot_id = BootId::read().map_err(Error::BootId)?;
+            let sink = OtlpSink::start(&otlp.export, clock, boot_id, otlp.queue_capacity)?;
+            Ok::<_, Error>(Traces::new(
+                SessionTable::new(otlp.max_sessions),
+                DetailsCache::new(otlp.max_sessions),
+                sink,
+            ))
         })
         .transpose()?;
     let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());

@@ -34,9 +34,16 @@ fn report(summary: &Summary) {
     );
     if summary.counts.recovered > 0 {
         eprintln!(
-            "tcpstates: {} events the kernel skipped for the classic program (BPF recursion) \
-             were recovered by the BTF program",
+            "tcpstates: {} events the kernel skipped for the main program (BPF recursion) \
+             were recovered by the backstop program",
             summary.counts.recovered
+        );
+    }
+    if summary.counts.no_storage > 0 {
+        eprintln!(
+            "tcpstates: {} events of sockets the kernel could not give storage were written \
+             without duration or owner",
+            summary.counts.no_storage
         );
     }
     if summary.counts.unknown_family > 0 {

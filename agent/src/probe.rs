@@ -1,37 +1,37 @@
-//! Loading the kernel program with the run's filters and attaching it to the tracepoint.
+//! Loading the kernel programs with the run's filters and attaching them to the tracepoint.
 
-use agent_common::{
-    filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
-    tracepoint as tp,
-};
+use agent_common::filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{
-        BtfTracePoint, ProgramError, TracePoint, tp_btf::BtfTracePointLink,
-        trace_point::TracePointLink,
-    },
+    programs::{BtfTracePoint, ProgramError, tp_btf::BtfTracePointLink},
 };
 
 use crate::{
-    btf,
+    btf::{self, BtfError},
     config::{Config, PortList},
     counters::KernelCounters,
-    tracefs::{self, TracefsError},
 };
 
-/// Name of the BTF tracepoint program in the object.
-const BACKSTOP: &str = "inet_sock_set_state_btf";
+/// The tracepoint both programs attach to (`sock:inet_sock_set_state`, by its BTF name).
+const TRACEPOINT: &str = "inet_sock_set_state";
+/// Name of the main program in the object.
+const MAIN: &str = "inet_sock_set_state";
+/// Name of the backstop program in the object.
+const BACKSTOP: &str = "inet_sock_set_state_backstop";
 
 /// The compiled kernel program (built by build.rs).
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-/// Why the program could not be loaded or attached.
+/// Why the programs could not be loaded or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// tracefs or the tracepoint is not usable.
-    #[error(transparent)]
-    Tracefs(#[from] TracefsError),
+    /// The kernel's BTF is missing or lacks a field the program reads.
+    #[error(
+        "tcpstates needs the kernel's BTF ({path}) and Linux >= 5.12: {0}",
+        path = btf::VMLINUX
+    )]
+    Btf(#[from] BtfError),
     /// The object could not be loaded into the kernel.
     #[error("loading the BPF object: {0}")]
     Load(#[from] EbpfError),
@@ -44,22 +44,24 @@ pub enum ProbeError {
         #[source]
         source: MapError,
     },
-    /// The program is missing from the object, or the verifier or attach refused it.
-    #[error("BPF program {}: {source}", tp::NAME)]
+    /// A program is missing from the object, or the verifier or attach refused it.
+    #[error("BPF program {name}: {source}")]
     Program {
+        /// The program.
+        name: &'static str,
         /// Why.
         #[source]
         source: ProgramError,
     },
 }
 
-/// The attached program and the user-space ends of its maps.
+/// The attached programs and the user-space ends of their maps.
 pub struct Probe {
-    /// The program and its attachment to the tracepoint.
+    /// The programs and their attachments to the tracepoint.
     pub attachment: Attachment,
-    /// Where the program sends events.
+    /// Where the programs send events.
     pub events: RingBuf<MapData>,
-    /// The program's loss counters.
+    /// The programs' loss counters.
     pub counters: KernelCounters,
 }
 
@@ -69,19 +71,18 @@ fn wakeup_bytes(ring_bytes: u32) -> u32 {
     ring_bytes / 4
 }
 
-/// Loads the program configured for `config` and attaches it to `sock:inet_sock_set_state`.
+/// Loads the programs configured for `config` and attaches them to `sock:inet_sock_set_state`.
 pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
-    let root = tracefs::ensure_mounted()?;
-    tracefs::check_tracepoint(&root)?;
-
     let filter = Filter {
         family: config.family.unwrap_or(0),
         local_ports: u8::from(config.local_ports.is_some()),
         remote_ports: u8::from(config.remote_ports.is_some()),
         wakeup_bytes: wakeup_bytes(config.ring_buffer_bytes),
+        owner_pid: config.owner_pid.unwrap_or(0),
+        netns: config.netns.unwrap_or(0),
+        cgroup_id: config.cgroup_id.unwrap_or(0),
     };
-    let offsets = btf::Btf::from_file(btf::VMLINUX).and_then(|btf| btf::sock_offsets(&btf));
-    let sock_offsets = offsets.as_ref().copied().unwrap_or_default();
+    let sock_offsets = btf::sock_offsets(&btf::Btf::from_file(btf::VMLINUX)?)?;
     let mut ebpf = EbpfLoader::new()
         .override_global("FILTER", &filter, true)
         .override_global("SOCK_OFFSETS", &sock_offsets, true)
@@ -97,34 +98,14 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
         }
     }
 
-    let program: &mut TracePoint = ebpf
-        .program_mut(tp::NAME)
-        .ok_or(ProgramError::NotLoaded)
-        .and_then(TryInto::try_into)
-        .map_err(|source| ProbeError::Program { source })?;
-    program
-        .load()
-        .map_err(|source| ProbeError::Program { source })?;
-    let link = program
-        .attach(tp::CATEGORY, tp::NAME)
-        .and_then(|id| program.take_link(id))
-        .map_err(|source| ProbeError::Program { source })?;
-    let program_fd = program
+    let btf = aya::Btf::from_sys_fs().map_err(EbpfError::from)?;
+    // The backstop first: from its attachment on, every hit the main program misses is caught.
+    let backstop = attach_program(&mut ebpf, BACKSTOP, &btf)?;
+    let main = attach_program(&mut ebpf, MAIN, &btf)?;
+    let main_fd = main_program(&mut ebpf)?
         .fd()
         .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
-        .map_err(|source| ProbeError::Program { source })?;
-    let backstop = match offsets {
-        Ok(_) => attach_backstop(&mut ebpf),
-        Err(err) => Err(err.to_string()),
-    };
-    let backstop = backstop
-        .map_err(|why| {
-            eprintln!(
-                "tcpstates: the BTF tracepoint is unavailable ({why}); state changes the kernel \
-                 skips to BPF recursion cannot be recovered (they are counted)"
-            );
-        })
-        .ok();
+        .map_err(|source| ProbeError::Program { name: MAIN, source })?;
 
     let events =
         RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
@@ -140,46 +121,52 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
     Ok(Probe {
         attachment: Attachment {
             _ebpf: ebpf,
-            link: Some(link),
-            backstop,
+            links: vec![main, backstop],
         },
         events,
-        counters: KernelCounters::new(counters, program_fd),
+        counters: KernelCounters::new(counters, main_fd),
     })
 }
 
-/// The loaded program, attached until [`Attachment::detach`] or drop.
+/// The loaded programs, attached until [`Attachment::detach`] or drop.
 pub struct Attachment {
-    /// Keeps the program and its maps alive.
+    /// Keeps the programs and their maps alive.
     _ebpf: Ebpf,
-    /// The classic program's attachment; `None` once detached.
-    link: Option<TracePointLink>,
-    /// The BTF program's attachment, when the kernel offers it; `None` once detached.
-    backstop: Option<BtfTracePointLink>,
+    /// The programs' attachments; empty once detached.
+    links: Vec<BtfTracePointLink>,
 }
 
 impl Attachment {
-    /// Stops the program from running; the maps stay readable, so what the ring buffer holds
+    /// Stops the programs from running; the maps stay readable, so what the ring buffer holds
     /// can still be drained and the counters read for a final, exact account.
     pub fn detach(&mut self) {
-        self.link = None;
-        self.backstop = None;
+        self.links.clear();
     }
 }
 
-/// Loads and attaches the BTF tracepoint program that records what the classic one misses.
-fn attach_backstop(ebpf: &mut Ebpf) -> Result<BtfTracePointLink, String> {
-    let btf = aya::Btf::from_sys_fs().map_err(|err| err.to_string())?;
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(BACKSTOP)
+fn main_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, ProbeError> {
+    ebpf.program_mut(MAIN)
         .ok_or(ProgramError::NotLoaded)
         .and_then(TryInto::try_into)
-        .map_err(|err| err.to_string())?;
+        .map_err(|source| ProbeError::Program { name: MAIN, source })
+}
+
+/// Loads program `name` of the object and attaches it to the tracepoint.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    btf: &aya::Btf,
+) -> Result<BtfTracePointLink, ProbeError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(TryInto::try_into)
+        .map_err(|source| ProbeError::Program { name, source })?;
     program
-        .load(tp::NAME, &btf)
+        .load(TRACEPOINT, btf)
         .and_then(|()| program.attach())
         .and_then(|id| program.take_link(id))
-        .map_err(|err| err.to_string())
+        .map_err(|source| ProbeError::Program { name, source })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {

@@ -1,14 +1,17 @@
 //! Session tracking: turns the stream of state changes into TCP socket sessions, each a
 //! sequence of timed states from its first seen transition to CLOSE.
 //!
-//! A session is keyed by the socket's kernel address, which the kernel reuses only after the
-//! socket is freed, i.e. after its CLOSE. The table is bounded; when it is full the session
-//! idle longest is ended early (and counted), so a flood of half-seen sockets cannot grow it.
+//! A session is keyed by the socket's cookie, which the kernel never reuses, so two sockets that
+//! had the same kernel address one after the other can never be mixed up. A socket whose first
+//! transition shows up at the address of a session whose CLOSE was never seen (it was lost) ends
+//! that stale session. The table is bounded; when it is full the session idle longest is ended
+//! early (and counted), so a flood of half-seen sockets cannot grow it.
 
-use std::{net::IpAddr, num::NonZeroUsize};
+use std::{collections::HashMap, net::IpAddr, num::NonZeroUsize};
 
 use agent_common::{
-    decode::{Comm, StateChange, TcpState},
+    correlation::ConnectionIds,
+    decode::{Comm, Owner, StateChange, TcpState},
     state::{CLOSE, ESTABLISHED, LISTEN, SYN_RECV, SYN_SENT, starts_socket},
 };
 use lru::LruCache;
@@ -67,15 +70,6 @@ pub enum Incomplete {
     Evicted,
 }
 
-/// Identifiers of a session's trace, chosen when the session is first seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionIds {
-    /// Trace id (non-zero).
-    pub trace_id: u128,
-    /// Span id of the root span (non-zero).
-    pub root_span_id: u64,
-}
-
 /// The two ends of a socket, as last reported (the first event of an active open has local
 /// port 0; later events fill it in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,13 +111,42 @@ impl Endpoints {
     }
 }
 
+/// Who owns a socket and where it lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    /// The owning process, when its `connect()` or `listen()` was seen.
+    pub owner: Option<Owner>,
+    /// The socket's uid.
+    pub uid: u32,
+    /// Inode number of its network namespace.
+    pub netns: u32,
+    /// Id of its cgroup (v2).
+    pub cgroup_id: u64,
+}
+
+impl Context {
+    /// The context a state change reports.
+    pub fn of(change: &StateChange) -> Self {
+        Self {
+            owner: change.owner,
+            uid: change.uid,
+            netns: change.netns,
+            cgroup_id: change.cgroup_id,
+        }
+    }
+}
+
 /// A session being tracked.
 #[derive(Clone, Debug)]
 pub struct Session {
     /// Trace identifiers.
-    pub ids: SessionIds,
+    pub ids: ConnectionIds,
+    /// The socket's cookie.
+    pub cookie: u64,
     /// Kernel address of the socket.
     pub skaddr: u64,
+    /// Owner and location.
+    pub context: Context,
     /// How it began.
     pub role: Role,
     /// Kernel time of its first seen transition.
@@ -139,6 +162,8 @@ pub struct Session {
     /// Kernel time it entered `state`; `None` when that was not seen (a session first seen
     /// mid-way has not timed its first state).
     pub(crate) state_since_ns: Option<u64>,
+    /// States completed so far: the index of the next state span.
+    pub(crate) states_done: u32,
 }
 
 /// A span-shaped record of something that finished: one state of a session, or a session.
@@ -147,7 +172,9 @@ pub enum Completed {
     /// The session left a state.
     State {
         /// The session's trace identifiers.
-        ids: SessionIds,
+        ids: ConnectionIds,
+        /// Which of the session's states this is: 0 for the first.
+        index: u32,
         /// The state left.
         state: TcpState,
         /// Kernel time the state was entered.
@@ -170,9 +197,11 @@ pub enum Completed {
     },
 }
 
-/// Open sessions, keyed by socket address, bounded.
+/// Open sessions, keyed by socket cookie, bounded.
 pub struct SessionTable {
     open: LruCache<u64, Session>,
+    /// Socket address → cookie of the open session there.
+    by_address: HashMap<u64, u64>,
     evictions: u64,
 }
 
@@ -181,6 +210,7 @@ impl SessionTable {
     pub fn new(capacity: NonZeroUsize) -> Self {
         Self {
             open: LruCache::new(capacity),
+            by_address: HashMap::with_capacity(capacity.get()),
             evictions: 0,
         }
     }
@@ -201,53 +231,70 @@ impl SessionTable {
     }
 
     /// Applies one state change; what it completes is appended to `out`. `new_ids` is called
-    /// once for each new session.
+    /// with the socket's cookie once for each new session.
     pub fn observe(
         &mut self,
         change: &StateChange,
-        new_ids: impl FnOnce() -> SessionIds,
+        new_ids: impl FnOnce(u64) -> ConnectionIds,
         out: &mut Vec<Completed>,
     ) {
-        // A socket's first transition starts a new session even if an old one at the same
-        // address was never seen to close (its CLOSE was lost): that one ends here.
+        let cookie = change.cookie;
+        // A socket's first transition at the address of a session whose CLOSE was lost ends that
+        // stale session here.
         if starts_socket(change.oldstate.0, change.newstate.0)
-            && let Some(stale) = self.open.pop(&change.skaddr)
+            && let Some(&stale) = self.by_address.get(&change.skaddr)
+            && stale != cookie
         {
-            end_early(stale, change.ts_ns, Incomplete::Evicted, out);
+            self.end(stale, change.ts_ns, Incomplete::Evicted, out);
             self.evictions += 1;
         }
-        if !self.open.contains(&change.skaddr)
+        if !self.open.contains(&cookie)
             && self.open.len() == self.open.cap().get()
-            && let Some((_, evicted)) = self.open.pop_lru()
+            && let Some((&oldest, _)) = self.open.peek_lru()
         {
-            end_early(evicted, change.ts_ns, Incomplete::Evicted, out);
+            self.end(oldest, change.ts_ns, Incomplete::Evicted, out);
             self.evictions += 1;
         }
-        let session = self.open.get_or_insert_mut(change.skaddr, || Session {
-            ids: new_ids(),
-            skaddr: change.skaddr,
-            role: Role::of_first(change),
-            start_ns: change.ts_ns,
-            endpoints: Endpoints::of(change),
-            first_pid: change.pid,
-            first_comm: change.comm,
-            state: change.oldstate,
-            state_since_ns: None,
+        let mut created = false;
+        let session = self.open.get_or_insert_mut(cookie, || {
+            created = true;
+            Session {
+                ids: new_ids(cookie),
+                cookie,
+                skaddr: change.skaddr,
+                context: Context::of(change),
+                role: Role::of_first(change),
+                start_ns: change.ts_ns,
+                endpoints: Endpoints::of(change),
+                first_pid: change.pid,
+                first_comm: change.comm,
+                state: change.oldstate,
+                state_since_ns: None,
+                states_done: 0,
+            }
         });
+        if created {
+            self.by_address.insert(change.skaddr, cookie);
+        }
         session.endpoints.update(Endpoints::of(change));
+        if session.context.owner.is_none() {
+            session.context.owner = change.owner;
+        }
         if let Some(start_ns) = session.state_since_ns {
             out.push(Completed::State {
                 ids: session.ids,
+                index: session.states_done,
                 state: change.oldstate,
                 start_ns,
                 end_ns: change.ts_ns,
                 incomplete: None,
             });
+            session.states_done += 1;
         }
         session.state = change.newstate;
         session.state_since_ns = Some(change.ts_ns);
         if change.newstate == TcpState(CLOSE)
-            && let Some(session) = self.open.pop(&change.skaddr)
+            && let Some(session) = self.remove(cookie)
         {
             out.push(Completed::Session {
                 session,
@@ -263,6 +310,23 @@ impl SessionTable {
         while let Some((_, session)) = self.open.pop_lru() {
             end_early(session, now_ns, Incomplete::Shutdown, out);
         }
+        self.by_address.clear();
+    }
+
+    /// Ends the open session `cookie` early.
+    fn end(&mut self, cookie: u64, end_ns: u64, why: Incomplete, out: &mut Vec<Completed>) {
+        if let Some(session) = self.remove(cookie) {
+            end_early(session, end_ns, why, out);
+        }
+    }
+
+    /// Removes the open session `cookie` from both indexes.
+    fn remove(&mut self, cookie: u64) -> Option<Session> {
+        let session = self.open.pop(&cookie)?;
+        if self.by_address.get(&session.skaddr) == Some(&cookie) {
+            self.by_address.remove(&session.skaddr);
+        }
+        Some(session)
     }
 }
 
@@ -270,6 +334,7 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
     if let Some(start_ns) = session.state_since_ns {
         out.push(Completed::State {
             ids: session.ids,
+            index: session.states_done,
             state: session.state,
             start_ns,
             end_ns: end_ns.max(start_ns),
@@ -289,16 +354,24 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use agent_common::{
+        correlation::BootId,
         event::COMM_LEN,
         state::{CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, LAST_ACK},
     };
 
     use super::*;
 
+    /// A change of the socket at `skaddr` whose cookie is `skaddr` too (see [`reborn`] for a
+    /// new socket at an old address).
     fn change(skaddr: u64, ts_ns: u64, old: u32, new: u32, lport: u16) -> StateChange {
         StateChange {
             ts_ns,
             skaddr,
+            cookie: skaddr,
+            owner: None,
+            uid: 0,
+            netns: 1,
+            cgroup_id: 1,
             span_ns: 0,
             pid: 7,
             comm: Comm::new([b'x'; COMM_LEN]),
@@ -311,21 +384,19 @@ mod tests {
         }
     }
 
+    /// `change` for a new socket (cookie `cookie`) at an address an earlier socket had.
+    fn reborn(cookie: u64, change: StateChange) -> StateChange {
+        StateChange { cookie, ..change }
+    }
+
     /// Feeds `changes` to a table of `capacity`; returns what completed.
     fn run(capacity: usize, changes: &[StateChange]) -> (SessionTable, Vec<Completed>) {
         let mut table = SessionTable::new(NonZeroUsize::new(capacity).expect("non-zero"));
         let mut out = Vec::new();
-        let mut next = 0;
         for change in changes {
             table.observe(
                 change,
-                || {
-                    next += 1;
-                    SessionIds {
-                        trace_id: next,
-                        root_span_id: next as u64,
-                    }
-                },
+                |cookie| ConnectionIds::new(&BootId([7; 16]), cookie),
                 &mut out,
             );
         }
@@ -464,14 +535,14 @@ mod tests {
                 change(1, 10, CLOSE, SYN_SENT, 0),
                 change(1, 20, SYN_SENT, ESTABLISHED, 4000),
                 // Its CLOSE was lost; a new socket gets the same address.
-                change(1, 1_000, CLOSE, SYN_SENT, 0),
-                change(1, 1_005, SYN_SENT, ESTABLISHED, 4001),
+                reborn(9, change(1, 1_000, CLOSE, SYN_SENT, 0)),
+                reborn(9, change(1, 1_005, SYN_SENT, ESTABLISHED, 4001)),
             ],
         );
         let ended = sessions(&out);
         assert_eq!(ended.len(), 1);
         assert_eq!(
-            (ended[0].0.ids.trace_id, ended[0].3),
+            (ended[0].0.ids.cookie(), ended[0].3),
             (1, Some(Incomplete::Evicted))
         );
         assert_eq!(table.evictions(), 1);
@@ -504,5 +575,35 @@ mod tests {
             (2, Some(Incomplete::Evicted))
         );
         assert_eq!((table.len(), table.evictions()), (2, 1));
+    }
+
+    #[test]
+    fn a_new_socket_at_a_closed_sockets_address_is_a_new_session() {
+        let (table, out) = run(
+            8,
+            &[
+                change(1, 10, CLOSE, SYN_SENT, 0),
+                change(1, 20, SYN_SENT, CLOSE, 4000),
+                reborn(2, change(1, 30, CLOSE, SYN_SENT, 0)),
+                reborn(2, change(1, 45, SYN_SENT, ESTABLISHED, 4001)),
+            ],
+        );
+        let ended = sessions(&out);
+        assert_eq!(ended.len(), 1);
+        assert_eq!((ended[0].0.cookie, ended[0].0.ids.cookie()), (1, 1));
+        assert_eq!(table.evictions(), 0, "nothing stale: the first one closed");
+        assert_eq!(
+            states(&out),
+            [("SYN_SENT".into(), 10, 20), ("SYN_SENT".into(), 30, 45)],
+            "the new socket's first state starts at its own open"
+        );
+        let indexes: Vec<u32> = out
+            .iter()
+            .filter_map(|c| match c {
+                Completed::State { index, .. } => Some(*index),
+                Completed::Session { .. } => None,
+            })
+            .collect();
+        assert_eq!(indexes, [0, 0], "each session numbers its own states");
     }
 }

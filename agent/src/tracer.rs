@@ -19,12 +19,13 @@ use tokio::{
 use crate::{
     clock::monotonic_now_ns,
     counters::Counts,
+    details::DetailsCache,
     probe::Probe,
     session::{Completed, SessionTable},
     sink::{
         Sink,
         journal::JournalSink,
-        otlp::{OtlpSink, export::ExportCounts},
+        otlp::{OtlpSink, export::ExportCounts, spans::SessionDetails},
     },
 };
 
@@ -75,16 +76,19 @@ pub struct OtlpSummary {
 /// Session tracking and the OTLP sink it feeds.
 pub struct Traces {
     sessions: SessionTable,
+    details: DetailsCache,
     sink: OtlpSink,
     completed: Vec<Completed>,
     reported: ExportCounts,
 }
 
 impl Traces {
-    /// Tracks sessions in `sessions` and exports them through `sink`.
-    pub fn new(sessions: SessionTable, sink: OtlpSink) -> Self {
+    /// Tracks sessions in `sessions`, describes their owners and locations with `details`, and
+    /// exports them through `sink`.
+    pub fn new(sessions: SessionTable, details: DetailsCache, sink: OtlpSink) -> Self {
         Self {
             sessions,
+            details,
             sink,
             completed: Vec::new(),
             reported: ExportCounts::default(),
@@ -92,11 +96,23 @@ impl Traces {
     }
 
     fn observe(&mut self, change: &agent_common::decode::StateChange) {
+        self.details.learn(change);
         let sink = &self.sink;
-        self.sessions
-            .observe(change, || sink.new_session_ids(), &mut self.completed);
+        self.sessions.observe(
+            change,
+            |cookie| sink.session_ids(cookie),
+            &mut self.completed,
+        );
+        self.export_completed();
+    }
+
+    fn export_completed(&mut self) {
         for completed in self.completed.drain(..) {
-            self.sink.export(&completed);
+            let details = match &completed {
+                Completed::Session { session, .. } => self.details.describe(&session.context),
+                Completed::State { .. } => SessionDetails::default(),
+            };
+            self.sink.export(&completed, details);
         }
     }
 
@@ -117,9 +133,7 @@ impl Traces {
     fn finish(mut self) -> OtlpSummary {
         let now_ns = monotonic_now_ns().unwrap_or(u64::MAX);
         self.sessions.end_all(now_ns, &mut self.completed);
-        for completed in self.completed.drain(..) {
-            self.sink.export(&completed);
-        }
+        self.export_completed();
         let evictions = self.sessions.evictions();
         OtlpSummary {
             spans: self.sink.finish(),

@@ -323,7 +323,7 @@ impl Finished {
 }
 
 /// The counts of the agent's last stderr line,
-/// `tcpstates: N events written, M lost (A ring buffer full, B BPF recursion, C unreadable)`.
+/// `tcpstates: N events written, M lost (A ring buffer full, B BPF recursion)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     /// N: events written to the output.
@@ -334,23 +334,20 @@ pub struct Summary {
     pub ring_buffer_full: u64,
     /// B: lost to BPF recursion protection.
     pub recursion: u64,
-    /// C: lost because they could not be read.
-    pub unreadable: u64,
 }
 
 /// Parses the summary line; `None` if `line` does not have exactly that shape.
 pub fn parse_summary(line: &str) -> Option<Summary> {
     let numbers = numbers_in_shape(
         line,
-        "tcpstates: # events written, # lost (# ring buffer full, # BPF recursion, # unreadable)",
+        "tcpstates: # events written, # lost (# ring buffer full, # BPF recursion)",
     )?;
     match numbers.as_slice() {
-        &[written, lost, ring_buffer_full, recursion, unreadable] => Some(Summary {
+        &[written, lost, ring_buffer_full, recursion] => Some(Summary {
             written,
             lost,
             ring_buffer_full,
             recursion,
-            unreadable,
         }),
         _ => None,
     }

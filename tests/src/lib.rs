@@ -17,6 +17,7 @@ pub mod events;
 pub mod journald;
 pub mod netns;
 pub mod otlp;
+pub mod owners;
 pub mod scenario;
 pub mod traces;
 pub mod traffic;

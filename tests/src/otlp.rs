@@ -28,8 +28,8 @@
 //! ```
 //!
 //! Times are the spans' own `start_time_unix_nano`/`end_time_unix_nano`, so durations compare
-//! to the nanosecond. `Events:` and `Links:` sections follow the attributes when a span has any;
-//! [`Receiver`] skips them. A batch has no end marker: the last span of a burst of output is taken
+//! to the nanosecond. `Events:` and `Links:` sections follow the attributes when a span has any:
+//! [`Receiver`] records the links and skips the events. A batch has no end marker: the last span of a burst of output is taken
 //! as complete once stdout stays quiet for [`QUIET`].
 //!
 //! Each receiver listens on its own loopback ports (free ones by default, see [`Ports::free`]), so
@@ -226,6 +226,8 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, AttrValue>,
     /// The attributes of the resource that sent it (`service.name`, …).
     pub resource: BTreeMap<String, AttrValue>,
+    /// (trace id, span id) of each span it links to.
+    pub links: Vec<(String, String)>,
     /// Name of the instrumentation scope.
     pub scope_name: String,
     /// Version of the instrumentation scope (empty when there is none).
@@ -560,7 +562,9 @@ enum Section {
     None,
     Resource,
     Span,
-    /// Scope attributes, events and links: not recorded.
+    /// A span's links: `-> Trace ID:` and `-> ID:` lines after each `SpanLink #N`.
+    Links,
+    /// Scope attributes and events: not recorded.
     Skipped,
 }
 
@@ -578,6 +582,8 @@ struct Partial {
     status_code: String,
     status_message: String,
     attributes: Vec<(String, String)>,
+    /// (trace id, span id) of each link.
+    links: Vec<(String, String)>,
 }
 
 /// A line-by-line parser of rotel's detailed trace log.
@@ -599,6 +605,15 @@ impl Parser {
             match (self.section, self.span.as_mut()) {
                 (Section::Resource, _) => self.resource_raw.push(entry),
                 (Section::Span, Some(span)) => span.attributes.push(entry),
+                (Section::Links, Some(span)) => match entry.0.as_str() {
+                    "Trace ID" => span.links.push((entry.1, String::new())),
+                    "ID" => {
+                        if let Some(link) = span.links.last_mut() {
+                            link.1 = entry.1;
+                        }
+                    }
+                    _ => {}
+                },
                 _ => {}
             }
         } else if line.starts_with("ResourceSpans #") {
@@ -679,7 +694,10 @@ impl Partial {
             self.end = end.to_owned();
         } else if line == "Attributes:" {
             *section = Section::Span;
-        } else if line == "Events:" || line == "Links:" {
+        } else if line == "Links:" || (line.starts_with("SpanLink #") && *section == Section::Links)
+        {
+            *section = Section::Links;
+        } else if line == "Events:" {
             *section = Section::Skipped;
         } else if let Some((key, value)) = line
             .strip_prefix("    ")
@@ -744,6 +762,16 @@ impl Partial {
             status_message: self.status_message.clone(),
             attributes: parse_attributes(&self.attributes, out),
             resource: parser.resource.clone(),
+            links: self
+                .links
+                .iter()
+                .map(|(trace, span)| {
+                    Ok((
+                        hex("link trace id", trace, 32)?,
+                        hex("link span id", span, 16)?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
             scope_name: parser.scope_name.clone(),
             scope_version: parser.scope_version.clone(),
         })
@@ -851,6 +879,14 @@ SpanEvent #0
         assert_eq!(child.status_code, StatusCode::Error);
         assert_eq!(child.status_message, "refused");
         assert!(child.attributes.is_empty(), "links are not attributes");
+        assert_eq!(
+            child.links,
+            [(
+                "d94f48b1836af78d1a1bda2267cadf96".to_owned(),
+                "89a407f8bd8959c9".to_owned()
+            )]
+        );
+        assert!(root.links.is_empty());
         assert_eq!(root.parent_span_id, None);
         assert_eq!(root.status_code, StatusCode::Unset);
         assert_eq!(root.status_message, "");

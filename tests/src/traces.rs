@@ -5,10 +5,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use agent_common::correlation::{BootId, ConnectionIds};
+
 use crate::events::HasEvent;
+use crate::netns::Netns;
 use crate::otlp::{AttrValue, ReceivedSpan, Receiver, SpanKind, StatusCode};
+use crate::owners::{cgroup2_root, netns_inode};
 use crate::traffic::Transitions;
 
 /// How long a test waits for the spans of traffic it has made. On a quiet host they arrive
@@ -23,6 +28,8 @@ pub const SKADDR: &str = "tcpstates.skaddr";
 pub const ONCPU_PID: &str = "tcpstates.oncpu.pid";
 /// Root attribute: command on the CPU at the session's first transition.
 pub const ONCPU_COMM: &str = "tcpstates.oncpu.comm";
+/// Root attribute: the socket's cookie, from which the trace and root span ids derive.
+pub const COOKIE: &str = "tcpstates.socket.cookie";
 /// Attribute of a root or child ended before its CLOSE was seen: `true`.
 pub const INCOMPLETE: &str = "tcpstates.session.incomplete";
 /// Attribute of a root or child ended before its CLOSE was seen: why (`shutdown`, `evicted`).
@@ -347,4 +354,93 @@ pub fn host_name() -> String {
         .unwrap_or_else(|e| panic!("read {path}: {e}"))
         .trim()
         .to_owned()
+}
+
+/// The root attributes that describe a socket the test process itself made in `ns`: its owner
+/// is this process (`process.*`, read here the way the agent reads them from /proc), the socket's
+/// uid is this process's, and it lives in `ns` and in this process's cgroup. The cookie is not
+/// among them: see [`check_ids`].
+pub fn made_by_this_process(ns: &Netns) -> BTreeMap<String, AttrValue> {
+    let exe = std::env::current_exe().expect("the test executable");
+    let cmdline = std::fs::read("/proc/self/cmdline").expect("read /proc/self/cmdline");
+    let command_line = String::from_utf8_lossy(&cmdline)
+        .trim_end_matches('\0')
+        .replace('\0', " ");
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let cgroup_path = own_cgroup_path();
+    let cgroup_dir = cgroup2_root().join(cgroup_path.trim_start_matches('/'));
+    let cgroup_id = std::fs::metadata(&cgroup_dir)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", cgroup_dir.display()))
+        .ino();
+    let int = |value: u64| AttrValue::Int(i64::try_from(value).expect("fits an i64"));
+    let mut attributes = BTreeMap::from([
+        ("tcpstates.owner.known".to_owned(), AttrValue::Bool(true)),
+        ("process.pid".to_owned(), int(u64::from(std::process::id()))),
+        (
+            "process.executable.name".to_owned(),
+            AttrValue::Str(
+                exe.file_name()
+                    .expect("a file name")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        ),
+        (
+            "process.command_line".to_owned(),
+            AttrValue::Str(command_line),
+        ),
+        ("tcpstates.socket.uid".to_owned(), int(u64::from(uid))),
+        ("tcpstates.netns.inode".to_owned(), int(netns_inode(ns))),
+        ("tcpstates.cgroup.id".to_owned(), int(cgroup_id)),
+        (
+            "tcpstates.cgroup.path".to_owned(),
+            AttrValue::Str(cgroup_path),
+        ),
+    ]);
+    if let Some(name) = user_name(uid) {
+        attributes.insert("process.owner".to_owned(), AttrValue::Str(name));
+    }
+    attributes
+}
+
+/// This process's cgroup v2 path (the `0::` line of /proc/self/cgroup).
+fn own_cgroup_path() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .expect("a cgroup v2 line in /proc/self/cgroup")
+        .to_owned()
+}
+
+/// The name /etc/passwd gives `uid`.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// Checks that a root span's trace id and span id are the ones derived from this host's boot id
+/// and the socket cookie the span carries (`tcpstates.socket.cookie`), as an application holding
+/// the socket would derive them; returns the cookie.
+pub fn check_ids(root: &ReceivedSpan) -> u64 {
+    let cookie = root
+        .int_attr(COOKIE)
+        .and_then(|cookie| u64::try_from(cookie).ok())
+        .unwrap_or_else(|| panic!("no {COOKIE} on {root:#?}"));
+    let ids = ConnectionIds::new(&BootId::read().expect("read the boot id"), cookie);
+    assert_eq!(
+        (root.trace_id.as_str(), root.span_id.as_str()),
+        (hex(&ids.trace_id).as_str(), hex(&ids.root_span_id).as_str()),
+        "ids derived from the boot id and cookie {cookie}: {root:#?}"
+    );
+    cookie
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -26,8 +26,9 @@ use integration_tests::events::{
 use integration_tests::netns::{Netns, THREAD_NAME};
 use integration_tests::otlp::{AttrValue, Ports, ReceivedSpan, Receiver, SpanKind, StatusCode};
 use integration_tests::traces::{
-    ARRIVAL_TIMEOUT, END_REASON, ERROR_TYPE, INCOMPLETE, Role, Trace, await_traces_on_port,
-    check_trace, host_name, open_states, timed_states, trace_of_life, traces_on_port,
+    ARRIVAL_TIMEOUT, COOKIE, END_REASON, ERROR_TYPE, INCOMPLETE, Role, Trace, await_traces_on_port,
+    check_ids, check_trace, host_name, made_by_this_process, open_states, timed_states,
+    trace_of_life, traces_on_port,
 };
 use integration_tests::traffic::{
     self, CLIENT_CLOSING_FIRST, CLIENT_RESET, Closer, LISTENER, REFUSED, SERVER_CLOSED_BY_PEER,
@@ -171,7 +172,13 @@ fn connection_roots(
 /// [`check_trace`] with a child per state `transitions` times, and the root's name, kind,
 /// status and exact attributes (`root`; the socket address and on-CPU task from the life's
 /// first line), plus the default resource and scope. Returns the trace.
-fn check_session(traces: &[Trace], life: &[Event], transitions: Transitions, root: Root) -> Trace {
+fn check_session(
+    traces: &[Trace],
+    ns: &Netns,
+    life: &[Event],
+    transitions: Transitions,
+    root: Root,
+) -> Trace {
     let trace = trace_of_life(traces, life);
     check_trace(trace, &timed_states(transitions), None);
     let span = &trace.root;
@@ -183,6 +190,8 @@ fn check_session(traces: &[Trace], life: &[Event], transitions: Transitions, roo
     );
     assert_eq!(span.kind, root.role.kind(), "{context}");
     let mut attributes = root.role.root_attributes(root.local, root.peer, &life[0]);
+    attributes.extend(made_by_this_process(ns));
+    attributes.insert(COOKIE.to_owned(), AttrValue::Int(check_ids(span) as i64));
     match root.error {
         Some(error) => {
             assert_eq!(span.status_code, StatusCode::Error, "{context}");
@@ -229,7 +238,7 @@ fn one_trace_per_socket(transport: Transport, server: SocketAddr) {
     assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
     let roots = connection_roots(server, connection.client, None);
     for ((life, transitions), root) in lives.iter().zip(expected).zip(roots) {
-        check_session(&traces, life, transitions, root);
+        check_session(&traces, &ns, life, transitions, root);
     }
     // connect() runs in the test's thread: the client's root names it.
     let first = &lives[1][0];
@@ -330,6 +339,7 @@ fn refused_connect_is_one_error_trace() {
     assert_eq!(traces.len(), 1, "one trace: {traces:#?}");
     let trace = check_session(
         &traces,
+        &ns,
         &lives[0],
         REFUSED,
         Root {
@@ -359,7 +369,7 @@ fn reset_is_an_error_on_both_ends() {
     assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
     let roots = connection_roots(server, connection.client, Some("connection_reset"));
     for ((life, transitions), root) in lives.iter().zip(expected).zip(roots) {
-        check_session(&traces, life, transitions, root);
+        check_session(&traces, &ns, life, transitions, root);
     }
 }
 
@@ -640,6 +650,8 @@ fn sigint_ends_open_sessions_as_incomplete() {
         assert_eq!(root.kind, role.kind(), "{context}");
         assert_eq!(root.status_code, StatusCode::Unset, "{context}");
         let mut attributes = role.root_attributes(local, peer, &life[0]);
+        attributes.extend(made_by_this_process(&ns));
+        attributes.insert(COOKIE.to_owned(), AttrValue::Int(check_ids(root) as i64));
         attributes.insert(INCOMPLETE.to_owned(), AttrValue::Bool(true));
         attributes.insert(END_REASON.to_owned(), AttrValue::Str("shutdown".into()));
         assert_eq!(root.attributes, attributes, "{context}");

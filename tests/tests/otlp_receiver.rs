@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use integration_tests::otlp::{AttrValue, Ports, ReceivedSpan, Receiver, SpanKind, StatusCode};
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
+    Link, SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -94,6 +94,13 @@ impl Sample {
             start_time: at(ROOT_START + 1),
             end_time: at(ROOT_START + 1_234_568),
             attributes: vec![KeyValue::new("network.connection.state", "syn_sent")],
+            links: {
+                let mut links = SpanLinks::default();
+                links
+                    .links
+                    .push(Link::with_context(context(self.root_id())));
+                links
+            },
             status: Status::error("connection refused"),
             instrumentation_scope: scope,
             ..root.clone()
@@ -137,6 +144,7 @@ impl Sample {
                 ),
             ]),
             resource,
+            links: Vec::new(),
             scope_name: "otlp-selftest".into(),
             scope_version: "1.2.3".into(),
         };
@@ -153,6 +161,7 @@ impl Sample {
                 "network.connection.state".to_owned(),
                 AttrValue::Str("syn_sent".into()),
             )]),
+            links: vec![(self.trace_hex(), format!("{:016x}", self.root_id()))],
             ..root.clone()
         };
         vec![child, root]

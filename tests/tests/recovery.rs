@@ -67,11 +67,12 @@ fn load() -> u64 {
     connections.load(Ordering::Relaxed)
 }
 
-/// The number in the agent's "N events … were recovered by the BTF program" line (0 if absent).
+/// The number in the agent's "N events … were recovered by the backstop program" line (0 if
+/// absent).
 fn recovered(stderr: &[String]) -> u64 {
     stderr
         .iter()
-        .find(|line| line.ends_with("were recovered by the BTF program"))
+        .find(|line| line.ends_with("were recovered by the backstop program"))
         .and_then(|line| line.strip_prefix("tcpstates: "))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())

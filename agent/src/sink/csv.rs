@@ -6,13 +6,14 @@ use std::io::{self, Write};
 use agent_common::decode::StateChange;
 use chrono::{DateTime, TimeZone};
 
-use super::{Elapsed, Millis, Sink};
+use super::{EXTENDED_COLUMNS, Elapsed, Millis, Sink, extended_fields};
 use crate::{clock::WallClock, config::TimeColumns};
 
 /// Writes state changes as CSV records.
 pub struct CsvSink<W: Write, Tz> {
     out: csv::Writer<W>,
     time_columns: TimeColumns,
+    extended: bool,
     clock: WallClock,
     zone: Tz,
     elapsed: Elapsed,
@@ -23,11 +24,19 @@ impl<W: Write, Tz: TimeZone> CsvSink<W, Tz>
 where
     Tz::Offset: std::fmt::Display,
 {
-    /// A sink writing to `out`; `zone` is the time zone of the `TIME` column.
-    pub fn new(out: W, time_columns: TimeColumns, clock: WallClock, zone: Tz) -> Self {
+    /// A sink writing to `out`, with the `-x` columns after `C-COMM` when `extended`; `zone` is
+    /// the time zone of the `TIME` column.
+    pub fn new(
+        out: W,
+        time_columns: TimeColumns,
+        extended: bool,
+        clock: WallClock,
+        zone: Tz,
+    ) -> Self {
         Self {
             out: csv::WriterBuilder::new().flexible(false).from_writer(out),
             time_columns,
+            extended,
             clock,
             zone,
             elapsed: Elapsed::default(),
@@ -45,11 +54,16 @@ where
         let elapsed = ["TIME(s)"]
             .into_iter()
             .filter(|_| self.time_columns.elapsed);
+        let extended = EXTENDED_COLUMNS.into_iter().filter(|_| self.extended);
         let columns = [
-            "SKADDR", "C-PID", "C-COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "OLDSTATE",
-            "NEWSTATE", "MS",
+            "IP", "LADDR", "LPORT", "RADDR", "RPORT", "OLDSTATE", "NEWSTATE", "MS",
         ];
-        self.out.write_record(time.chain(elapsed).chain(columns))?;
+        self.out.write_record(
+            time.chain(elapsed)
+                .chain(["SKADDR", "C-PID", "C-COMM"])
+                .chain(extended)
+                .chain(columns),
+        )?;
         self.flush()
     }
 
@@ -67,6 +81,11 @@ where
             format!("{:x}", change.skaddr),
             change.pid.to_string(),
             change.comm.to_str_lossy().into_owned(),
+        ]);
+        if self.extended {
+            self.fields.extend(extended_fields(change));
+        }
+        self.fields.extend([
             change.ip_version().to_string(),
             change.local_addr.to_string(),
             change.local_port.to_string(),
@@ -94,11 +113,23 @@ mod tests {
     use crate::sink::fixtures::{self, SharedBuf};
 
     fn render(time_columns: TimeColumns) -> String {
+        render_extended(time_columns, false)
+    }
+
+    fn render_extended(time_columns: TimeColumns, extended: bool) -> String {
         let buf = SharedBuf::default();
         fixtures::render(
-            CsvSink::new(buf.clone(), time_columns, fixtures::clock(), Utc),
+            CsvSink::new(buf.clone(), time_columns, extended, fixtures::clock(), Utc),
             &buf,
         )
+    }
+
+    #[test]
+    fn csv_with_extended_columns() {
+        assert_eq!(
+            render_extended(TimeColumns::default(), true),
+            include_str!("fixtures/csv_extended.txt")
+        );
     }
 
     #[test]
@@ -124,7 +155,13 @@ mod tests {
     #[test]
     fn a_comma_in_a_command_name_is_quoted() {
         let buf = SharedBuf::default();
-        let mut sink = CsvSink::new(buf.clone(), TimeColumns::default(), fixtures::clock(), Utc);
+        let mut sink = CsvSink::new(
+            buf.clone(),
+            TimeColumns::default(),
+            false,
+            fixtures::clock(),
+            Utc,
+        );
         let mut change = fixtures::example()[0];
         let mut comm = [0; COMM_LEN];
         comm[..3].copy_from_slice(b"a,b");

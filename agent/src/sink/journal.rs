@@ -77,7 +77,18 @@ fn fields(change: &StateChange, send_comm: bool) -> Vec<(&'static str, String)> 
         ("OBJECT_TCP_NEW_STATE", change.newstate.to_string()),
         ("OBJECT_TCP_SPAN_TIME", change.span_us().to_string()),
         ("TCPSTATES_SKADDR", format!("{:x}", change.skaddr)),
+        ("TCPSTATES_COOKIE", change.cookie.to_string()),
+        ("TCPSTATES_UID", change.uid.to_string()),
+        ("TCPSTATES_NETNS", change.netns.to_string()),
+        ("TCPSTATES_CGROUP_ID", change.cgroup_id.to_string()),
     ];
+    if let Some(owner) = &change.owner {
+        fields.push(("TCPSTATES_OWNER_PID", owner.pid.to_string()));
+        fields.push((
+            "TCPSTATES_OWNER_COMM",
+            owner.comm.to_str_lossy().into_owned(),
+        ));
+    }
     if send_comm {
         fields.push(("OBJECT_COMM", change.comm.to_str_lossy().into_owned()));
     }
@@ -110,6 +121,10 @@ mod tests {
         assert_eq!(get("OBJECT_TCP_NEW_STATE"), Some("FIN_WAIT1"));
         assert_eq!(get("OBJECT_TCP_SPAN_TIME"), Some("176042"));
         assert_eq!(get("TCPSTATES_SKADDR"), Some("ffff9fd7e8192000"));
+        assert_eq!(get("TCPSTATES_OWNER_PID"), Some("22384"));
+        assert_eq!(get("TCPSTATES_OWNER_COMM"), Some("curl"));
+        assert_eq!(get("TCPSTATES_COOKIE"), Some("4122"));
+        assert_eq!(get("TCPSTATES_CGROUP_ID"), Some("7859"));
         assert_eq!(
             message(&change),
             "curl 100.66.100.185 63446 → 52.33.159.26 80 ESTABLISHED → FIN_WAIT1"

@@ -22,8 +22,16 @@ struct Record<'a> {
     /// Wall-clock time, RFC 3339 in UTC with nanoseconds.
     time: String,
     skaddr: String,
+    /// The socket's cookie (`SO_COOKIE`).
+    cookie: u64,
     pid: u32,
     comm: &'a str,
+    /// The owner's pid and command, `null` when unknown.
+    owner_pid: Option<u32>,
+    owner_comm: Option<String>,
+    uid: u32,
+    netns: u32,
+    cgroup_id: u64,
     ip: u8,
     laddr: String,
     lport: u16,
@@ -56,8 +64,16 @@ impl<W: Write> Sink for JsonSink<W> {
                 .utc(change.ts_ns)
                 .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
             skaddr: format!("{:x}", change.skaddr),
+            cookie: change.cookie,
             pid: change.pid,
             comm: &comm,
+            owner_pid: change.owner.map(|owner| owner.pid),
+            owner_comm: change
+                .owner
+                .map(|owner| owner.comm.to_str_lossy().into_owned()),
+            uid: change.uid,
+            netns: change.netns,
+            cgroup_id: change.cgroup_id,
             ip: change.ip_version(),
             laddr: change.local_addr.to_string(),
             lport: change.local_port,
@@ -106,5 +122,22 @@ mod tests {
         assert_eq!(second["newstate"], "ESTABLISHED");
         assert_eq!(second["span_ns"], 1_373_999);
         assert_eq!(second["ms"], 1.373999);
+        assert_eq!(second["cookie"], 4122);
+        assert_eq!(second["owner_pid"], 22384);
+        assert_eq!(second["owner_comm"], "curl");
+        assert_eq!(second["uid"], 1000);
+        assert_eq!(second["netns"], 4_026_531_840u64);
+        assert_eq!(second["cgroup_id"], 7859);
+    }
+
+    #[test]
+    fn an_unknown_owner_is_null() {
+        let buf = SharedBuf::default();
+        let mut sink = JsonSink::new(buf.clone(), fixtures::clock());
+        let mut change = fixtures::example()[1];
+        change.owner = None;
+        sink.write(&change).expect("write");
+        let line: serde_json::Value = serde_json::from_str(&buf.text()).expect("JSON");
+        assert!(line["owner_pid"].is_null() && line["owner_comm"].is_null());
     }
 }

@@ -39,14 +39,45 @@ pub fn output<W: Write + 'static>(
         Format::Quiet => return None,
         Format::Table => Box::new(table::TableSink::new(
             out,
-            config.wide,
-            config.time_columns,
+            table::Layout {
+                wide: config.wide,
+                extended: config.extended,
+                time_columns: config.time_columns,
+            },
             clock,
             Local,
         )),
-        Format::Csv => Box::new(csv::CsvSink::new(out, config.time_columns, clock, Local)),
+        Format::Csv => Box::new(csv::CsvSink::new(
+            out,
+            config.time_columns,
+            config.extended,
+            clock,
+            Local,
+        )),
         Format::Json => Box::new(json::JsonSink::new(out, clock)),
     })
+}
+
+/// Headers of the `-x` columns, which follow `C-COMM`: the socket's owner (the process that
+/// connected or listened), its uid, network namespace inode and cgroup id.
+const EXTENDED_COLUMNS: [&str; 5] = ["PID", "COMM", "UID", "NETNS", "CGROUP"];
+
+/// What the `-x` columns show for `change`: `-` for the PID and COMM of an unknown owner.
+fn extended_fields(change: &StateChange) -> [String; 5] {
+    let (pid, comm) = match &change.owner {
+        Some(owner) => (
+            owner.pid.to_string(),
+            owner.comm.to_str_lossy().into_owned(),
+        ),
+        None => ("-".to_owned(), "-".to_owned()),
+    };
+    [
+        pid,
+        comm,
+        change.uid.to_string(),
+        change.netns.to_string(),
+        change.cgroup_id.to_string(),
+    ]
 }
 
 /// Seconds since the first event, as the `TIME(s)` column shows them.
@@ -82,7 +113,7 @@ mod fixtures {
     };
 
     use agent_common::{
-        decode::{Comm, StateChange, TcpState},
+        decode::{Comm, Owner, StateChange, TcpState},
         event::COMM_LEN,
     };
 
@@ -121,6 +152,14 @@ mod fixtures {
                 StateChange {
                     ts_ns,
                     skaddr: 0xffff_9fd7_e819_2000,
+                    cookie: 4122,
+                    owner: Some(Owner {
+                        pid: 22384,
+                        comm: comm("curl"),
+                    }),
+                    uid: 1000,
+                    netns: 4_026_531_840,
+                    cgroup_id: 7859,
                     span_ns: span_us * 1_000 + 999,
                     pid,
                     comm: comm(name),

@@ -1,21 +1,34 @@
 //! bcc's column layouts: the default one, and `-w` with an IP column and room for any IPv6
-//! address (39 characters), each optionally led by `TIME` (`-T`) and `TIME(s)` (`-t`).
+//! address (39 characters), each optionally led by `TIME` (`-T`) and `TIME(s)` (`-t`), and
+//! optionally extended (`-x`) with the owner and location columns after `C-COMM`.
 
 use std::io::{self, Write};
 
 use agent_common::decode::StateChange;
 use chrono::{DateTime, TimeZone};
 
-use super::{Elapsed, Millis, Sink};
+use super::{EXTENDED_COLUMNS, Elapsed, Millis, Sink, extended_fields};
 use crate::{clock::WallClock, config::TimeColumns};
 
 /// Width of an address column in the wide layout: the longest IPv6 text form.
 const WIDE_ADDR: usize = 39;
 
+/// Which columns a table has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// `-w`: the IP column and room for IPv6 addresses.
+    pub wide: bool,
+    /// `-x`: owner PID and COMM, UID, NETNS and CGROUP after `C-COMM`.
+    pub extended: bool,
+    /// Leading time columns.
+    pub time_columns: TimeColumns,
+}
+
 /// Writes state changes as aligned columns.
 pub struct TableSink<W, Tz> {
     out: W,
     wide: bool,
+    extended: bool,
     time_columns: TimeColumns,
     clock: WallClock,
     zone: Tz,
@@ -27,11 +40,12 @@ where
     Tz::Offset: std::fmt::Display,
 {
     /// A sink writing to `out`; `zone` is the time zone of the `TIME` column.
-    pub fn new(out: W, wide: bool, time_columns: TimeColumns, clock: WallClock, zone: Tz) -> Self {
+    pub fn new(out: W, layout: Layout, clock: WallClock, zone: Tz) -> Self {
         Self {
             out,
-            wide,
-            time_columns,
+            wide: layout.wide,
+            extended: layout.extended,
+            time_columns: layout.time_columns,
             clock,
             zone,
             elapsed: Elapsed::default(),
@@ -47,6 +61,27 @@ where
             write!(self.out, "{:<9.6} ", self.elapsed.seconds(ts_ns))?;
         }
         Ok(())
+    }
+
+    /// The `-x` columns, each followed by a space.
+    fn write_extended<T: std::fmt::Display>(
+        &mut self,
+        [pid, comm, uid, netns, cgroup]: [T; 5],
+    ) -> io::Result<()> {
+        if !self.extended {
+            return Ok(());
+        }
+        if self.wide {
+            write!(
+                self.out,
+                "{pid:<7} {comm:<16.16} {uid:<6} {netns:<10} {cgroup:<8} "
+            )
+        } else {
+            write!(
+                self.out,
+                "{pid:<7} {comm:<10.10} {uid:<6} {netns:<10} {cgroup:<8} "
+            )
+        }
     }
 }
 
@@ -66,16 +101,19 @@ where
             "NEWSTATE", "MS",
         );
         if self.wide {
+            write!(self.out, "{skaddr:<16} {pid:<5} {comm:<16.16} ")?;
+            self.write_extended(EXTENDED_COLUMNS)?;
             writeln!(
                 self.out,
-                "{skaddr:<16} {pid:<5} {comm:<16.16} {ip:<2} {laddr:<WIDE_ADDR$} {lport:<5} \
-                 {raddr:<WIDE_ADDR$} {rport:<5} {old:<11} -> {new:<11} {ms}"
+                "{ip:<2} {laddr:<WIDE_ADDR$} {lport:<5} {raddr:<WIDE_ADDR$} {rport:<5} \
+                 {old:<11} -> {new:<11} {ms}"
             )?;
         } else {
+            write!(self.out, "{skaddr:<16} {pid:<5} {comm:<10.10} ")?;
+            self.write_extended(EXTENDED_COLUMNS)?;
             writeln!(
                 self.out,
-                "{skaddr:<16} {pid:<5} {comm:<10.10} {laddr:<15} {lport:<5} {raddr:<15} {rport:<5} \
-                 {old:<11} -> {new:<11} {ms}"
+                "{laddr:<15} {lport:<5} {raddr:<15} {rport:<5} {old:<11} -> {new:<11} {ms}"
             )?;
         }
         self.out.flush()
@@ -86,12 +124,23 @@ where
         let comm = change.comm.to_str_lossy();
         let ms = Millis(change.span_us());
         if self.wide {
+            write!(
+                self.out,
+                "{:<16x} {:<5} {:<16.16} ",
+                change.skaddr, change.pid, comm
+            )?;
+        } else {
+            write!(
+                self.out,
+                "{:<16x} {:<5} {:<10.10} ",
+                change.skaddr, change.pid, comm
+            )?;
+        }
+        self.write_extended(extended_fields(change))?;
+        if self.wide {
             writeln!(
                 self.out,
-                "{:<16x} {:<5} {:<16.16} {:<2} {:<WIDE_ADDR$} {:<5} {:<WIDE_ADDR$} {:<5} {:<11} -> {:<11} {ms}",
-                change.skaddr,
-                change.pid,
-                comm,
+                "{:<2} {:<WIDE_ADDR$} {:<5} {:<WIDE_ADDR$} {:<5} {:<11} -> {:<11} {ms}",
                 change.ip_version(),
                 change.local_addr,
                 change.local_port,
@@ -103,10 +152,7 @@ where
         } else {
             writeln!(
                 self.out,
-                "{:<16x} {:<5} {:<10.10} {:<15} {:<5} {:<15} {:<5} {:<11} -> {:<11} {ms}",
-                change.skaddr,
-                change.pid,
-                comm,
+                "{:<15} {:<5} {:<15} {:<5} {:<11} -> {:<11} {ms}",
                 change.local_addr,
                 change.local_port,
                 change.remote_addr,
@@ -132,12 +178,56 @@ mod tests {
     use crate::sink::fixtures::{self, SharedBuf};
 
     fn render(wide: bool, clock: bool, elapsed: bool) -> String {
+        render_layout(Layout {
+            wide,
+            extended: false,
+            time_columns: TimeColumns { clock, elapsed },
+        })
+    }
+
+    fn render_layout(layout: Layout) -> String {
         let buf = SharedBuf::default();
-        let time_columns = TimeColumns { clock, elapsed };
         fixtures::render(
-            TableSink::new(buf.clone(), wide, time_columns, fixtures::clock(), Utc),
+            TableSink::new(buf.clone(), layout, fixtures::clock(), Utc),
             &buf,
         )
+    }
+
+    #[test]
+    fn extended_layout_adds_owner_and_location_after_the_on_cpu_command() {
+        let layout = Layout {
+            extended: true,
+            ..Layout::default()
+        };
+        assert_eq!(render_layout(layout), include_str!("fixtures/extended.txt"));
+        let wide = Layout {
+            wide: true,
+            ..layout
+        };
+        assert_eq!(
+            render_layout(wide),
+            include_str!("fixtures/wide_extended.txt")
+        );
+    }
+
+    #[test]
+    fn an_unknown_owner_shows_dashes() {
+        let buf = SharedBuf::default();
+        let layout = Layout {
+            extended: true,
+            ..Layout::default()
+        };
+        let mut sink = TableSink::new(buf.clone(), layout, fixtures::clock(), Utc);
+        let mut change = fixtures::example()[1];
+        change.owner = None;
+        sink.write(&change).expect("row");
+        let row = buf.text();
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            &columns[3..8],
+            ["-", "-", "1000", "4026531840", "7859"],
+            "{row}"
+        );
     }
 
     #[test]
@@ -177,8 +267,10 @@ mod tests {
         let buf = SharedBuf::default();
         let mut sink = TableSink::new(
             buf.clone(),
-            true,
-            TimeColumns::default(),
+            Layout {
+                wide: true,
+                ..Layout::default()
+            },
             fixtures::clock(),
             Utc,
         );

@@ -218,11 +218,9 @@ pub fn table(configs: &[Config], seconds: u32) -> String {
     ));
     rows.push(("lost".into(), per_config(&|c| summed(c, |s| s.lost))));
     rows.push((
-        "  ring buffer full / recursion / unreadable".into(),
+        "  ring buffer full / recursion".into(),
         per_config(&|c| {
-            total_summary(c).map_or("-".into(), |s| {
-                format!("{} / {} / {}", s.ring_full, s.recursion, s.unreadable)
-            })
+            total_summary(c).map_or("-".into(), |s| format!("{} / {}", s.ring_full, s.recursion))
         }),
     ));
     rows.push((

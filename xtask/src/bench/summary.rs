@@ -1,5 +1,5 @@
 //! The agent's exit summary: `tcpstates: N events written, M lost (A ring buffer full,
-//! B BPF recursion, C unreadable)`, and with `--otlp` `tcpstates: OTLP: S sessions exported in
+//! B BPF recursion)`, and with `--otlp` `tcpstates: OTLP: S sessions exported in
 //! P spans, D spans dropped (queue full), F failed, E sessions evicted`.
 
 /// Event counts from the agent's summary line.
@@ -13,8 +13,6 @@ pub struct Summary {
     pub ring_full: u64,
     /// Lost to the kernel's BPF recursion protection (program not run).
     pub recursion: u64,
-    /// Lost because the socket's fields could not be read.
-    pub unreadable: u64,
 }
 
 impl Summary {
@@ -24,14 +22,12 @@ impl Summary {
         let (written, rest) = rest.split_once(" events written, ")?;
         let (lost, rest) = rest.split_once(" lost (")?;
         let (ring_full, rest) = rest.split_once(" ring buffer full, ")?;
-        let (recursion, rest) = rest.split_once(" BPF recursion, ")?;
-        let unreadable = rest.strip_suffix(" unreadable)")?;
+        let recursion = rest.strip_suffix(" BPF recursion)")?;
         Some(Self {
             written: written.parse().ok()?,
             lost: lost.parse().ok()?,
             ring_full: ring_full.parse().ok()?,
             recursion: recursion.parse().ok()?,
-            unreadable: unreadable.parse().ok()?,
         })
     }
 
@@ -41,7 +37,6 @@ impl Summary {
         self.lost += other.lost;
         self.ring_full += other.ring_full;
         self.recursion += other.recursion;
-        self.unreadable += other.unreadable;
     }
 }
 
@@ -94,7 +89,8 @@ mod tests {
 
     #[test]
     fn parses_the_summary_line() {
-        let line = "tcpstates: 3000020 events written, 7 lost (4 ring buffer full, 2 BPF recursion, 1 unreadable)\n";
+        let line =
+            "tcpstates: 3000020 events written, 7 lost (4 ring buffer full, 2 BPF recursion)\n";
         assert_eq!(
             Summary::parse(line),
             Some(Summary {
@@ -102,7 +98,6 @@ mod tests {
                 lost: 7,
                 ring_full: 4,
                 recursion: 2,
-                unreadable: 1
             })
         );
     }
@@ -115,7 +110,7 @@ mod tests {
         );
         assert_eq!(
             Summary::parse(
-                "tcpstates: x events written, 0 lost (0 ring buffer full, 0 BPF recursion, 0 unreadable)"
+                "tcpstates: x events written, 0 lost (0 ring buffer full, 0 BPF recursion)"
             ),
             None
         );
@@ -135,7 +130,7 @@ mod tests {
                 evicted: 1
             })
         );
-        let events = "tcpstates: 5 events written, 0 lost (0 ring buffer full, 0 BPF recursion, 0 unreadable)";
+        let events = "tcpstates: 5 events written, 0 lost (0 ring buffer full, 0 BPF recursion)";
         assert_eq!(OtlpSummary::parse(events), None);
         assert_eq!(Summary::parse(line), None);
     }

@@ -8,30 +8,29 @@ pub mod export;
 pub mod settings;
 pub mod spans;
 
-use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+use agent_common::correlation::{BootId, ConnectionIds};
 
 use self::{
     export::{ExportCounts, ExportError, SpanExport},
     settings::ExportSettings,
-    spans::SpanFactory,
+    spans::{SessionDetails, SpanFactory},
 };
-use crate::{
-    clock::WallClock,
-    session::{Completed, SessionIds},
-};
+use crate::{clock::WallClock, session::Completed};
 
 /// Sends completed sessions and states as spans.
 pub struct OtlpSink {
     factory: SpanFactory,
     export: SpanExport,
-    ids: RandomIdGenerator,
+    boot_id: BootId,
 }
 
 impl OtlpSink {
     /// Starts exporting with `settings`; at most `queue_capacity` spans wait for the exporter.
+    /// Trace ids are derived from `boot_id` and each socket's cookie.
     pub fn start(
         settings: &ExportSettings,
         clock: WallClock,
+        boot_id: BootId,
         queue_capacity: usize,
     ) -> Result<Self, ExportError> {
         let host_name = nix::unistd::gethostname()
@@ -41,23 +40,19 @@ impl OtlpSink {
         Ok(Self {
             factory: SpanFactory::new(clock),
             export: SpanExport::start(settings, resource, queue_capacity)?,
-            ids: RandomIdGenerator::default(),
+            boot_id,
         })
     }
 
-    /// Fresh identifiers for a new session's trace.
-    pub fn new_session_ids(&self) -> SessionIds {
-        SessionIds {
-            trace_id: u128::from_be_bytes(self.ids.new_trace_id().to_bytes()),
-            root_span_id: u64::from_be_bytes(self.ids.new_span_id().to_bytes()),
-        }
+    /// The identifiers of the trace of the socket with `cookie`.
+    pub fn session_ids(&self, cookie: u64) -> ConnectionIds {
+        ConnectionIds::new(&self.boot_id, cookie)
     }
 
-    /// Queues the span of a completed state or session (never waits).
-    pub fn export(&self, completed: &Completed) {
-        let child_span_id = u64::from_be_bytes(self.ids.new_span_id().to_bytes());
-        self.export
-            .push(self.factory.span(completed, child_span_id));
+    /// Queues the span of a completed state or session (never waits); `details` describe a
+    /// session's owner and location.
+    pub fn export(&self, completed: &Completed, details: SessionDetails<'_>) {
+        self.export.push(self.factory.span(completed, details));
     }
 
     /// What happened to the spans so far.

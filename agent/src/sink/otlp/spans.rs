@@ -7,21 +7,23 @@
 
 use std::{borrow::Cow, net::SocketAddr};
 
-use agent_common::decode::TcpState;
+use agent_common::{correlation::ConnectionIds, decode::TcpState};
 use opentelemetry::{
     KeyValue,
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
 };
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_semantic_conventions::attribute::{
-    CLIENT_ADDRESS, CLIENT_PORT, ERROR_TYPE, NETWORK_CONNECTION_STATE, NETWORK_LOCAL_ADDRESS,
-    NETWORK_LOCAL_PORT, NETWORK_PEER_ADDRESS, NETWORK_PEER_PORT, NETWORK_TRANSPORT, NETWORK_TYPE,
-    SERVER_ADDRESS, SERVER_PORT,
+    CLIENT_ADDRESS, CLIENT_PORT, CONTAINER_ID, ERROR_TYPE, NETWORK_CONNECTION_STATE,
+    NETWORK_LOCAL_ADDRESS, NETWORK_LOCAL_PORT, NETWORK_PEER_ADDRESS, NETWORK_PEER_PORT,
+    NETWORK_TRANSPORT, NETWORK_TYPE, PROCESS_COMMAND_LINE, PROCESS_EXECUTABLE_NAME, PROCESS_OWNER,
+    PROCESS_PID, SERVER_ADDRESS, SERVER_PORT,
 };
 
 use crate::{
     clock::WallClock,
-    session::{Completed, Endpoints, Incomplete, Outcome, Role, Session, SessionIds},
+    process_info::ProcessInfo,
+    session::{Completed, Endpoints, Incomplete, Outcome, Role, Session},
 };
 
 /// Vendor attribute: kernel address of the socket, hex.
@@ -30,10 +32,34 @@ pub const SKADDR: &str = "tcpstates.skaddr";
 pub const ONCPU_PID: &str = "tcpstates.oncpu.pid";
 /// Vendor attribute: command on the CPU at the session's first seen transition.
 pub const ONCPU_COMM: &str = "tcpstates.oncpu.comm";
+/// Vendor attribute: whether the socket's owner is known (its `connect()` or `listen()`, or its
+/// listener's, was seen); when false the `process.*` attributes are absent.
+pub const OWNER_KNOWN: &str = "tcpstates.owner.known";
+/// Vendor attribute: the socket's cookie (`SO_COOKIE`), from which the trace id is derived.
+pub const COOKIE: &str = "tcpstates.socket.cookie";
+/// Vendor attribute: the socket's uid.
+pub const SOCKET_UID: &str = "tcpstates.socket.uid";
+/// Vendor attribute: inode number of the socket's network namespace.
+pub const NETNS: &str = "tcpstates.netns.inode";
+/// Vendor attribute: id of the socket's cgroup (v2).
+pub const CGROUP_ID: &str = "tcpstates.cgroup.id";
+/// Vendor attribute: the socket's cgroup path, relative to the cgroup2 mount.
+pub const CGROUP_PATH: &str = "tcpstates.cgroup.path";
 /// Vendor attribute: the session (or state) was ended before its CLOSE was seen.
 pub const INCOMPLETE: &str = "tcpstates.session.incomplete";
 /// Vendor attribute: why it was ended early (`shutdown` or `evicted`).
 pub const END_REASON: &str = "tcpstates.session.end_reason";
+
+/// What user space found out about a session's owner and location, for its root span.
+#[derive(Clone, Debug, Default)]
+pub struct SessionDetails<'a> {
+    /// The owner process, as read from /proc when the session began.
+    pub process: Option<&'a ProcessInfo>,
+    /// The socket's cgroup path, relative to the cgroup2 mount.
+    pub cgroup_path: Option<String>,
+    /// The container id found in that path.
+    pub container_id: Option<String>,
+}
 
 /// Builds spans for one exporter.
 pub struct SpanFactory {
@@ -50,11 +76,13 @@ impl SpanFactory {
         Self { clock, scope }
     }
 
-    /// The span of a completed state or session; `child_span_id` is used for a state's span.
-    pub fn span(&self, completed: &Completed, child_span_id: u64) -> SpanData {
+    /// The span of a completed state or session; `details` describe a session's owner and
+    /// location (they are not used for a state).
+    pub fn span(&self, completed: &Completed, details: SessionDetails<'_>) -> SpanData {
         match completed {
             Completed::State {
                 ids,
+                index,
                 state,
                 start_ns,
                 end_ns,
@@ -70,9 +98,9 @@ impl SpanFactory {
                     None => Cow::Owned(state.to_string()),
                 };
                 self.data(
-                    *ids,
-                    SpanId::from(child_span_id),
-                    SpanId::from(ids.root_span_id),
+                    ids,
+                    SpanId::from_bytes(ids.state_span_id(*index)),
+                    SpanId::from_bytes(ids.root_span_id),
                     SpanKind::Internal,
                     name,
                     (*start_ns, *end_ns),
@@ -87,6 +115,7 @@ impl SpanFactory {
                 incomplete,
             } => {
                 let mut attributes = session_attributes(session);
+                push_context(&mut attributes, session, details);
                 let status = match outcome {
                     Outcome::Normal => Status::Unset,
                     Outcome::ConnectFailed => {
@@ -101,8 +130,8 @@ impl SpanFactory {
                 push_incomplete(&mut attributes, *incomplete);
                 let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
                 self.data(
-                    session.ids,
-                    SpanId::from(session.ids.root_span_id),
+                    &session.ids,
+                    SpanId::from_bytes(session.ids.root_span_id),
                     SpanId::INVALID,
                     kind,
                     Cow::Owned(name),
@@ -117,7 +146,7 @@ impl SpanFactory {
     #[allow(clippy::too_many_arguments)]
     fn data(
         &self,
-        ids: SessionIds,
+        ids: &ConnectionIds,
         span_id: SpanId,
         parent_span_id: SpanId,
         span_kind: SpanKind,
@@ -128,7 +157,7 @@ impl SpanFactory {
     ) -> SpanData {
         SpanData {
             span_context: SpanContext::new(
-                TraceId::from(ids.trace_id),
+                TraceId::from_bytes(ids.trace_id),
                 span_id,
                 TraceFlags::SAMPLED,
                 false,
@@ -203,6 +232,48 @@ fn session_attributes(session: &Session) -> Vec<KeyValue> {
     attributes
 }
 
+/// The owner's `process.*` attributes (only when it is known) and the socket's location.
+fn push_context(attributes: &mut Vec<KeyValue>, session: &Session, details: SessionDetails<'_>) {
+    let context = &session.context;
+    attributes.push(KeyValue::new(OWNER_KNOWN, context.owner.is_some()));
+    if let Some(owner) = &context.owner {
+        attributes.push(KeyValue::new(PROCESS_PID, i64::from(owner.pid)));
+        match details.process {
+            Some(process) => {
+                attributes.push(KeyValue::new(
+                    PROCESS_EXECUTABLE_NAME,
+                    process.executable_name.clone(),
+                ));
+                if !process.command_line.is_empty() {
+                    attributes.push(KeyValue::new(
+                        PROCESS_COMMAND_LINE,
+                        process.command_line.clone(),
+                    ));
+                }
+            }
+            None => attributes.push(KeyValue::new(
+                PROCESS_EXECUTABLE_NAME,
+                owner.comm.to_str_lossy().into_owned(),
+            )),
+        }
+    }
+    if let Some(name) = details.process.and_then(|process| process.owner.clone()) {
+        attributes.push(KeyValue::new(PROCESS_OWNER, name));
+    }
+    attributes.extend([
+        KeyValue::new(COOKIE, session.cookie as i64),
+        KeyValue::new(SOCKET_UID, i64::from(context.uid)),
+        KeyValue::new(NETNS, i64::from(context.netns)),
+        KeyValue::new(CGROUP_ID, context.cgroup_id as i64),
+    ]);
+    if let Some(path) = details.cgroup_path {
+        attributes.push(KeyValue::new(CGROUP_PATH, path));
+    }
+    if let Some(id) = details.container_id {
+        attributes.push(KeyValue::new(CONTAINER_ID, id));
+    }
+}
+
 fn push_incomplete(attributes: &mut Vec<KeyValue>, incomplete: Option<Incomplete>) {
     if let Some(why) = incomplete {
         attributes.push(KeyValue::new(INCOMPLETE, true));
@@ -239,20 +310,32 @@ mod tests {
         time::Duration,
     };
 
-    use agent_common::{decode::Comm, event::COMM_LEN};
+    use agent_common::{
+        correlation::BootId,
+        decode::{Comm, Owner},
+        event::COMM_LEN,
+    };
     use opentelemetry::Value;
 
     use super::*;
+    use crate::session::Context;
 
     fn session(role: Role) -> Session {
         let mut comm = [0; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
         Session {
-            ids: SessionIds {
-                trace_id: 0xabc,
-                root_span_id: 0x123,
-            },
+            ids: ConnectionIds::new(&BootId([1; 16]), 77),
+            cookie: 77,
             skaddr: 0xffff_8881_0685_e5c0,
+            context: Context {
+                owner: Some(Owner {
+                    pid: 4242,
+                    comm: Comm::new(comm),
+                }),
+                uid: 1000,
+                netns: 4_026_531_840,
+                cgroup_id: 7859,
+            },
             role,
             start_ns: 1_000_000,
             endpoints: Endpoints {
@@ -265,6 +348,7 @@ mod tests {
             first_comm: Comm::new(comm),
             state: TcpState(agent_common::state::ESTABLISHED),
             state_since_ns: None,
+            states_done: 0,
         }
     }
 
@@ -281,19 +365,27 @@ mod tests {
 
     #[test]
     fn a_state_span_lasts_exactly_the_kernel_delta() {
+        let ids = session(Role::Connect).ids;
         let completed = Completed::State {
-            ids: session(Role::Connect).ids,
+            ids,
+            index: 1,
             state: TcpState(agent_common::state::ESTABLISHED),
             start_ns: 1_234_567,
             end_ns: 201_234_568,
             incomplete: None,
         };
-        let span = factory().span(&completed, 0x77);
+        let span = factory().span(&completed, SessionDetails::default());
         assert_eq!(span.name, "ESTABLISHED");
         assert_eq!(span.span_kind, SpanKind::Internal);
-        assert_eq!(span.span_context.trace_id(), TraceId::from(0xabc_u128));
-        assert_eq!(span.span_context.span_id(), SpanId::from(0x77_u64));
-        assert_eq!(span.parent_span_id, SpanId::from(0x123_u64));
+        assert_eq!(
+            span.span_context.trace_id(),
+            TraceId::from_bytes(ids.trace_id)
+        );
+        assert_eq!(
+            span.span_context.span_id(),
+            SpanId::from_bytes(ids.state_span_id(1))
+        );
+        assert_eq!(span.parent_span_id, SpanId::from_bytes(ids.root_span_id));
         let duration = span
             .end_time
             .duration_since(span.start_time)
@@ -316,14 +408,17 @@ mod tests {
                     outcome: Outcome::Normal,
                     incomplete: None,
                 },
-                0,
+                SessionDetails::default(),
             )
         };
         let connect = root(Role::Connect);
         assert_eq!(connect.name, "tcp connect [::1]:8080");
         assert_eq!(connect.span_kind, SpanKind::Client);
         assert_eq!(connect.parent_span_id, SpanId::INVALID);
-        assert_eq!(connect.span_context.span_id(), SpanId::from(0x123_u64));
+        assert_eq!(
+            connect.span_context.span_id(),
+            SpanId::from_bytes(ConnectionIds::new(&BootId([1; 16]), 77).root_span_id)
+        );
         assert_eq!(attr(&connect, SERVER_PORT), Some(Value::I64(8080)));
         assert_eq!(attr(&connect, CLIENT_PORT), Some(Value::I64(40000)));
         assert_eq!(attr(&connect, NETWORK_TYPE), Some(Value::from("ipv6")));
@@ -362,6 +457,58 @@ mod tests {
     }
 
     #[test]
+    fn the_root_span_names_the_owner_and_where_the_socket_lives() {
+        let process = ProcessInfo {
+            executable_name: "curl".into(),
+            command_line: "curl http://[::1]:8080/".into(),
+            owner: Some("alice".into()),
+            exited: false,
+        };
+        let details = SessionDetails {
+            process: Some(&process),
+            cgroup_path: Some("/system.slice/docker-ab.scope".into()),
+            container_id: Some("ab".into()),
+        };
+        let completed = Completed::Session {
+            session: session(Role::Connect),
+            end_ns: 2_000_000,
+            outcome: Outcome::Normal,
+            incomplete: None,
+        };
+        let root = factory().span(&completed, details);
+        assert_eq!(attr(&root, OWNER_KNOWN), Some(Value::Bool(true)));
+        assert_eq!(attr(&root, PROCESS_PID), Some(Value::I64(4242)));
+        assert_eq!(
+            attr(&root, PROCESS_EXECUTABLE_NAME),
+            Some(Value::from("curl"))
+        );
+        assert_eq!(
+            attr(&root, PROCESS_COMMAND_LINE),
+            Some(Value::from("curl http://[::1]:8080/"))
+        );
+        assert_eq!(attr(&root, PROCESS_OWNER), Some(Value::from("alice")));
+        assert_eq!(attr(&root, COOKIE), Some(Value::I64(77)));
+        assert_eq!(attr(&root, NETNS), Some(Value::I64(4_026_531_840)));
+        assert_eq!(attr(&root, CGROUP_ID), Some(Value::I64(7859)));
+        assert_eq!(attr(&root, CONTAINER_ID), Some(Value::from("ab")));
+
+        let mut orphan = session(Role::Accept);
+        orphan.context.owner = None;
+        let root = factory().span(
+            &Completed::Session {
+                session: orphan,
+                end_ns: 2_000_000,
+                outcome: Outcome::Normal,
+                incomplete: None,
+            },
+            SessionDetails::default(),
+        );
+        assert_eq!(attr(&root, OWNER_KNOWN), Some(Value::Bool(false)));
+        assert_eq!(attr(&root, PROCESS_PID), None, "never a guess");
+        assert_eq!(attr(&root, PROCESS_EXECUTABLE_NAME), None);
+    }
+
+    #[test]
     fn abnormal_ends_are_errors_and_early_ends_are_marked() {
         let end = |outcome, incomplete| {
             factory().span(
@@ -371,7 +518,7 @@ mod tests {
                     outcome,
                     incomplete,
                 },
-                0,
+                SessionDetails::default(),
             )
         };
         let refused = end(Outcome::ConnectFailed, None);

@@ -1,0 +1,122 @@
+//! `tcp_peer`: a process of its own that makes TCP sockets for the owner tests, and says which.
+//!
+//! `tcp_peer listen ADDR COUNT` listens on ADDR, accepts COUNT connections (reading each to
+//! end-of-file, then closing it) and exits; `tcp_peer connect ADDR` connects to ADDR, sends a line,
+//! reads to end-of-file and exits. Each socket is announced on stdout as it is made:
+//! `listener|accepted|connected pid=P cookie=C port=LOCAL_PORT`, with the socket's cookie
+//! (`SO_COOKIE`). Every wait is bounded (20 s in all), so a test that goes wrong cannot hang it.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Longest wait for anything.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["listen", addr, count] => parse(addr).and_then(|addr| {
+            let count = count
+                .parse()
+                .map_err(|_| io::Error::other(format!("bad count {count:?}")))?;
+            listen(addr, count)
+        }),
+        ["connect", addr] => parse(addr).and_then(connect),
+        _ => Err(io::Error::other(
+            "usage: tcp_peer listen ADDR COUNT | tcp_peer connect ADDR",
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tcp_peer: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(addr: &str) -> io::Result<SocketAddr> {
+    addr.parse()
+        .map_err(|_| io::Error::other(format!("bad address {addr:?}")))
+}
+
+/// The socket's `SO_COOKIE`.
+fn cookie(socket: impl AsFd) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the fd is open for the call; the buffer and its length describe a valid u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn announce(what: &str, socket: impl AsFd, port: u16) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{what} pid={} cookie={} port={port}",
+        std::process::id(),
+        cookie(socket)?
+    )?;
+    out.flush()
+}
+
+fn listen(addr: SocketAddr, count: usize) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    announce("listener", &listener, listener.local_addr()?.port())?;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut accepted = 0;
+    while accepted < count {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                announce("accepted", &stream, stream.local_addr()?.port())?;
+                drain(stream, deadline)?;
+                accepted += 1;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err(io::Error::other(format!(
+                        "accepted {accepted} of {count} connections in {TIMEOUT:?}"
+                    )));
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+fn connect(addr: SocketAddr) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    announce("connected", &stream, stream.local_addr()?.port())?;
+    stream.write_all(b"hello\n")?;
+    stream.shutdown(Shutdown::Write)?;
+    drain(stream, Instant::now() + TIMEOUT)
+}
+
+/// Reads to end-of-file (at most until `deadline`), then closes.
+fn drain(mut stream: TcpStream, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+    let mut buf = [0; 512];
+    while stream.read(&mut buf)? > 0 {}
+    Ok(())
+}
