@@ -78,6 +78,18 @@ pub struct JsonEvent {
     pub time: String,
     /// Nanoseconds spent in the old state.
     pub span_ns: u64,
+    /// The socket's cookie.
+    pub cookie: u64,
+    /// The owner's pid, `None` when the agent does not know it.
+    pub owner_pid: Option<u32>,
+    /// The owner's command name, `None` when unknown.
+    pub owner_comm: Option<String>,
+    /// The socket's uid.
+    pub uid: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u64,
+    /// Id of the socket's cgroup.
+    pub cgroup_id: u64,
     /// The common fields (`ip` always set).
     pub event: Event,
 }
@@ -271,10 +283,36 @@ pub fn parse_json(line: &str) -> Result<JsonEvent, String> {
             .as_f64()
             .ok_or_else(|| format!("\"ms\" is not a number in {line}"))?,
     };
+    let optional = |name: &str| -> Result<Option<&Value>, String> {
+        let value = field(name)?;
+        Ok((!value.is_null()).then_some(value))
+    };
+    let owner_pid = optional("owner_pid")?
+        .map(|value| {
+            value
+                .as_u64()
+                .and_then(|pid| u32::try_from(pid).ok())
+                .ok_or_else(|| format!("\"owner_pid\" is not a pid in {line}"))
+        })
+        .transpose()?;
+    let owner_comm = optional("owner_comm")?
+        .map(|value| {
+            value
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("\"owner_comm\" is not a string in {line}"))
+        })
+        .transpose()?;
     Ok(JsonEvent {
         ts_ns: uint("ts_ns")?,
         time: string("time")?,
         span_ns: uint("span_ns")?,
+        cookie: uint("cookie")?,
+        owner_pid,
+        owner_comm,
+        uid: u32::try_from(uint("uid")?).map_err(|_| format!("uid out of range in {line}"))?,
+        netns: uint("netns")?,
+        cgroup_id: uint("cgroup_id")?,
         event,
     })
 }

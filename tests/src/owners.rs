@@ -3,13 +3,13 @@
 //! `--pid`, `--netns` and `--cgroup` filters.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -106,19 +106,20 @@ pub struct Announced {
 #[derive(Debug)]
 pub struct Peer {
     child: Child,
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
 }
 
 impl Peer {
     /// Starts `tcp_peer ARGS` in `ns` and in `cgroup`, both entered before it runs, so every
-    /// socket it makes belongs to them.
+    /// socket it makes belongs to them. It makes none until [`Peer::go`].
     pub fn start(ns: &Netns, cgroup: &Cgroup, args: &[&str]) -> Peer {
         let netns = fs::File::open(format!("/run/netns/{}", ns.name())).expect("open netns");
         let procs = cgroup.path().join("cgroup.procs");
         let mut command = Command::new(binary());
         command
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         let netns_fd = netns.as_raw_fd();
         // SAFETY: runs in the forked child before exec: an open/write/close of cgroup.procs
@@ -135,7 +136,18 @@ impl Peer {
         let mut child = command.spawn().expect("start tcp_peer");
         drop(netns);
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Peer { child, stdout }
+        let stdin = child.stdin.take();
+        Peer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Lets the peer go on and make its sockets.
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go once");
+        stdin.write_all(b"go\n").expect("write to tcp_peer");
     }
 
     /// Starts a peer listening on `addr` that accepts `count` connections.

@@ -1,8 +1,9 @@
 //! `tcp_peer`: a process of its own that makes TCP sockets for the owner tests, and says which.
 //!
-//! `tcp_peer listen ADDR COUNT` listens on ADDR, accepts COUNT connections (reading each to
-//! end-of-file, then closing it) and exits; `tcp_peer connect ADDR` connects to ADDR, sends a line,
-//! reads to end-of-file and exits. Each socket is announced on stdout as it is made:
+//! It first waits for one line on stdin (so a test can learn its pid, and start an agent that
+//! filters on it, before it makes any socket). Then `tcp_peer listen ADDR COUNT` listens on ADDR,
+//! accepts COUNT connections (reading each to end-of-file, then closing it) and exits;
+//! `tcp_peer connect ADDR` connects to ADDR, sends a line, reads to end-of-file and exits. Each socket is announced on stdout as it is made:
 //! `listener|accepted|connected pid=P cookie=C port=LOCAL_PORT`, with the socket's cookie
 //! (`SO_COOKIE`). Every wait is bounded (20 s in all), so a test that goes wrong cannot hang it.
 
@@ -17,6 +18,11 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn main() -> ExitCode {
+    let mut go = String::new();
+    if let Err(err) = io::stdin().read_line(&mut go) {
+        eprintln!("tcp_peer: reading stdin: {err}");
+        return ExitCode::FAILURE;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["listen", addr, count] => parse(addr).and_then(|addr| {
