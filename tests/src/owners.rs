@@ -2,10 +2,12 @@
 //! say which (the `tcp_peer` binary of this crate), for the tests of socket owners and of the
 //! `--pid`, `--netns` and `--cgroup` filters.
 
+use std::ffi::CString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -91,6 +93,43 @@ fn binary() -> PathBuf {
     profile_dir.join("tcp_peer")
 }
 
+/// Makes the process `command` starts enter network namespace `ns`, and `cgroup` if given,
+/// before it runs anything. Returns the namespace file, which must stay open until the process
+/// is spawned.
+pub fn confine(command: &mut Command, ns: &Netns, cgroup: Option<&Cgroup>) -> fs::File {
+    let netns = fs::File::open(format!("/run/netns/{}", ns.name())).expect("open netns");
+    let netns_fd = netns.as_raw_fd();
+    let procs = cgroup.map(|cgroup| {
+        CString::new(
+            cgroup
+                .path()
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_vec(),
+        )
+        .expect("a path without NUL")
+    });
+    // SAFETY: runs in the forked child before exec and only makes system calls on memory
+    // prepared before the fork: "0" written to cgroup.procs moves the writing process; setns on
+    // an fd the parent keeps open until the spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(procs) = &procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    netns
+}
+
 /// A socket a peer announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Announced {
@@ -114,25 +153,12 @@ impl Peer {
     /// Starts `tcp_peer ARGS` in `ns` and in `cgroup`, both entered before it runs, so every
     /// socket it makes belongs to them. It makes none until [`Peer::go`].
     pub fn start(ns: &Netns, cgroup: &Cgroup, args: &[&str]) -> Peer {
-        let netns = fs::File::open(format!("/run/netns/{}", ns.name())).expect("open netns");
-        let procs = cgroup.path().join("cgroup.procs");
         let mut command = Command::new(binary());
         command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        let netns_fd = netns.as_raw_fd();
-        // SAFETY: runs in the forked child before exec: an open/write/close of cgroup.procs
-        // ("0" moves the writing process) and setns on an fd the parent keeps open.
-        unsafe {
-            command.pre_exec(move || {
-                fs::write(&procs, "0")?;
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let netns = confine(&mut command, ns, Some(cgroup));
         let mut child = command.spawn().expect("start tcp_peer");
         drop(netns);
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));

@@ -18,6 +18,33 @@ pub fn build_agent(profile: Profile) -> Result<()> {
     Ok(())
 }
 
+/// Builds the correlation example (`agent-common`'s `link_to_connection`) and returns the path of
+/// its binary.
+pub fn build_link_example(profile: Profile) -> Result<PathBuf> {
+    build(
+        profile,
+        &[
+            "-p",
+            "agent-common",
+            "--example",
+            "link_to_connection",
+            "--features",
+            "opentelemetry",
+        ],
+    )?;
+    let bin = paths::target_dir()
+        .join(profile.dir_name())
+        .join("examples")
+        .join("link_to_connection");
+    if !bin.is_file() {
+        bail!(
+            "cargo built link_to_connection but {} is not there",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// Builds the load generator (release) and returns the path of its binary.
 pub fn build_loadgen() -> Result<PathBuf> {
     build(Profile::Release, &["-p", "xtask", "--bin", "loadgen"])?;

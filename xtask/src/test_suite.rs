@@ -13,6 +13,8 @@ use crate::{cargo, setup};
 
 /// Environment variable through which the integration tests find the agent binary.
 const AGENT_BIN_ENV: &str = "TCPSTATES_BIN";
+/// Where the tests find the correlation example (`link_to_connection`).
+const LINK_EXAMPLE_ENV: &str = "LINK_TO_CONNECTION_BIN";
 
 /// Sets up, builds the debug agent, then runs `cargo test` on the default members (every crate but
 /// the kernel program, which only builds for the BPF target) one test at a time, since the
@@ -20,9 +22,11 @@ const AGENT_BIN_ENV: &str = "TCPSTATES_BIN";
 pub fn test(args: &TestArgs) -> Result<()> {
     setup::setup()?;
     cargo::build_agent(Profile::Debug)?;
+    let example = cargo::build_link_example(Profile::Debug)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(paths::workspace_root())
         .env(AGENT_BIN_ENV, paths::binary(Profile::Debug, "tcpstates"))
+        .env(LINK_EXAMPLE_ENV, example)
         .arg("test")
         .args(&args.cargo_args)
         .arg("--");
