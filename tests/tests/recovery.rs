@@ -1,6 +1,6 @@
 //! No event lost silently under load: at the highest loopback connection rate, the kernel skips
-//! some runs of the classic tracepoint program (BPF recursion: a state change made in a softirq
-//! that interrupted it on the same CPU). The BTF tracepoint program records those instead, so
+//! some runs of the main program (BPF recursion: a state change made in a softirq that
+//! interrupted it on the same CPU). The backstop program records those instead, so
 //! every expected event is printed or counted as lost — but for a residue of at most 1 in
 //! 10,000 whose cause is not found yet — and the recovered ones carry the right addresses,
 //! ports and states (a wrong field would make them miss the port filter of this test or break
@@ -22,7 +22,7 @@ const PORT: u16 = 29001;
 const CLIENTS: usize = 6;
 /// How long one round of load lasts.
 const ROUND: Duration = Duration::from_secs(3);
-/// Rounds at most, until the BTF program has recovered something.
+/// Rounds at most, until the backstop program has recovered something.
 const MAX_ROUNDS: usize = 3;
 /// State changes of one connection (client and accepted socket) when the server closes first.
 const EVENTS_PER_CONNECTION: u64 = 10;
@@ -133,7 +133,7 @@ fn events_skipped_to_bpf_recursion_are_recovered_or_reported() {
         }
     }
     panic!(
-        "the BTF program recovered nothing in {MAX_ROUNDS} rounds of load \
+        "the backstop program recovered nothing in {MAX_ROUNDS} rounds of load \
          (connections, printed, lost, recovered): {rounds:?}"
     );
 }

@@ -25,7 +25,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "setpriv"),
 ];
 
-/// Where tracefs is mounted; the classic tracepoint attach needs it.
+/// Where tracefs is mounted: the peer tracers the bench compares with attach classic tracepoints,
+/// which needs it (tcpstates itself attaches BTF tracepoints and does not).
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Runs every setup step.
