@@ -9,10 +9,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use agent_common::correlation::socket_cookie;
 
 /// Longest wait for anything.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -50,34 +52,13 @@ fn parse(addr: &str) -> io::Result<SocketAddr> {
         .map_err(|_| io::Error::other(format!("bad address {addr:?}")))
 }
 
-/// The socket's `SO_COOKIE`.
-fn cookie(socket: impl AsFd) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the fd is open for the call; the buffer and its length describe a valid u64.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cookie)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 fn announce(what: &str, socket: impl AsFd, port: u16) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(
         out,
         "{what} pid={} cookie={} port={port}",
         std::process::id(),
-        cookie(socket)?
+        socket_cookie(socket)?
     )?;
     out.flush()
 }
