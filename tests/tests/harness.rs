@@ -89,9 +89,23 @@ fn parsers_read_the_example_layouts() {
     assert_eq!(row.time.as_deref(), Some("04:11:56"));
     assert_eq!(row.event.raddr.to_string(), "::1");
 
-    let json = r#"{"ts_ns":5,"time":"2026-01-01T00:00:00Z","skaddr":"ffff888102e42500","pid":1,"comm":"x","ip":4,"laddr":"127.0.0.1","lport":0,"raddr":"127.0.0.1","rport":80,"oldstate":"CLOSE","newstate":"SYN_SENT","span_ns":0,"ms":0.0}"#;
-    assert_eq!(parse_json(json).expect("json").event.rport, 80);
+    let json = r#"{"ts_ns":5,"time":"2026-01-01T00:00:00Z","skaddr":"ffff888102e42500","cookie":4122,"pid":1,"comm":"x","owner_pid":7,"owner_comm":"curl","uid":0,"netns":4026531840,"cgroup_id":1,"ip":4,"laddr":"127.0.0.1","lport":0,"raddr":"127.0.0.1","rport":80,"oldstate":"CLOSE","newstate":"SYN_SENT","span_ns":0,"ms":0.0}"#;
+    let parsed = parse_json(json).expect("json");
+    assert_eq!(parsed.event.rport, 80);
+    assert_eq!(
+        (
+            parsed.cookie,
+            parsed.owner_pid,
+            parsed.owner_comm.as_deref()
+        ),
+        (4122, Some(7), Some("curl"))
+    );
+    let unknown = json
+        .replace("\"owner_pid\":7", "\"owner_pid\":null")
+        .replace("\"owner_comm\":\"curl\"", "\"owner_comm\":null");
+    assert_eq!(parse_json(&unknown).expect("json").owner_pid, None);
     assert!(parse_json(&json.replace("\"ip\":4", "\"ip\":5")).is_err());
+    assert!(parse_json(&json.replace("\"cookie\":4122,", "")).is_err());
 
     let header = "SKADDR           C-PID C-COMM     LADDR           LPORT RADDR           RPORT OLDSTATE    -> NEWSTATE    MS";
     assert!(parse_row(header, Layout::default()).is_none());
