@@ -6,6 +6,11 @@ use std::{error::Error, process::ExitCode};
 use clap::Parser as _;
 use tcpstates::{cli::Cli, config::Config, tracer::Summary};
 
+/// jemalloc instead of glibc's allocator: with `--otlp` every span is built on the event thread
+/// and freed on the export thread, which glibc's arenas handle poorly.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let config = match Config::new(Cli::parse(), |name| std::env::var(name).ok()) {
         Ok(config) => config,

@@ -17,10 +17,11 @@ pub const BPF_TOOLCHAIN: &str = include_str!("../../agent-ebpf/bpf-toolchain").t
 /// The bpf-linker release that works with the pinned nightly (later ones want a system LLVM 23).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
-/// Debian packages the tests and the bench use, with what for.
+/// Debian packages the build, the tests and the bench use, with what for.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns"),
     ("libpython3.11", "rotel-agent (OTLP receiver)"),
+    ("make", "building jemalloc (the agent's allocator)"),
     ("systemd", "systemd-journald, journalctl"),
     ("util-linux", "setpriv"),
 ];
