@@ -34,12 +34,16 @@ pub struct Filter {
     pub owner_pid: u32,
     /// Non-zero: keep only sockets in the network namespace with this inode number.
     pub netns: u32,
-    /// Non-zero: keep only sockets of the cgroup (v2) with this id.
+    /// Non-zero: keep only sockets of the cgroup (v2) with this id or of its descendants.
     pub cgroup_id: u64,
+    /// Depth of that cgroup in the hierarchy (0 for the root).
+    pub cgroup_level: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `Filter` is `repr(C)`, `Copy`, has no implicit padding (2+1+1+4+4+4+8 bytes) and
+// SAFETY: `Filter` is `repr(C)`, `Copy`, has no implicit padding (2+1+1+4+4+4+8+4+4 bytes) and
 // every bit pattern is a valid value.
 unsafe impl aya::Pod for Filter {}
 

@@ -37,6 +37,10 @@ pub struct SockOffsets {
     pub cgroup: u32,
     /// `cgroup.kn` (pointer to `struct kernfs_node`).
     pub cgroup_kn: u32,
+    /// `cgroup.level` (int): depth in the hierarchy.
+    pub cgroup_level: u32,
+    /// `cgroup.ancestors`: pointers to the cgroup's ancestors and itself, indexed by level.
+    pub cgroup_ancestors: u32,
     /// `kernfs_node.id` (u64).
     pub kn_id: u32,
 }

@@ -20,7 +20,7 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
     },
     macros::{btf_map, btf_tracepoint, map},
@@ -104,6 +104,8 @@ static FILTER: Filter = Filter {
     owner_pid: 0,
     netns: 0,
     cgroup_id: 0,
+    cgroup_level: 0,
+    pad: 0,
 };
 
 /// Offsets of the fields read from the socket, set by user space at load time.
@@ -123,6 +125,8 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     net_inum: 0,
     cgroup: 0,
     cgroup_kn: 0,
+    cgroup_level: 0,
+    cgroup_ancestors: 0,
     kn_id: 0,
 };
 
@@ -205,6 +209,24 @@ impl Kernel {
         bytes[8..].copy_from_slice(&self.load::<u64>(offset + 8).to_ne_bytes());
         bytes
     }
+}
+
+/// Whether `cgroup` descends from the cgroup `id` at depth `level`: its ancestor at that depth
+/// (`cgroup->ancestors[level]`) is that cgroup. The verifier checks typed loads only up to the
+/// flexible `ancestors` array, so the walk reads with `bpf_probe_read_kernel`.
+fn under_cgroup(cgroup: Kernel, id: u64, level: u32) -> bool {
+    if cgroup.load::<i32>(offset!(cgroup_level)) < level as i32 {
+        return false;
+    }
+    let read = |address: usize| -> Option<u64> {
+        // SAFETY: bpf_probe_read_kernel copies from kernel memory and cannot fault.
+        unsafe { bpf_probe_read_kernel(address as *const u64) }.ok()
+    };
+    let slot = cgroup.0 as usize + offset!(cgroup_ancestors) + 8 * level as usize;
+    let ancestor_id = read(slot)
+        .and_then(|ancestor| read(ancestor as usize + offset!(cgroup_kn)))
+        .and_then(|kn| read(kn as usize + offset!(kn_id)));
+    ancestor_id == Some(id)
 }
 
 /// The socket's state in socket storage, created on first sight; `None` if the kernel could not
@@ -298,11 +320,14 @@ fn record(ctx: &BtfTracePointContext) {
     if filter.netns != 0 && netns != filter.netns {
         return;
     }
-    let cgroup_id = sock
-        .follow(offset!(cgroup))
+    let cgroup = sock.follow(offset!(cgroup));
+    let cgroup_id = cgroup
         .follow(offset!(cgroup_kn))
         .load::<u64>(offset!(kn_id));
-    if filter.cgroup_id != 0 && cgroup_id != filter.cgroup_id {
+    if filter.cgroup_id != 0
+        && cgroup_id != filter.cgroup_id
+        && !under_cgroup(cgroup, filter.cgroup_id, filter.cgroup_level)
+    {
         return;
     }
 

@@ -281,6 +281,8 @@ pub fn sock_offsets(btf: &Btf) -> Result<agent_common::sock::SockOffsets, BtfErr
         net_inum: field("net", "ns.inum", 4)?,
         cgroup: field("sock", "sk_cgrp_data.cgroup", 8)?,
         cgroup_kn: field("cgroup", "kn", 8)?,
+        cgroup_level: field("cgroup", "level", 4)?,
+        cgroup_ancestors: btf.member("cgroup", "ancestors")?.offset,
         kn_id: field("kernfs_node", "id", 8)?,
     })
 }

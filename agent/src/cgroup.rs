@@ -133,6 +133,34 @@ pub fn cgroup_id_of(path: &Path) -> Result<u64, CgroupError> {
     Ok(dir.metadata().map_err(io)?.ino())
 }
 
+/// A cgroup v2 as the kernel program filters on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupRef {
+    /// Its id (the inode number of its directory).
+    pub id: u64,
+    /// Its depth in the hierarchy: 0 for the root, 1 for its children, …
+    pub level: u32,
+}
+
+/// The cgroup v2 whose directory is `path` (as for [`cgroup_id_of`]), with its depth: the
+/// number of its ancestors that are cgroup2 directories.
+pub fn cgroup_of(path: &Path) -> Result<CgroupRef, CgroupError> {
+    let id = cgroup_id_of(path)?;
+    let canonical = path.canonicalize().map_err(|source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let ancestors = canonical
+        .ancestors()
+        .skip(1)
+        .take_while(|dir| cgroup_id_of(dir).is_ok())
+        .count();
+    Ok(CgroupRef {
+        id,
+        level: u32::try_from(ancestors).unwrap_or(u32::MAX),
+    })
+}
+
 /// The inode number of the network namespace whose nsfs file is `path`, such as
 /// `/proc/PID/ns/net` or `/run/netns/NAME`.
 pub fn netns_inode_of(path: &Path) -> Result<u64, CgroupError> {
@@ -509,6 +537,20 @@ mod tests {
         let id = cgroup_id_of(&mount.join(own.trim_start_matches('/'))).unwrap();
         let mut paths = CgroupPaths::with_root(&mount, capacity(64));
         assert_eq!(paths.path(id), Some(own));
+
+        assert_eq!(
+            cgroup_of(&mount).unwrap(),
+            CgroupRef {
+                id: root_id,
+                level: 0
+            }
+        );
+        let depth = own.split('/').filter(|part| !part.is_empty()).count();
+        let level = u32::try_from(depth).unwrap();
+        assert_eq!(
+            cgroup_of(&mount.join(own.trim_start_matches('/'))).unwrap(),
+            CgroupRef { id, level }
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@ use std::path::Path;
 
 use clap::{ArgGroup, Parser};
 
-use crate::{cgroup, config::PortList};
+use crate::{
+    cgroup::{self, CgroupRef},
+    config::PortList,
+};
 
 const EXAMPLES: &str = "\
 examples:
@@ -72,10 +75,10 @@ pub struct Cli {
     /// have no known owner and are left out).
     #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub owner_pid: Option<u32>,
-    /// Only sockets of this cgroup (v2), e.g. /sys/fs/cgroup/system.slice/nginx.service
-    /// (filtered in-kernel).
+    /// Only sockets of this cgroup (v2) or of cgroups below it, e.g.
+    /// /sys/fs/cgroup/system.slice/nginx.service (filtered in-kernel).
     #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
-    pub cgroup: Option<u64>,
+    pub cgroup: Option<CgroupRef>,
     /// Only sockets in this network namespace, e.g. /proc/PID/ns/net or /run/netns/NAME
     /// (filtered in-kernel).
     #[arg(long, value_name = "PATH", value_parser = parse_netns)]
@@ -103,8 +106,8 @@ pub struct Cli {
     pub ring_buffer_mib: u32,
 }
 
-fn parse_cgroup(path: &str) -> Result<u64, String> {
-    cgroup::cgroup_id_of(Path::new(path)).map_err(|err| err.to_string())
+fn parse_cgroup(path: &str) -> Result<CgroupRef, String> {
+    cgroup::cgroup_of(Path::new(path)).map_err(|err| err.to_string())
 }
 
 fn parse_netns(path: &str) -> Result<u32, String> {

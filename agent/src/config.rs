@@ -5,6 +5,7 @@ use std::{collections::BTreeSet, fmt, num::NonZeroUsize, str::FromStr};
 use agent_common::state::{AF_INET, AF_INET6};
 
 use crate::{
+    cgroup::CgroupRef,
     cli::Cli,
     sink::otlp::settings::{ExportSettings, SettingsError},
 };
@@ -97,8 +98,8 @@ pub struct Config {
     pub owner_pid: Option<u32>,
     /// Only sockets in the network namespace with this inode number.
     pub netns: Option<u32>,
-    /// Only sockets of the cgroup with this id.
-    pub cgroup_id: Option<u64>,
+    /// Only sockets of this cgroup or of its descendants.
+    pub cgroup: Option<CgroupRef>,
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: u32,
     /// OpenTelemetry export, with `--otlp`.
@@ -160,7 +161,7 @@ impl Config {
             remote_ports: cli.remote_ports,
             owner_pid: cli.owner_pid,
             netns: cli.netns,
-            cgroup_id: cli.cgroup,
+            cgroup: cli.cgroup,
             ring_buffer_bytes: cli.ring_buffer_mib << 20,
             otlp,
         })

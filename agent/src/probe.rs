@@ -80,7 +80,9 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
         wakeup_bytes: wakeup_bytes(config.ring_buffer_bytes),
         owner_pid: config.owner_pid.unwrap_or(0),
         netns: config.netns.unwrap_or(0),
-        cgroup_id: config.cgroup_id.unwrap_or(0),
+        cgroup_id: config.cgroup.map_or(0, |cgroup| cgroup.id),
+        cgroup_level: config.cgroup.map_or(0, |cgroup| cgroup.level),
+        pad: 0,
     };
     let sock_offsets = btf::sock_offsets(&btf::Btf::from_file(btf::VMLINUX)?)?;
     let mut ebpf = EbpfLoader::new()

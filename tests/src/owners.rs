@@ -47,7 +47,16 @@ pub struct Cgroup {
 impl Cgroup {
     /// Creates `tcpstates-test-<pid>-<n>` under the cgroup2 root.
     pub fn create() -> Cgroup {
-        let path = cgroup2_root().join(format!(
+        Cgroup::create_under(&cgroup2_root())
+    }
+
+    /// Creates `tcpstates-test-<pid>-<n>` below `parent` (drop it before its parent).
+    pub fn create_in(parent: &Cgroup) -> Cgroup {
+        Cgroup::create_under(&parent.path)
+    }
+
+    fn create_under(dir: &Path) -> Cgroup {
+        let path = dir.join(format!(
             "tcpstates-test-{}-{}",
             std::process::id(),
             NEXT_ID.fetch_add(1, Ordering::Relaxed)

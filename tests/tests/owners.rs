@@ -36,10 +36,11 @@ struct Made {
 }
 
 impl Site {
-    /// A namespace, a cgroup, and a server that will listen on `port` there (not yet).
-    fn new(port: u16) -> Site {
+    /// A namespace, a cgroup (below `parent`, if given), and a server that will listen on
+    /// `port` there (not yet).
+    fn new(port: u16, parent: Option<&Cgroup>) -> Site {
         let ns = Netns::create();
-        let cgroup = Cgroup::create();
+        let cgroup = parent.map_or_else(Cgroup::create, Cgroup::create_in);
         let server = Peer::listen(&ns, &cgroup, addr(port), 1);
         Site {
             ns,
@@ -134,14 +135,17 @@ fn check_owner(
 
 #[test]
 fn owners_namespaces_and_cgroups_are_told_apart_and_filtered_in_the_kernel() {
-    let a = Site::new(30001);
-    let b = Site::new(30002);
+    let parent_b = Cgroup::create();
+    let a = Site::new(30001, None);
+    let b = Site::new(30002, Some(&parent_b));
     let netns_a = format!("/run/netns/{}", a.ns.name());
     let cgroup_b = b.cgroup.path().to_string_lossy().into_owned();
+    let above_b = parent_b.path().to_string_lossy().into_owned();
     let server_a = a.server.pid().to_string();
     let all = Agent::start(&["--json"]);
     let in_netns_a = Agent::start(&["--json", "--netns", &netns_a]);
     let in_cgroup_b = Agent::start(&["--json", "--cgroup", &cgroup_b]);
+    let under_parent_b = Agent::start(&["--json", "--cgroup", &above_b]);
     let of_server_a = Agent::start(&["--json", "--pid", &server_a]);
 
     let (made_a, ns_a, cgroup_a) = a.run();
@@ -196,7 +200,8 @@ fn owners_namespaces_and_cgroups_are_told_apart_and_filtered_in_the_kernel() {
     assert_ne!(netns_inode(&ns_a), netns_inode(&ns_b));
     assert_ne!(cgroup_a.id(), cgroup_b.id());
 
-    // The filters: only what is in namespace A, in cgroup B, or owned by A's server.
+    // The filters: only what is in namespace A, in cgroup B (or below B's parent), or owned by
+    // A's server.
     let kept = |agent: &Agent, cookies: &BTreeSet<u64>, expected: usize| -> BTreeSet<u64> {
         await_sessions(agent, cookies, expected)
             .into_keys()
@@ -210,11 +215,16 @@ fn owners_namespaces_and_cgroups_are_told_apart_and_filtered_in_the_kernel() {
     );
     assert_eq!(kept(&in_cgroup_b, &cookies_b, 12), cookies_b, "--cgroup");
     assert_eq!(
+        kept(&under_parent_b, &cookies_b, 12),
+        cookies_b,
+        "--cgroup of the parent"
+    );
+    assert_eq!(
         kept(&of_server_a, &of_a_server, 7),
         of_a_server,
         "--pid {server_a}"
     );
-    for agent in [all, in_netns_a, in_cgroup_b, of_server_a] {
+    for agent in [all, in_netns_a, in_cgroup_b, under_parent_b, of_server_a] {
         let finished = agent.stop(libc::SIGINT);
         assert_eq!(finished.code(), 0, "{finished:#?}");
     }
