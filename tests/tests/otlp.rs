@@ -780,3 +780,69 @@ fn endpoint_without_scheme_is_a_usage_error() {
         "localhost:4317",
     );
 }
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` reaches the wire: rotel does not show request headers, so this
+/// test takes the receiver's place on a loopback port and reads the agent's OTLP/HTTP request
+/// itself (head only), then answers it as a receiver would.
+#[test]
+fn otel_exporter_otlp_headers_are_sent_with_each_request() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 28041));
+    let mut command = agent::command(&["--otlp", &endpoint, "-q", "-L", "28041"]);
+    command
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=blue,x-api-key=s3cret",
+        );
+    let agent = Agent::start_command(command);
+    let ns = Netns::create();
+    traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
+
+    listener.set_nonblocking(true).expect("non-blocking");
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no export request within {ARRIVAL_TIMEOUT:?}"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(EVENT_TIMEOUT))
+        .expect("read timeout");
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = stream.read(&mut byte).expect("read the request head");
+        assert_eq!(read, 1, "the request ended early: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("post /v1/traces "), "{head}");
+    for header in [
+        "x-tenant: blue\r\n",
+        "x-api-key: s3cret\r\n",
+        "content-type: application/x-protobuf\r\n",
+    ] {
+        assert!(head.contains(header), "no {header:?} in:\n{head}");
+    }
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+        )
+        .expect("answer");
+    let finished = stop(agent, libc::SIGTERM);
+    assert_eq!(finished.code(), 0, "{finished:#?}");
+}
