@@ -147,7 +147,7 @@ impl SpanExport {
     }
 
     /// Closes the queue and waits until everything queued is exported or given up on (at most
-    /// about [`FLUSH_DEADLINE`] while the collector is unreachable).
+    /// about 10 s, `FLUSH_DEADLINE`, while the collector is unreachable).
     pub fn finish(self) -> ExportCounts {
         drop(self.queue);
         // A panicking export thread has nothing more to export; its counts stand.
