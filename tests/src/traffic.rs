@@ -175,7 +175,7 @@ pub struct OpenConnection {
 
 impl OpenConnection {
     /// Opens the connection in the calling thread's namespace, from `from` if given.
-    fn here(server: SocketAddr, from: Option<SocketAddr>) -> OpenConnection {
+    pub fn here(server: SocketAddr, from: Option<SocketAddr>) -> OpenConnection {
         let listener = listen(server);
         let (client, accepted) = connect_and_accept(&listener, server, from);
         OpenConnection {

@@ -9,13 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use integration_tests::agent::{Agent, EVENT_TIMEOUT};
 use integration_tests::events::{JsonEvent, parse_json, parse_json_lines};
 use integration_tests::netns::Netns;
 use integration_tests::owners::{Announced, Cgroup, Peer, netns_inode};
-use integration_tests::traffic;
+use integration_tests::traffic::{Closer, OpenConnection};
 
 /// One namespace and cgroup with a server process and a client process talking in it.
 struct Site {
@@ -230,22 +229,54 @@ fn owners_namespaces_and_cgroups_are_told_apart_and_filtered_in_the_kernel() {
     }
 }
 
+/// Connections per round of the address-reuse test, and at most in all.
+const BATCH: usize = 100;
+const MAX_CONNECTIONS: usize = 1000;
+
+/// Keeps the calling thread on `cpu`.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[test]
 fn a_reused_socket_address_starts_a_new_session_with_no_leftover_duration() {
     let ns = Netns::create();
     let server = addr(30011);
     let netns = format!("/run/netns/{}", ns.name());
     let agent = Agent::start(&["--json", "--netns", &netns]);
-    // Sequential connections: a freed socket's memory is handed to the next one soon.
+    // Sequential connections from one thread kept on one CPU: the kernel hands a freed socket's
+    // memory (from that CPU's free list) to one of the next sockets.
     let mut connections = 0;
     let reused = loop {
-        traffic::connect_and_close(&ns, server, Duration::ZERO, traffic::Closer::Server);
-        connections += 1;
-        let lines = agent_lines(&agent);
-        let events: Vec<JsonEvent> = lines
-            .iter()
-            .map(|line| parse_json(line).expect("JSON"))
-            .collect();
+        ns.run(|| {
+            pin_to_cpu(0);
+            for _ in 0..BATCH {
+                OpenConnection::here(server, None).close(Closer::Server);
+            }
+        });
+        connections += BATCH;
+        // Every socket of every connection so far has ended: the listener, the client and the
+        // accepted socket each reached CLOSE.
+        let closed = 3 * connections;
+        let lines = agent.await_stdout("every socket's CLOSE", EVENT_TIMEOUT, |lines| {
+            let ended = parse_json_lines(lines)
+                .iter()
+                .filter(|event| event.event.newstate == "CLOSE")
+                .count();
+            (ended >= closed).then(|| lines.to_vec())
+        });
+        let events = parse_json_lines(&lines);
         let mut cookies_at: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
         for event in &events {
             cookies_at
@@ -257,7 +288,7 @@ fn a_reused_socket_address_starts_a_new_session_with_no_leftover_duration() {
             break events;
         }
         assert!(
-            connections < 200,
+            connections < MAX_CONNECTIONS,
             "no socket address reused in {connections} connections"
         );
     };
