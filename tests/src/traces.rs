@@ -282,7 +282,8 @@ impl Role {
 
 /// Checks the shape of a session's trace: a root without parent; one child per state of
 /// `states`, in that order, each INTERNAL, status unset, a child of the root, with
-/// `network.transport=tcp` and its `network.connection.state` and nothing else; the children
+/// its `network.connection.state` and nothing else (the connection's own attributes are the
+/// root's); the children
 /// end to end (each starts where the previous one ended), the first starting with the root and
 /// the last ending with it. `ended_early` is the end reason of a session ended before its CLOSE
 /// (`shutdown`): then the root and the last child carry `tcpstates.session.incomplete=true`
@@ -314,13 +315,10 @@ pub fn check_trace(trace: &Trace, states: &[&str], ended_early: Option<&str>) {
         assert_eq!(child.kind, SpanKind::Internal, "{context}");
         assert_eq!(child.status_code, StatusCode::Unset, "{context}");
         let last = index + 1 == trace.children.len();
-        let mut expected = BTreeMap::from([
-            ("network.transport".to_owned(), AttrValue::Str("tcp".into())),
-            (
-                "network.connection.state".to_owned(),
-                AttrValue::Str(connection_state(&child.name).into()),
-            ),
-        ]);
+        let mut expected = BTreeMap::from([(
+            "network.connection.state".to_owned(),
+            AttrValue::Str(connection_state(&child.name).into()),
+        )]);
         if let (true, Some(reason)) = (last, ended_early) {
             expected.insert(INCOMPLETE.to_owned(), AttrValue::Bool(true));
             expected.insert(END_REASON.to_owned(), AttrValue::Str(reason.into()));

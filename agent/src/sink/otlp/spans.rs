@@ -88,7 +88,9 @@ impl SpanFactory {
                 end_ns,
                 incomplete,
             } => {
-                let mut attributes = vec![KeyValue::new(NETWORK_TRANSPORT, "tcp")];
+                // The connection's attributes are the root's: a state span carries only its
+                // state, which keeps the many state spans cheap to build and export.
+                let mut attributes = Vec::with_capacity(1);
                 if let Some(value) = connection_state(*state) {
                     attributes.push(KeyValue::new(NETWORK_CONNECTION_STATE, value));
                 }
