@@ -268,14 +268,13 @@ fn record(ctx: &BtfTracePointContext) {
     // SAFETY: a helper without arguments or side effects.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let comm = bpf_get_current_comm().unwrap_or_default();
     // The socket's own state is kept up to date even for transitions filtered out below, so a
     // socket's owner and durations stay right when later transitions pass the filters.
     let (span_ns, owner_pid, flags, owner_comm) = match socket_state(sk) {
         Some(state) => {
             if runs_as_owner(oldstate, newstate) {
                 state.owner_pid = pid;
-                state.owner_comm = comm;
+                state.owner_comm = bpf_get_current_comm().unwrap_or_default();
                 state.flags = u32::from(FLAG_OWNER_KNOWN);
             }
             let span_ns = if starts_socket(oldstate, newstate) || state.last_ns == 0 {
@@ -370,7 +369,8 @@ fn record(ctx: &BtfTracePointContext) {
         flags,
         saddr,
         daddr,
-        comm,
+        // Read only for a transition that passed the filters.
+        comm: bpf_get_current_comm().unwrap_or_default(),
         owner_comm,
     });
     let wakeup = match filter.wakeup_bytes {

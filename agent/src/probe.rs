@@ -4,7 +4,7 @@ use agent_common::filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, tp_btf::BtfTracePointLink},
+    programs::{BtfTracePoint, ProgramError, ProgramFd, tp_btf::BtfTracePointLink},
 };
 
 use crate::{
@@ -102,12 +102,8 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
 
     let btf = aya::Btf::from_sys_fs().map_err(EbpfError::from)?;
     // The backstop first: from its attachment on, every hit the main program misses is caught.
-    let backstop = attach_program(&mut ebpf, BACKSTOP, &btf)?;
-    let main = attach_program(&mut ebpf, MAIN, &btf)?;
-    let main_fd = main_program(&mut ebpf)?
-        .fd()
-        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
-        .map_err(|source| ProbeError::Program { name: MAIN, source })?;
+    let (backstop, _) = attach_program(&mut ebpf, BACKSTOP, &btf)?;
+    let (main, main_fd) = attach_program(&mut ebpf, MAIN, &btf)?;
 
     let events =
         RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
@@ -146,19 +142,13 @@ impl Attachment {
     }
 }
 
-fn main_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, ProbeError> {
-    ebpf.program_mut(MAIN)
-        .ok_or(ProgramError::NotLoaded)
-        .and_then(TryInto::try_into)
-        .map_err(|source| ProbeError::Program { name: MAIN, source })
-}
-
-/// Loads program `name` of the object and attaches it to the tracepoint.
+/// Loads program `name` of the object and attaches it to the tracepoint; returns the attachment
+/// and the program's fd (for its `recursion_misses`).
 fn attach_program(
     ebpf: &mut Ebpf,
     name: &'static str,
     btf: &aya::Btf,
-) -> Result<BtfTracePointLink, ProbeError> {
+) -> Result<(BtfTracePointLink, ProgramFd), ProbeError> {
     let program: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or(ProgramError::NotLoaded)
@@ -168,6 +158,10 @@ fn attach_program(
         .load(TRACEPOINT, btf)
         .and_then(|()| program.attach())
         .and_then(|id| program.take_link(id))
+        .and_then(|link| {
+            let fd = program.fd()?.try_clone()?;
+            Ok((link, fd))
+        })
         .map_err(|source| ProbeError::Program { name, source })
 }
 
