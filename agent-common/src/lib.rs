@@ -15,7 +15,7 @@ pub mod counters;
 pub mod decode;
 pub mod event;
 pub mod filter;
-pub mod sock;
+pub mod offsets;
 pub mod state;
 
 #[cfg(feature = "std")]

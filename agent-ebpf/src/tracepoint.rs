@@ -14,14 +14,17 @@ use agent_common::{
     counters::Counter,
     event::{COMM_LEN, FLAG_OWNER_KNOWN, RawStateChange},
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
-    sock::SockOffsets,
+    offsets::FieldOffsets,
     state::{AF_INET, AF_INET6, IPPROTO_TCP, runs_as_owner, starts_socket},
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_sk_storage_get,
+            bpf_skc_to_tcp_sock,
+        },
     },
     macros::{btf_map, btf_tracepoint, map},
     maps::{Array, PerCpuArray, RingBuf},
@@ -110,7 +113,7 @@ static FILTER: Filter = Filter {
 
 /// Offsets of the fields read from the socket, set by user space at load time.
 #[unsafe(no_mangle)]
-static SOCK_OFFSETS: SockOffsets = SockOffsets {
+static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
     family: 0,
     protocol: 0,
     num: 0,
@@ -128,14 +131,16 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     cgroup_level: 0,
     cgroup_ancestors: 0,
     kn_id: 0,
+    task_tgid: 0,
+    task_comm: 0,
 };
 
-/// Reads one offset of [`SOCK_OFFSETS`] on its own, so the verifier sees it as the constant of
+/// Reads one offset of [`FIELD_OFFSETS`] on its own, so the verifier sees it as the constant of
 /// the frozen read-only global and can check the load it is used for against the kernel's BTF.
 macro_rules! offset {
     ($field:ident) => {
         // SAFETY: a read-only global; the volatile read keeps its load-time value.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(SOCK_OFFSETS.$field)) as usize }
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(FIELD_OFFSETS.$field)) as usize }
     };
 }
 
@@ -204,10 +209,40 @@ impl Kernel {
 
     /// A 16-byte IPv6 address, loaded as two 8-byte words.
     fn addr_v6(self, offset: usize) -> [u8; 16] {
+        self.bytes16(offset)
+    }
+
+    /// 16 bytes, loaded as two 8-byte words.
+    fn bytes16(self, offset: usize) -> [u8; 16] {
         let mut bytes = [0; 16];
         bytes[..8].copy_from_slice(&self.load::<u64>(offset).to_ne_bytes());
         bytes[8..].copy_from_slice(&self.load::<u64>(offset + 8).to_ne_bytes());
         bytes
+    }
+}
+
+/// The task on the CPU: a trusted BTF pointer, read with the same typed loads as the socket.
+/// Two loads of its `comm` cost a fraction of `bpf_get_current_comm`, which copies the name
+/// byte by byte and pads it.
+#[derive(Clone, Copy)]
+struct Task(Kernel);
+
+impl Task {
+    fn current() -> Self {
+        // SAFETY: a helper without arguments; it returns the current task, never NULL.
+        Self(Kernel(
+            unsafe { bpf_get_current_task_btf() }.cast_const().cast(),
+        ))
+    }
+
+    /// The process id (the kernel's `tgid`).
+    fn pid(self) -> u32 {
+        self.0.load::<i32>(offset!(task_tgid)) as u32
+    }
+
+    /// The command name as the kernel keeps it, NUL-padded (`set_task_comm` pads).
+    fn comm(self) -> [u8; COMM_LEN] {
+        self.0.bytes16(offset!(task_comm))
     }
 }
 
@@ -267,14 +302,15 @@ fn record(ctx: &BtfTracePointContext) {
 
     // SAFETY: a helper without arguments or side effects.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let task = Task::current();
+    let pid = task.pid();
     // The socket's own state is kept up to date even for transitions filtered out below, so a
     // socket's owner and durations stay right when later transitions pass the filters.
     let (span_ns, owner_pid, flags, owner_comm) = match socket_state(sk) {
         Some(state) => {
             if runs_as_owner(oldstate, newstate) {
                 state.owner_pid = pid;
-                state.owner_comm = bpf_get_current_comm().unwrap_or_default();
+                state.owner_comm = task.comm();
                 state.flags = u32::from(FLAG_OWNER_KNOWN);
             }
             let span_ns = if starts_socket(oldstate, newstate) || state.last_ns == 0 {
@@ -370,7 +406,7 @@ fn record(ctx: &BtfTracePointContext) {
         saddr,
         daddr,
         // Read only for a transition that passed the filters.
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: task.comm(),
         owner_comm,
     });
     let wakeup = match filter.wakeup_bytes {

@@ -253,8 +253,9 @@ impl Btf {
 }
 
 /// Offsets of the fields the kernel program reads: the socket's addresses, ports, family,
-/// protocol and uid, and the path to its network namespace's inode and its cgroup's id.
-pub fn sock_offsets(btf: &Btf) -> Result<agent_common::sock::SockOffsets, BtfError> {
+/// protocol and uid, the path to its network namespace's inode and its cgroup's id, and the
+/// on-CPU task's process id and command name.
+pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, BtfError> {
     let field = |outer: &str, path: &str, size: u32| -> Result<u32, BtfError> {
         let member = btf.member(outer, path)?;
         if member.size == size {
@@ -266,7 +267,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<agent_common::sock::SockOffsets, BtfErr
             )))
         }
     };
-    Ok(agent_common::sock::SockOffsets {
+    Ok(agent_common::offsets::FieldOffsets {
         family: field("sock", "__sk_common.skc_family", 2)?,
         protocol: field("sock", "sk_protocol", 2)?,
         num: field("sock", "__sk_common.skc_num", 2)?,
@@ -284,6 +285,8 @@ pub fn sock_offsets(btf: &Btf) -> Result<agent_common::sock::SockOffsets, BtfErr
         cgroup_level: field("cgroup", "level", 4)?,
         cgroup_ancestors: btf.member("cgroup", "ancestors")?.offset,
         kn_id: field("kernfs_node", "id", 8)?,
+        task_tgid: field("task_struct", "tgid", 4)?,
+        task_comm: field("task_struct", "comm", 16)?,
     })
 }
 
@@ -312,7 +315,7 @@ mod tests {
             family.offset < sock_common.size,
             "{family:?} within {sock_common:?}"
         );
-        let offsets = sock_offsets(&btf).expect("every field");
+        let offsets = field_offsets(&btf).expect("every field");
         assert_ne!(offsets.rcv_saddr_v6, offsets.daddr_v6);
         for (name, offset) in [
             ("num", offsets.num),

@@ -84,10 +84,10 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
         cgroup_level: config.cgroup.map_or(0, |cgroup| cgroup.level),
         pad: 0,
     };
-    let sock_offsets = btf::sock_offsets(&btf::Btf::from_file(btf::VMLINUX)?)?;
+    let field_offsets = btf::field_offsets(&btf::Btf::from_file(btf::VMLINUX)?)?;
     let mut ebpf = EbpfLoader::new()
         .override_global("FILTER", &filter, true)
-        .override_global("SOCK_OFFSETS", &sock_offsets, true)
+        .override_global("FIELD_OFFSETS", &field_offsets, true)
         .map_max_entries("EVENTS", config.ring_buffer_bytes)
         .load(PROGRAM_OBJECT)?;
 

@@ -1,5 +1,5 @@
-//! Offsets of the kernel structure fields the program reads from a `struct sock`, found in the
-//! kernel's BTF by user space and written into the program's read-only `SOCK_OFFSETS` global at
+//! Offsets of the kernel structure fields the program reads from a `struct sock` and from the
+//! task on the CPU, found in the kernel's BTF by user space and written into the program's read-only `FIELD_OFFSETS` global at
 //! load (aya-ebpf has no CO-RE field relocations). The verifier sees a frozen read-only global as
 //! a constant, so it checks each load at these offsets against the kernel's BTF like any typed
 //! access.
@@ -7,7 +7,7 @@
 /// Byte offsets, each from the start of the structure named in its doc.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockOffsets {
+pub struct FieldOffsets {
     /// `sock.__sk_common.skc_family` (u16).
     pub family: u32,
     /// `sock.sk_protocol` (u16).
@@ -43,9 +43,13 @@ pub struct SockOffsets {
     pub cgroup_ancestors: u32,
     /// `kernfs_node.id` (u64).
     pub kn_id: u32,
+    /// `task_struct.tgid` (i32): the process id.
+    pub task_tgid: u32,
+    /// `task_struct.comm` (16 bytes, NUL-padded).
+    pub task_comm: u32,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `SockOffsets` is `repr(C)`, `Copy`, u32 fields without padding; any bit pattern is
+// SAFETY: `FieldOffsets` is `repr(C)`, `Copy`, u32 fields without padding; any bit pattern is
 // valid.
-unsafe impl aya::Pod for SockOffsets {}
+unsafe impl aya::Pod for FieldOffsets {}
