@@ -38,12 +38,19 @@ pub struct Filter {
     pub cgroup_id: u64,
     /// Depth of that cgroup in the hierarchy (0 for the root).
     pub cgroup_level: u32,
+    /// Non-zero: every record carries its socket's time in the state it left and its owner,
+    /// because an output prints them with each transition, so the program keeps state for
+    /// every socket it sees. Zero (OTLP export alone): session tracking times the states and
+    /// keeps the owners itself; the program keeps state only for listening sockets (their
+    /// accepted sockets inherit their owner) and, when `owner_pid` or `local_ports` may drop
+    /// a client socket's `connect()` transition but keep later ones, for client sockets.
+    pub full_records: u8,
     /// Explicit padding, always zero.
-    pub pad: u32,
+    pub pad: [u8; 3],
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `Filter` is `repr(C)`, `Copy`, has no implicit padding (2+1+1+4+4+4+8+4+4 bytes) and
+// SAFETY: `Filter` is `repr(C)`, `Copy`, has no implicit padding (2+1+1+4+4+4+8+4+1+3 bytes) and
 // every bit pattern is a valid value.
 unsafe impl aya::Pod for Filter {}
 

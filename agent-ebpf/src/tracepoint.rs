@@ -15,7 +15,7 @@ use agent_common::{
     event::{COMM_LEN, FLAG_OWNER_KNOWN, RawStateChange},
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
     offsets::FieldOffsets,
-    state::{AF_INET, AF_INET6, IPPROTO_TCP, runs_as_owner, starts_socket},
+    state::{AF_INET, AF_INET6, IPPROTO_TCP, LISTEN, runs_as_owner, starts_socket},
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -108,7 +108,8 @@ static FILTER: Filter = Filter {
     netns: 0,
     cgroup_id: 0,
     cgroup_level: 0,
-    pad: 0,
+    full_records: 0,
+    pad: [0; 3],
 };
 
 /// Offsets of the fields read from the socket, set by user space at load time.
@@ -264,9 +265,9 @@ fn under_cgroup(cgroup: Kernel, id: u64, level: u32) -> bool {
     ancestor_id == Some(id)
 }
 
-/// The socket's state in socket storage, created on first sight; `None` if the kernel could not
-/// allocate it.
-fn socket_state(sk: *const u8) -> Option<&'static mut SocketState> {
+/// The socket's state in socket storage, created on first sight if `create`; `None` if it has
+/// none (or the kernel could not allocate it).
+fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut SocketState> {
     let map = core::ptr::addr_of!(SOCKETS).cast_mut().cast::<c_void>();
     // SAFETY: `sk` is the tracepoint's socket argument (a trusted BTF pointer); the helper
     // returns the socket's value or NULL.
@@ -275,7 +276,7 @@ fn socket_state(sk: *const u8) -> Option<&'static mut SocketState> {
             map,
             sk.cast_mut().cast(),
             core::ptr::null_mut(),
-            STORAGE_CREATE,
+            if create { STORAGE_CREATE } else { 0 },
         )
     };
     // SAFETY: a non-NULL result points to this socket's value, which lives as long as the
@@ -304,11 +305,14 @@ fn record(ctx: &BtfTracePointContext) {
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let task = Task::current();
     let pid = task.pid();
-    // The socket's own state is kept up to date even for transitions filtered out below, so a
-    // socket's owner and durations stay right when later transitions pass the filters.
-    let (span_ns, owner_pid, flags, owner_comm) = match socket_state(sk) {
+    // What the kernel keeps with the socket is kept up to date even for transitions filtered
+    // out below, so a socket's owner and durations stay right when later transitions pass.
+    let owner_runs = runs_as_owner(oldstate, newstate);
+    let create = filter.full_records != 0
+        || (owner_runs && (newstate == LISTEN || filter.owner_pid != 0 || filter.local_ports != 0));
+    let (span_ns, owner_pid, flags, owner_comm) = match socket_state(sk, create) {
         Some(state) => {
-            if runs_as_owner(oldstate, newstate) {
+            if owner_runs {
                 state.owner_pid = pid;
                 state.owner_comm = task.comm();
                 state.flags = u32::from(FLAG_OWNER_KNOWN);
@@ -327,8 +331,14 @@ fn record(ctx: &BtfTracePointContext) {
             )
         }
         None => {
-            count(Counter::NoStorage);
-            (0, 0, 0, [0; COMM_LEN])
+            if create {
+                count(Counter::NoStorage);
+            }
+            if owner_runs {
+                (0, pid, FLAG_OWNER_KNOWN, task.comm())
+            } else {
+                (0, 0, 0, [0; COMM_LEN])
+            }
         }
     };
 

@@ -166,6 +166,12 @@ impl Config {
             otlp,
         })
     }
+
+    /// Whether an output shows each transition with its socket's owner and time in the
+    /// previous state (text, CSV, JSON, journal), rather than only sessions (OTLP).
+    pub fn prints_transitions(&self) -> bool {
+        self.format != Format::Quiet || self.journal
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +229,20 @@ mod tests {
             Some("443")
         );
         assert_eq!(config.ring_buffer_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn only_text_csv_json_and_the_journal_print_each_transition() {
+        for (args, prints) in [
+            (&[][..], true),
+            (&["-s"][..], true),
+            (&["-q", "-Y"][..], true),
+            (&["--otlp", "--json"][..], true),
+            (&["--otlp", "-q"][..], false),
+        ] {
+            let config = parse(args).expect("valid flags");
+            assert_eq!(config.prints_transitions(), prints, "{args:?}");
+        }
     }
 
     #[test]

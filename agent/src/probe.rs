@@ -82,7 +82,8 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
         netns: config.netns.unwrap_or(0),
         cgroup_id: config.cgroup.map_or(0, |cgroup| cgroup.id),
         cgroup_level: config.cgroup.map_or(0, |cgroup| cgroup.level),
-        pad: 0,
+        full_records: u8::from(config.prints_transitions()),
+        pad: [0; 3],
     };
     let field_offsets = btf::field_offsets(&btf::Btf::from_file(btf::VMLINUX)?)?;
     let mut ebpf = EbpfLoader::new()

@@ -321,6 +321,50 @@ fn child_durations_equal_text_ms() {
     assert_eq!(compared, 1 + 4 + 4 + 1, "durations compared");
 }
 
+/// Without text, the kernel program keeps no state for client sockets (session tracking times
+/// their states and remembers their owners from the `connect()` transition): an OTLP-only
+/// agent's traces name the same owners as a text agent's lines, and last as long as its MS
+/// says, up to the time between the two agents' programs reading the clock at each transition.
+#[test]
+fn otlp_alone_times_states_and_names_owners_as_the_text_agent_does() {
+    const CLOCK_READS_APART: Duration = Duration::from_millis(1);
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let server: SocketAddr = "127.0.0.1:28004".parse().expect("address");
+    let text = Agent::start_command(agent::command(&[]));
+    let otlp = start_agent(&receiver, &["-q"]);
+    let connection =
+        traffic::connect_and_close(&ns, server, Duration::from_millis(20), Closer::Server);
+    let expected = [
+        LISTENER,
+        Closer::Server.client_transitions(),
+        Closer::Server.server_transitions(),
+    ];
+    await_traces_on_port(&receiver, server.port(), &expected, ARRIVAL_TIMEOUT);
+    await_text_lives(&text, server.port(), expected.len());
+    stop(otlp, libc::SIGINT);
+    let finished = stop(text, libc::SIGINT);
+
+    let lives = text_lives(&finished, server.port(), &expected);
+    let traces = traces_on_port(&receiver.spans(), server.port());
+    assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
+    let roots = connection_roots(server, connection.client, None);
+    let mut compared = 0;
+    for ((life, transitions), root) in lives.iter().zip(expected).zip(roots) {
+        let trace = check_session(&traces, &ns, life, transitions, root);
+        for (line, child) in life[1..].iter().zip(&trace.children) {
+            let span_us = child.duration_nanos() / 1000;
+            assert!(
+                span_us.abs_diff(micros(line.ms)) < CLOCK_READS_APART.as_micros() as u64,
+                "{} span of {span_us} µs vs MS of {line:?}",
+                child.name
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 1 + 4 + 4, "durations compared");
+}
+
 #[test]
 fn refused_connect_is_one_error_trace() {
     let ns = Netns::create();
