@@ -33,8 +33,10 @@ pub const EVENTS_PER_CONNECTION: u64 = CONNECTION_TRANSITIONS.len() as u64;
 /// State changes of the load generator's listener per run.
 pub const LISTENER_EVENTS: u64 = LISTENER_TRANSITIONS.len() as u64;
 
-/// What the table's event and CPU rows mean.
-pub const LEGEND: &str = "events expected = 10 per connection + 2 for the listener; printed = \
+/// What the table's ratio, event and CPU rows mean.
+pub const LEGEND: &str = "ratio to no tracer = median rate / the no-tracer median rate; median of \
+    round ratios = the median over rounds of each run's rate / the no-tracer rate of its round \
+    (robust to the machine's speed drifting between rounds); events expected = 10 per connection + 2 for the listener; printed = \
     output lines with the port as LPORT or RPORT; written and lost = tcpstates' own exit summary \
     (written: events handled, printed or turned into spans); CPU time = user + system time of the \
     tracer process (wait4), start to exit, and its share of one core over the load's seconds; \
@@ -106,6 +108,20 @@ impl Config {
     /// Median connection rate of its runs.
     pub fn median_rate(&self) -> f64 {
         median(self.runs.iter().map(|run| run.load.rate).collect())
+    }
+
+    /// Median over the rounds of its rate divided by `baseline`'s rate in the same round:
+    /// pairs runs made minutes apart at most, so a slow drift of the machine's speed cancels.
+    /// `None` without a round that both ran with a non-zero baseline rate.
+    pub fn median_round_ratio(&self, baseline: &Config) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .runs
+            .iter()
+            .zip(&baseline.runs)
+            .filter(|(_, base)| base.load.rate > 0.0)
+            .map(|(run, base)| run.load.rate / base.load.rate)
+            .collect();
+        (!ratios.is_empty()).then(|| median(ratios))
     }
 }
 
@@ -191,6 +207,13 @@ pub fn table(configs: &[Config], seconds: u32) -> String {
             } else {
                 "-".into()
             }
+        }),
+    ));
+    rows.push((
+        "median of round ratios".into(),
+        per_config(&|c| {
+            c.median_round_ratio(baseline)
+                .map_or("-".into(), |ratio| format!("{ratio:.3}"))
         }),
     ));
     rows.push((
@@ -448,6 +471,30 @@ mod tests {
     }
 
     #[test]
+    fn round_ratios_pair_each_run_with_the_baseline_of_its_round() {
+        let config = |rates: &[f64]| Config {
+            name: "x".into(),
+            runs: rates
+                .iter()
+                .map(|&rate| Run {
+                    load: load(rate),
+                    tracer: None,
+                })
+                .collect(),
+        };
+        // The machine ran at half speed in round 2: the tracer's median run (600, round 3) and
+        // the baseline's (900, also round 3) happen to come from the one round where the
+        // tracer did worse; the rounds' own ratios are 0.9, 0.9 and 0.667.
+        let baseline = config(&[1000.0, 500.0, 900.0]);
+        let tracer = config(&[900.0, 450.0, 600.0]);
+        assert!((tracer.median_rate() / baseline.median_rate() - 0.667).abs() < 1e-3);
+        let ratio = tracer.median_round_ratio(&baseline).expect("three rounds");
+        assert!((ratio - 0.9).abs() < 1e-9, "{ratio}");
+        assert_eq!(tracer.median_round_ratio(&config(&[])), None);
+        assert_eq!(tracer.median_round_ratio(&config(&[0.0])), None);
+    }
+
+    #[test]
     fn table_shows_ratio_missing_events_and_exports() {
         let configs = [
             Config {
@@ -528,6 +575,7 @@ mod tests {
             .collect();
         for expected in [
             "ratio to no tracer 1.000 0.800 0.900",
+            "median of round ratios 1.000 0.800 0.900",
             "events expected - 1002 -",
             "missing - 1 (0.100 %) -",
             "lost - 1 0",
