@@ -365,6 +365,44 @@ fn otlp_alone_times_states_and_names_owners_as_the_text_agent_does() {
     assert_eq!(compared, 1 + 4 + 4, "durations compared");
 }
 
+/// `--pid` without text: the kernel keeps the owner of a client socket it is told to keep, so
+/// the client's transitions after `connect()` (made in softirqs for the peer) still pass the
+/// filter and its trace is whole.
+#[test]
+fn otlp_alone_with_pid_keeps_every_transition_of_the_owners_sockets() {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let server: SocketAddr = "127.0.0.1:28016".parse().expect("address");
+    let pid = std::process::id().to_string();
+    let agent = start_agent(&receiver, &["-q", "--pid", &pid]);
+    let connection = traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
+    let expected = [
+        LISTENER,
+        Closer::Client.client_transitions(),
+        Closer::Client.server_transitions(),
+    ];
+    let traces = await_traces_on_port(&receiver, server.port(), &expected, ARRIVAL_TIMEOUT);
+    stop(agent, libc::SIGINT);
+
+    let client = traces
+        .iter()
+        .find(|trace| {
+            trace.root.attributes.get("network.local.port")
+                == Some(&AttrValue::Int(i64::from(connection.client.port())))
+        })
+        .unwrap_or_else(|| panic!("the client's trace: {traces:#?}"));
+    check_trace(
+        client,
+        &timed_states(Closer::Client.client_transitions()),
+        None,
+    );
+    assert_eq!(
+        client.root.attributes.get("process.pid"),
+        Some(&AttrValue::Int(i64::from(std::process::id()))),
+        "{client:#?}"
+    );
+}
+
 #[test]
 fn refused_connect_is_one_error_trace() {
     let ns = Netns::create();
