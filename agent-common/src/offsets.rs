@@ -1,8 +1,8 @@
 //! Offsets of the kernel structure fields the program reads from a `struct sock` and from the
-//! task on the CPU, found in the kernel's BTF by user space and written into the program's read-only `FIELD_OFFSETS` global at
-//! load (aya-ebpf has no CO-RE field relocations). The verifier sees a frozen read-only global as
-//! a constant, so it checks each load at these offsets against the kernel's BTF like any typed
-//! access.
+//! task on the CPU, found in the kernel's BTF by user space and written into the program's
+//! read-only `FIELD_OFFSETS` global at load (aya-ebpf has no CO-RE field relocations). The
+//! verifier sees a frozen read-only global as a constant, so it checks each load at these offsets
+//! against the kernel's BTF like any typed access.
 
 /// Byte offsets, each from the start of the structure named in its doc.
 #[repr(C)]

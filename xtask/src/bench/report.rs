@@ -36,11 +36,11 @@ pub const LISTENER_EVENTS: u64 = LISTENER_TRANSITIONS.len() as u64;
 /// What the table's ratio, event and CPU rows mean.
 pub const LEGEND: &str = "ratio to no tracer = median rate / the no-tracer median rate; median of \
     round ratios = the median over rounds of each run's rate / the no-tracer rate of its round \
-    (robust to the machine's speed drifting between rounds); events expected = 10 per connection + 2 for the listener; printed = \
-    output lines with the port as LPORT or RPORT; written and lost = tcpstates' own exit summary \
-    (written: events handled, printed or turned into spans); CPU time = user + system time of the \
-    tracer process (wait4), start to exit, and its share of one core over the load's seconds; \
-    SIGINT to exit = the slowest stop (the OTLP agent flushes its queue then)";
+    (robust to the machine's speed drifting between rounds); events expected = 10 per connection \
+    + 2 for the listener; printed = output lines with the port as LPORT or RPORT; written and \
+    lost = tcpstates' own exit summary (written: events handled, printed or turned into spans); \
+    CPU time = user + system time of the tracer process (wait4), start to exit, and its share of \
+    one core over the load's seconds; SIGINT to exit = the slowest stop (the OTLP agent flushes its queue then)";
 
 /// What a tracer did during one run.
 #[derive(Debug)]
