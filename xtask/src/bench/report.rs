@@ -40,7 +40,8 @@ pub const LEGEND: &str = "ratio to no tracer = median rate / the no-tracer media
     + 2 for the listener; printed = output lines with the port as LPORT or RPORT; written and \
     lost = tcpstates' own exit summary (written: events handled, printed or turned into spans); \
     CPU time = user + system time of the tracer process (wait4), start to exit, and its share of \
-    one core over the load's seconds; SIGINT to exit = the slowest stop (the OTLP agent flushes its queue then)";
+    one core over the load's seconds; SIGINT to exit = the slowest stop (the OTLP agent flushes \
+    its queue then)";
 
 /// What a tracer did during one run.
 #[derive(Debug)]
