@@ -928,3 +928,93 @@ fn otel_exporter_otlp_headers_are_sent_with_each_request() {
     let finished = stop(agent, libc::SIGTERM);
     assert_eq!(finished.code(), 0, "{finished:#?}");
 }
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` reaches the wire over gRPC too: the headers travel
+/// HPACK-encoded in HTTP/2 frames, so an HTTP/2 server (the h2 crate, which tonic itself is built
+/// on) takes the receiver's place on a loopback port, reads each request's headers and answers
+/// it as an OTLP receiver would (an empty `ExportTraceServiceResponse`, `grpc-status: 0`).
+#[test]
+fn otel_exporter_otlp_headers_are_sent_with_each_grpc_request() {
+    use std::sync::mpsc;
+
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    listener.set_nonblocking(true).expect("non-blocking");
+    let (heads, head) = mpsc::channel();
+    thread::spawn(move || serve_grpc_exports(listener, heads));
+
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 28042));
+    let mut command = agent::command(&["--otlp", &endpoint, "-q", "-L", "28042"]);
+    command.env(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "x-tenant=blue,x-api-key=s3cret",
+    );
+    let agent = Agent::start_command(command);
+    let ns = Netns::create();
+    traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
+
+    let head: http::request::Parts = head
+        .recv_timeout(ARRIVAL_TIMEOUT)
+        .expect("no export request within the arrival timeout");
+    assert_eq!(
+        head.uri.path(),
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    );
+    for (name, value) in [
+        ("x-tenant", "blue"),
+        ("x-api-key", "s3cret"),
+        ("content-type", "application/grpc"),
+    ] {
+        assert_eq!(
+            head.headers.get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name} in {:?}",
+            head.headers
+        );
+    }
+    let finished = stop(agent, libc::SIGTERM);
+    assert_eq!(finished.code(), 0, "{finished:#?}");
+}
+
+/// Accepts up to a few HTTP/2 connections on `listener` (each within the arrival timeout), sends
+/// the head of every request to `heads` and answers it with an empty, successful OTLP export
+/// response.
+fn serve_grpc_exports(
+    listener: std::net::TcpListener,
+    heads: std::sync::mpsc::Sender<http::request::Parts>,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        for _ in 0..4 {
+            let Ok(Ok((socket, _))) =
+                tokio::time::timeout(ARRIVAL_TIMEOUT, listener.accept()).await
+            else {
+                return;
+            };
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(socket).await.expect("HTTP/2");
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let _ = heads.send(request.into_parts().0);
+                    let response = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .expect("response head");
+                    let mut body = respond.send_response(response, false).expect("head");
+                    // One gRPC message: not compressed, 0 bytes long (an empty response).
+                    body.send_data(bytes::Bytes::from_static(&[0; 5]), false)
+                        .expect("message");
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    body.send_trailers(trailers).expect("trailers");
+                }
+            });
+        }
+    });
+}
