@@ -342,16 +342,22 @@ fn record(ctx: &BtfTracePointContext) {
         }
     };
 
-    // The tracepoint's own record reports `inet_sport`, which outlives the port's release at
-    // CLOSE (`skc_num` is 0 by then); it lies beyond `struct sock`, so it is read through the
-    // socket as a `tcp_sock`.
-    // SAFETY: `sk` is the tracepoint's socket argument; the helper returns NULL or the socket
-    // as a trusted `tcp_sock` pointer.
-    let tcp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast()) };
-    let sport = if tcp.is_null() {
-        sock.load::<u16>(offset!(num))
+    // The tracepoint's own record reports `inet_sport`. While the socket holds its port that is
+    // `skc_num`, read directly; once the port is released at CLOSE `skc_num` is 0 but
+    // `inet_sport` stays, and it lies beyond `struct sock`, so it is then read through the
+    // socket as a `tcp_sock` (a helper call, saved on every other transition).
+    let num = sock.load::<u16>(offset!(num));
+    let sport = if num != 0 {
+        num
     } else {
-        u16::from_be(Kernel(tcp.cast()).load::<u16>(offset!(sport)))
+        // SAFETY: `sk` is the tracepoint's socket argument; the helper returns NULL or the
+        // socket as a trusted `tcp_sock` pointer.
+        let tcp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast()) };
+        if tcp.is_null() {
+            0
+        } else {
+            u16::from_be(Kernel(tcp.cast()).load::<u16>(offset!(sport)))
+        }
     };
     let dport = u16::from_be(sock.load::<u16>(offset!(dport)));
     if (filter.local_ports != 0 && !port_in(&LOCAL_PORTS, sport))
