@@ -47,6 +47,10 @@ pub struct FieldOffsets {
     pub task_tgid: u32,
     /// `task_struct.comm` (16 bytes, NUL-padded).
     pub task_comm: u32,
+    /// `sock.__sk_common.skc_reuseport`, a 1-bit field: its *bit* offset from the start of the
+    /// socket, least significant bit of each byte first. Set when the socket has
+    /// `SO_REUSEPORT`.
+    pub reuseport_bit: u32,
 }
 
 #[cfg(feature = "user")]

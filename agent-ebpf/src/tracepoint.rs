@@ -7,6 +7,14 @@
 //! counted in its `recursion_misses`). The backstop program has a guard of its own: when it finds
 //! the main program running on its CPU, the hit is one the main program misses, and it records it
 //! instead; otherwise it returns at once.
+//!
+//! An accepted socket's owner is its listener's. The kernel makes the accepted socket as a copy
+//! of the listener, with the listener's bound address and port, before it fills in its own; its
+//! first transition (LISTEN → SYN_RECV) looks that key up in [`LISTENERS`], which each listener
+//! entered at its `listen()`. Listeners that key cannot tell apart (`SO_REUSEPORT` groups, a
+//! port not yet bound at `listen()`, a full table) keep their owner in socket storage the kernel
+//! copies into every socket they accept ([`INHERITED_OWNERS`]); copying storage costs an
+//! allocation and an RCU-deferred free per accepted socket, so it is kept for those.
 
 use core::ffi::c_void;
 
@@ -15,7 +23,9 @@ use agent_common::{
     event::{COMM_LEN, FLAG_OWNER_KNOWN, RawStateChange},
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
     offsets::FieldOffsets,
-    state::{AF_INET, AF_INET6, IPPROTO_TCP, LISTEN, runs_as_owner, starts_socket},
+    state::{
+        AF_INET, AF_INET6, CLOSE, IPPROTO_TCP, LISTEN, SYN_RECV, runs_as_owner, starts_socket,
+    },
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -27,7 +37,7 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, btf_tracepoint, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 
@@ -36,6 +46,12 @@ const RING_BYTES: u32 = 8 << 20;
 
 /// `BPF_SK_STORAGE_GET_F_CREATE`.
 const STORAGE_CREATE: u64 = 1;
+
+/// `BPF_F_NO_PREALLOC`.
+const NO_PREALLOC: u32 = 1;
+
+/// Listening sockets [`LISTENERS`] holds at most; beyond, owners go to [`INHERITED_OWNERS`].
+const MAX_LISTENERS: u32 = 65536;
 
 /// Events to user space.
 #[map]
@@ -70,32 +86,92 @@ struct SocketState {
     owner_comm: [u8; COMM_LEN],
 }
 
-/// Definition of a `BPF_MAP_TYPE_SK_STORAGE` (24) map with `BPF_F_NO_PREALLOC` (1) and
-/// `BPF_F_CLONE` (512): values live and die with their socket, and the kernel copies a
-/// listener's value into each socket it accepts, so an accepted socket inherits its owner.
-/// aya-ebpf's own socket storage type fixes the flags without `BPF_F_CLONE`, so the map is
-/// declared in the BTF map format by hand.
+/// The process that made a socket.
 #[repr(C)]
-struct SocketStorage {
+#[derive(Clone, Copy)]
+struct Owner {
+    /// Thread-group id.
+    pid: u32,
+    /// Command name, NUL-padded.
+    comm: [u8; COMM_LEN],
+}
+
+/// What tells listening sockets apart: where they listen. The kernel allows one listener per
+/// key unless they share it through `SO_REUSEPORT`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ListenerKey {
+    /// Inode number of the socket's network namespace.
+    netns: u32,
+    /// Bound port.
+    port: u16,
+    /// Address family.
+    family: u16,
+    /// Bound address as the socket holds it (4 bytes for `AF_INET`, 16 for `AF_INET6`),
+    /// all zeros for a wildcard.
+    addr: [u8; 16],
+}
+
+/// Declares a `BPF_MAP_TYPE_SK_STORAGE` (24) map in the BTF map format: values live and die
+/// with their socket. `FLAGS` is `BPF_F_NO_PREALLOC` (1), plus `BPF_F_CLONE` (512) for a map
+/// whose value the kernel copies from a listener into each socket it accepts. aya-ebpf's own
+/// socket storage type takes only a `sock_addr` context and fixes the flags.
+#[repr(C)]
+struct SocketStorage<V, const FLAGS: usize> {
     r#type: *const [i32; 24],
     key: *const i32,
-    value: *const SocketState,
+    value: *const V,
     max_entries: *const [i32; 0],
-    map_flags: *const [i32; 513],
+    map_flags: *const [i32; FLAGS],
 }
 
 // SAFETY: the fields only describe the map to the loader; nothing reads or writes them.
-unsafe impl Sync for SocketStorage {}
+unsafe impl<V, const FLAGS: usize> Sync for SocketStorage<V, FLAGS> {}
 
-/// Per-socket state.
+impl<V, const FLAGS: usize> SocketStorage<V, FLAGS> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The socket's value in `map`, created on first sight if `create`; `None` if it has
+    /// none (or the kernel could not allocate it). `map` is one of the storage statics.
+    fn value(map: *const Self, sk: *const u8, create: bool) -> Option<&'static mut V> {
+        let map = map.cast_mut().cast::<c_void>();
+        // SAFETY: `sk` is the tracepoint's socket argument (a trusted BTF pointer); the helper
+        // returns the socket's value or NULL.
+        let value = unsafe {
+            bpf_sk_storage_get(
+                map,
+                sk.cast_mut().cast(),
+                core::ptr::null_mut(),
+                if create { STORAGE_CREATE } else { 0 },
+            )
+        };
+        // SAFETY: a non-NULL result points to this socket's value, which lives as long as the
+        // socket; transitions of one socket are serialised by the kernel.
+        unsafe { value.cast::<V>().as_mut() }
+    }
+}
+
+/// Per-socket state, for the sockets whose durations or owners the kernel must keep.
 #[btf_map]
-static SOCKETS: SocketStorage = SocketStorage {
-    r#type: core::ptr::null(),
-    key: core::ptr::null(),
-    value: core::ptr::null(),
-    max_entries: core::ptr::null(),
-    map_flags: core::ptr::null(),
-};
+static SOCKETS: SocketStorage<SocketState, 1> = SocketStorage::new();
+
+/// Owners of the listening sockets [`LISTENERS`] cannot hold, copied by the kernel into each
+/// socket they accept.
+#[btf_map]
+static INHERITED_OWNERS: SocketStorage<Owner, 513> = SocketStorage::new();
+
+/// Owners of listening sockets by where they listen; entered at `listen()`, removed at close.
+#[map]
+static LISTENERS: HashMap<ListenerKey, Owner> =
+    HashMap::with_max_entries(MAX_LISTENERS, NO_PREALLOC);
 
 /// Filter settings, set by user space at load time.
 #[unsafe(no_mangle)]
@@ -134,6 +210,7 @@ static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
     kn_id: 0,
     task_tgid: 0,
     task_comm: 0,
+    reuseport_bit: 0,
 };
 
 /// Reads one offset of [`FIELD_OFFSETS`] on its own, so the verifier sees it as the constant of
@@ -265,23 +342,49 @@ fn under_cgroup(cgroup: Kernel, id: u64, level: u32) -> bool {
     ancestor_id == Some(id)
 }
 
-/// The socket's state in socket storage, created on first sight if `create`; `None` if it has
-/// none (or the kernel could not allocate it).
-fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut SocketState> {
-    let map = core::ptr::addr_of!(SOCKETS).cast_mut().cast::<c_void>();
-    // SAFETY: `sk` is the tracepoint's socket argument (a trusted BTF pointer); the helper
-    // returns the socket's value or NULL.
-    let state = unsafe {
-        bpf_sk_storage_get(
-            map,
-            sk.cast_mut().cast(),
-            core::ptr::null_mut(),
-            if create { STORAGE_CREATE } else { 0 },
-        )
+/// Whether the socket has `SO_REUSEPORT`.
+fn reuses_port(sock: Kernel) -> bool {
+    let bit = offset!(reuseport_bit);
+    sock.load::<u8>(bit / 8) & (1 << (bit % 8)) != 0
+}
+
+/// Where the socket listens, or listened: its bound address and `port`; `None` without a port
+/// or for a family the program does not know.
+fn listener_key(sock: Kernel, family: u16, netns: u32, port: u16) -> Option<ListenerKey> {
+    let addr = match family {
+        AF_INET => sock.addr_v4(offset!(rcv_saddr)),
+        AF_INET6 => sock.addr_v6(offset!(rcv_saddr_v6)),
+        _ => return None,
     };
-    // SAFETY: a non-NULL result points to this socket's value, which lives as long as the
-    // socket; transitions of one socket are serialised by the kernel.
-    unsafe { state.cast::<SocketState>().as_mut() }
+    (port != 0).then_some(ListenerKey {
+        netns,
+        port,
+        family,
+        addr,
+    })
+}
+
+/// Keeps a new listener's owner where the sockets it accepts will find it: in [`LISTENERS`]
+/// under `key` when that identifies it, otherwise in its [`INHERITED_OWNERS`] storage.
+fn remember_listener(sk: *const u8, key: Option<ListenerKey>, owner: &Owner) {
+    let entered =
+        !reuses_port(Kernel(sk)) && key.is_some_and(|key| LISTENERS.insert(key, owner, 0).is_ok());
+    if !entered {
+        match SocketStorage::value(&raw const INHERITED_OWNERS, sk, true) {
+            Some(slot) => *slot = *owner,
+            None => count(Counter::NoStorage),
+        }
+    }
+}
+
+/// The owner of a socket just accepted (at its LISTEN → SYN_RECV): the listener's, from the
+/// storage the kernel copied from it or by the listener's key, which the new socket still holds.
+fn inherited_owner(sk: *const u8, key: Option<ListenerKey>) -> Option<Owner> {
+    if let Some(owner) = SocketStorage::value(&raw const INHERITED_OWNERS, sk, false) {
+        return Some(*owner);
+    }
+    // SAFETY: the value is copied out at once; entries are only replaced whole.
+    key.and_then(|key| unsafe { LISTENERS.get(key) }.copied())
 }
 
 /// Filters, times and submits one state change.
@@ -305,42 +408,6 @@ fn record(ctx: &BtfTracePointContext) {
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let task = Task::current();
     let pid = task.pid();
-    // What the kernel keeps with the socket is kept up to date even for transitions filtered
-    // out below, so a socket's owner and durations stay right when later transitions pass.
-    let owner_runs = runs_as_owner(oldstate, newstate);
-    let create = filter.full_records != 0
-        || (owner_runs && (newstate == LISTEN || filter.owner_pid != 0 || filter.local_ports != 0));
-    let (span_ns, owner_pid, flags, owner_comm) = match socket_state(sk, create) {
-        Some(state) => {
-            if owner_runs {
-                state.owner_pid = pid;
-                state.owner_comm = task.comm();
-                state.flags = u32::from(FLAG_OWNER_KNOWN);
-            }
-            let span_ns = if starts_socket(oldstate, newstate) || state.last_ns == 0 {
-                0
-            } else {
-                ts_ns.saturating_sub(state.last_ns)
-            };
-            state.last_ns = ts_ns;
-            (
-                span_ns,
-                state.owner_pid,
-                state.flags as u16,
-                state.owner_comm,
-            )
-        }
-        None => {
-            if create {
-                count(Counter::NoStorage);
-            }
-            if owner_runs {
-                (0, pid, FLAG_OWNER_KNOWN, task.comm())
-            } else {
-                (0, 0, 0, [0; COMM_LEN])
-            }
-        }
-    };
 
     // The tracepoint's own record reports `inet_sport`. While the socket holds its port that is
     // `skc_num`, read directly; once the port is released at CLOSE `skc_num` is 0 but
@@ -359,16 +426,78 @@ fn record(ctx: &BtfTracePointContext) {
             u16::from_be(Kernel(tcp.cast()).load::<u16>(offset!(sport)))
         }
     };
+    let netns = sock.follow(offset!(net)).load::<u32>(offset!(net_inum));
+
+    // What the kernel keeps about owners and sockets is kept up to date even for transitions
+    // filtered out below, so a socket's owner and durations stay right when later ones pass.
+    let owner_runs = runs_as_owner(oldstate, newstate);
+    let listens = owner_runs && newstate == LISTEN;
+    let accepted = oldstate == LISTEN && newstate == SYN_RECV;
+    let key = if listens || accepted || (oldstate == LISTEN && newstate == CLOSE) {
+        listener_key(sock, family, netns, sport)
+    } else {
+        None
+    };
+    let owner = if owner_runs {
+        Some(Owner {
+            pid,
+            comm: task.comm(),
+        })
+    } else if accepted {
+        inherited_owner(sk, key)
+    } else {
+        None
+    };
+    if listens && let Some(owner) = &owner {
+        remember_listener(sk, key, owner);
+    } else if oldstate == LISTEN
+        && newstate == CLOSE
+        && let Some(key) = key
+    {
+        // Absent for a listener older than the program or kept in its socket storage.
+        let _ = LISTENERS.remove(key);
+    }
+    let create = filter.full_records != 0
+        || ((owner_runs || accepted) && (filter.owner_pid != 0 || filter.local_ports != 0));
+    let (span_ns, owner_pid, flags, owner_comm) =
+        match SocketStorage::value(&raw const SOCKETS, sk, create) {
+            Some(state) => {
+                if let Some(owner) = owner {
+                    state.owner_pid = owner.pid;
+                    state.owner_comm = owner.comm;
+                    state.flags = u32::from(FLAG_OWNER_KNOWN);
+                }
+                let span_ns = if starts_socket(oldstate, newstate) || state.last_ns == 0 {
+                    0
+                } else {
+                    ts_ns.saturating_sub(state.last_ns)
+                };
+                state.last_ns = ts_ns;
+                (
+                    span_ns,
+                    state.owner_pid,
+                    state.flags as u16,
+                    state.owner_comm,
+                )
+            }
+            None => {
+                if create {
+                    count(Counter::NoStorage);
+                }
+                match owner {
+                    Some(owner) => (0, owner.pid, FLAG_OWNER_KNOWN, owner.comm),
+                    None => (0, 0, 0, [0; COMM_LEN]),
+                }
+            }
+        };
+
     let dport = u16::from_be(sock.load::<u16>(offset!(dport)));
     if (filter.local_ports != 0 && !port_in(&LOCAL_PORTS, sport))
         || (filter.remote_ports != 0 && !port_in(&REMOTE_PORTS, dport))
         || (filter.owner_pid != 0
             && (flags & FLAG_OWNER_KNOWN == 0 || owner_pid != filter.owner_pid))
+        || (filter.netns != 0 && netns != filter.netns)
     {
-        return;
-    }
-    let netns = sock.follow(offset!(net)).load::<u32>(offset!(net_inum));
-    if filter.netns != 0 && netns != filter.netns {
         return;
     }
     let cgroup = sock.follow(offset!(cgroup));

@@ -197,8 +197,9 @@ impl Btf {
     }
 
     /// Finds `member` of `ty` (a struct or union), looking through anonymous members;
-    /// returns its bit offset from the start of `ty` and its type id.
-    fn find(&self, ty: &Type, member: &str) -> Option<(u32, u32)> {
+    /// returns its bit offset from the start of `ty`, its type id and, for a bit field, its
+    /// width in bits (0 otherwise).
+    fn find(&self, ty: &Type, member: &str) -> Option<(u32, u32, u32)> {
         if ty.kind != kind::STRUCT && ty.kind != kind::UNION {
             return None;
         }
@@ -207,53 +208,76 @@ impl Btf {
             let name = self.name(self.u32_at(at));
             let member_type = self.u32_at(at + 4);
             let raw_offset = self.u32_at(at + 8);
-            let bit_offset = if ty.kind_flag {
-                raw_offset & 0x00ff_ffff
+            let (bit_offset, bit_width) = if ty.kind_flag {
+                (raw_offset & 0x00ff_ffff, raw_offset >> 24)
             } else {
-                raw_offset
+                (raw_offset, 0)
             };
             if name == member {
-                return Some((bit_offset, member_type));
+                return Some((bit_offset, member_type, bit_width));
             }
             if name.is_empty()
                 && let Some(inner) = self.resolve(member_type)
-                && let Some((offset, found)) = self.find(inner, member)
+                && let Some((offset, found, width)) = self.find(inner, member)
             {
-                return Some((bit_offset + offset, found));
+                return Some((bit_offset + offset, found, width));
             }
         }
         None
     }
 
-    /// The byte offset and size of `path` (members separated by `.`) inside struct `outer`,
-    /// e.g. `("sock", "__sk_common.skc_family")`. Anonymous members are looked through.
-    pub fn member(&self, outer: &str, path: &str) -> Result<Member, BtfError> {
+    /// Walks `path` (members separated by `.`) from struct `outer`; returns the bit offset of
+    /// its last member, that member's type id and its bit-field width (0 if not a bit field).
+    fn walk(&self, outer: &str, path: &str) -> Result<(u32, u32, u32), BtfError> {
         let missing = || BtfError::Missing(format!("{outer}.{path}"));
         let mut ty = self
             .types
             .iter()
             .find(|ty| ty.kind == kind::STRUCT && self.name(ty.name_off) == outer)
             .ok_or_else(|| BtfError::Missing(format!("struct {outer}")))?;
-        let mut bits = 0;
-        let mut type_id = 0;
+        let (mut bits, mut type_id, mut width) = (0, 0, 0);
         for name in path.split('.') {
-            let (offset, id) = self.find(ty, name).ok_or_else(missing)?;
+            let (offset, id, bit_width) = self.find(ty, name).ok_or_else(missing)?;
             bits += offset;
             type_id = id;
+            width = bit_width;
             ty = self.resolve(id).ok_or_else(missing)?;
         }
-        if bits % 8 != 0 {
+        Ok((bits, type_id, width))
+    }
+
+    /// The byte offset and size of `path` (members separated by `.`) inside struct `outer`,
+    /// e.g. `("sock", "__sk_common.skc_family")`. Anonymous members are looked through.
+    pub fn member(&self, outer: &str, path: &str) -> Result<Member, BtfError> {
+        let (bits, type_id, width) = self.walk(outer, path)?;
+        if width != 0 || bits % 8 != 0 {
             return Err(BtfError::Missing(format!("{outer}.{path} (a bit field)")));
         }
         Ok(Member {
             offset: bits / 8,
-            size: self.size_of(type_id).ok_or_else(missing)?,
+            size: self
+                .size_of(type_id)
+                .ok_or_else(|| BtfError::Missing(format!("{outer}.{path}")))?,
         })
+    }
+
+    /// The bit offset of the one-bit field `path` inside struct `outer`, counted from the
+    /// struct's first byte, least significant bit first (the x86-64 layout), e.g.
+    /// `("sock", "__sk_common.skc_reuseport")`.
+    pub fn flag_bit(&self, outer: &str, path: &str) -> Result<u32, BtfError> {
+        let (bits, _, width) = self.walk(outer, path)?;
+        if width == 1 {
+            Ok(bits)
+        } else {
+            Err(BtfError::Missing(format!(
+                "{outer}.{path} as a 1-bit field"
+            )))
+        }
     }
 }
 
 /// Offsets of the fields the kernel program reads: the socket's addresses, ports, family,
-/// protocol and uid, the path to its network namespace's inode and its cgroup's id, and the
+/// protocol, uid and `SO_REUSEPORT` flag, the path to its network namespace's inode and its cgroup's id, and the
 /// on-CPU task's process id and command name.
 pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, BtfError> {
     let field = |outer: &str, path: &str, size: u32| -> Result<u32, BtfError> {
@@ -287,6 +311,7 @@ pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, B
         kn_id: field("kernfs_node", "id", 8)?,
         task_tgid: field("task_struct", "tgid", 4)?,
         task_comm: field("task_struct", "comm", 16)?,
+        reuseport_bit: btf.flag_bit("sock", "__sk_common.skc_reuseport")?,
     })
 }
 
@@ -345,5 +370,27 @@ mod tests {
         let btf = Btf::from_file(VMLINUX).expect("the CI kernel has BTF");
         let err = btf.member("sock", "no_such_field").expect_err("absent");
         assert!(err.to_string().contains("sock.no_such_field"), "{err}");
+    }
+
+    #[test]
+    fn bit_fields_are_told_from_whole_members() {
+        let btf = Btf::from_file(VMLINUX).expect("the CI kernel has BTF");
+        let reuse = btf
+            .flag_bit("sock", "__sk_common.skc_reuse")
+            .expect_err("skc_reuse is 4 bits wide");
+        assert!(reuse.to_string().contains("1-bit"), "{reuse}");
+        let reuseport = btf
+            .flag_bit("sock", "__sk_common.skc_reuseport")
+            .expect("skc_reuseport");
+        let ipv6only = btf
+            .flag_bit("sock", "__sk_common.skc_ipv6only")
+            .expect("skc_ipv6only");
+        // `skc_reuse:4; skc_reuseport:1; skc_ipv6only:1;` share one byte, in that order.
+        assert_eq!(ipv6only, reuseport + 1);
+        assert_eq!(reuseport / 8, ipv6only / 8);
+        let err = btf
+            .member("sock", "__sk_common.skc_reuseport")
+            .expect_err("a bit field has no byte offset");
+        assert!(err.to_string().contains("bit field"), "{err}");
     }
 }

@@ -194,6 +194,12 @@ impl Peer {
         )
     }
 
+    /// Starts a peer listening on `addr` with `SO_REUSEPORT`, sharing it with other such
+    /// peers; it accepts connections until [`Peer::stop`].
+    pub fn share(ns: &Netns, cgroup: &Cgroup, addr: SocketAddr) -> Peer {
+        Peer::start(ns, cgroup, &["share", &addr.to_string()])
+    }
+
     /// Starts a peer connecting to `addr`.
     pub fn connect(ns: &Netns, cgroup: &Cgroup, addr: SocketAddr) -> Peer {
         Peer::start(ns, cgroup, &["connect", &addr.to_string()])
@@ -225,6 +231,18 @@ impl Peer {
             cookie: field("cookie"),
             port: u16::try_from(field("port")).expect("port"),
         }
+    }
+
+    /// Kills a sharing listener (see [`Peer::share`]) and returns the sockets it announced
+    /// accepting.
+    pub fn stop(mut self) -> Vec<Announced> {
+        self.child.kill().expect("kill tcp_peer");
+        self.child.wait().expect("wait for tcp_peer");
+        let mut accepted = Vec::new();
+        while !self.stdout.fill_buf().expect("read tcp_peer").is_empty() {
+            accepted.push(self.next("accepted"));
+        }
+        accepted
     }
 
     /// Waits for the peer to exit successfully.

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::agent::EVENT_TIMEOUT;
 use crate::netns::Netns;
@@ -339,8 +339,20 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, libc::socklen_t::try_from(len).expect("small size"))
 }
 
+/// Listens on `addr`. A listener this process just closed on the same port may still be open
+/// for a moment: a child another test forks holds every open socket of the process until it
+/// execs, so "address in use" is retried until [`EVENT_TIMEOUT`].
 fn listen(addr: SocketAddr) -> TcpListener {
-    TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}"))
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return listener,
+            Err(e) if e.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("listen on {addr}: {e}"),
+        }
+    }
 }
 
 /// One `read()` of up to 16 bytes, waiting at most [`EVENT_TIMEOUT`].

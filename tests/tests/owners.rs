@@ -229,6 +229,79 @@ fn owners_namespaces_and_cgroups_are_told_apart_and_filtered_in_the_kernel() {
     }
 }
 
+/// Connections made to the two `SO_REUSEPORT` listeners of the shared-port test.
+const SHARED_CONNECTIONS: usize = 24;
+
+/// Accepted sockets name the listener's process however listeners share an address: two
+/// `SO_REUSEPORT` listeners of two processes on one port (the kernel cannot tell them apart by
+/// address, so each keeps its owner in storage copied into what it accepts), and two plain
+/// listeners of two more processes on that same address and port in two other namespaces (told
+/// apart by namespace), all listening at once.
+#[test]
+fn accepted_sockets_name_their_listeners_process_when_listeners_share_an_address() {
+    let shared = addr(30003);
+    let (ns, cgroup) = (Netns::create(), Cgroup::create());
+    let plain: Vec<(Netns, Cgroup)> = (0..2)
+        .map(|_| (Netns::create(), Cgroup::create()))
+        .collect();
+    let agent = Agent::start(&["--json"]);
+
+    let mut sharing = [
+        Peer::share(&ns, &cgroup, shared),
+        Peer::share(&ns, &cgroup, shared),
+    ];
+    let mut plain_servers: Vec<Peer> = plain
+        .iter()
+        .map(|(ns, cgroup)| Peer::listen(ns, cgroup, shared, 1))
+        .collect();
+    for peer in sharing.iter_mut().chain(&mut plain_servers) {
+        peer.go();
+        peer.next("listener");
+    }
+    let connect = |ns: &Netns, cgroup: &Cgroup| {
+        let mut client = Peer::connect(ns, cgroup, shared);
+        client.go();
+        client.next("connected");
+        client.wait();
+    };
+    for _ in 0..SHARED_CONNECTIONS {
+        connect(&ns, &cgroup);
+    }
+    let mut accepted: Vec<(u32, Announced, &Netns, &Cgroup)> = Vec::new();
+    for (mut server, (ns, cgroup)) in plain_servers.into_iter().zip(&plain) {
+        connect(ns, cgroup);
+        accepted.push((server.pid(), server.next("accepted"), ns, cgroup));
+        server.wait();
+    }
+    for peer in sharing {
+        let pid = peer.pid();
+        accepted.extend(peer.stop().into_iter().map(|a| (pid, a, &ns, &cgroup)));
+    }
+
+    assert_eq!(accepted.len(), SHARED_CONNECTIONS + 2, "{accepted:#?}");
+    let takers: BTreeSet<u32> = accepted.iter().map(|(pid, ..)| *pid).collect();
+    assert_eq!(
+        takers.len(),
+        4,
+        "every listener took connections: {accepted:#?}"
+    );
+    let cookies: BTreeSet<u64> = accepted.iter().map(|(_, a, ..)| a.cookie).collect();
+    // Five transitions on each accepted socket.
+    let sessions = await_sessions(&agent, &cookies, 5 * cookies.len());
+    for (pid, socket, ns, cgroup) in &accepted {
+        check_owner(
+            &sessions,
+            "accepted socket",
+            socket.cookie,
+            *pid,
+            ns,
+            cgroup,
+        );
+    }
+    let finished = agent.stop(libc::SIGINT);
+    assert_eq!(finished.code(), 0, "{finished:#?}");
+}
+
 /// Connections per round of the address-reuse test, and at most in all.
 const BATCH: usize = 100;
 const MAX_CONNECTIONS: usize = 1000;

@@ -3,13 +3,15 @@
 //! It first waits for one line on stdin (so a test can learn its pid, and start an agent that
 //! filters on it, before it makes any socket). Then `tcp_peer listen ADDR COUNT` listens on ADDR,
 //! accepts COUNT connections (reading each to end-of-file, then closing it) and exits;
+//! `tcp_peer share ADDR` listens on ADDR with `SO_REUSEPORT` (so several peers can share it) and
+//! accepts connections the same way until it is killed (or its 20 s are up);
 //! `tcp_peer connect ADDR` connects to ADDR, sends a line, reads to end-of-file and exits. Each socket is announced on stdout as it is made:
 //! `listener|accepted|connected pid=P cookie=C port=LOCAL_PORT`, with the socket's cookie
 //! (`SO_COOKIE`). Every wait is bounded (20 s in all), so a test that goes wrong cannot hang it.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,11 +33,14 @@ fn main() -> ExitCode {
             let count = count
                 .parse()
                 .map_err(|_| io::Error::other(format!("bad count {count:?}")))?;
-            listen(addr, count)
+            listen(TcpListener::bind(addr)?, Some(count))
         }),
+        ["share", addr] => parse(addr)
+            .and_then(bind_reusing_port)
+            .and_then(|listener| listen(listener, None)),
         ["connect", addr] => parse(addr).and_then(connect),
         _ => Err(io::Error::other(
-            "usage: tcp_peer listen ADDR COUNT | tcp_peer connect ADDR",
+            "usage: tcp_peer listen ADDR COUNT | tcp_peer share ADDR | tcp_peer connect ADDR",
         )),
     };
     match result {
@@ -63,13 +68,62 @@ fn announce(what: &str, socket: impl AsFd, port: u16) -> io::Result<()> {
     out.flush()
 }
 
-fn listen(addr: SocketAddr, count: usize) -> io::Result<()> {
-    let listener = TcpListener::bind(addr)?;
+/// A listening IPv4 socket on `addr` with `SO_REUSEPORT` set before it binds (the standard
+/// library's listener cannot set it).
+fn bind_reusing_port(addr: SocketAddr) -> io::Result<TcpListener> {
+    let SocketAddr::V4(v4) = addr else {
+        return Err(io::Error::other("share takes an IPv4 address"));
+    };
+    let check = |result: libc::c_int| {
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    };
+    // SAFETY: plain system calls on a socket this function owns from its creation; the
+    // address and option are locals that outlive the calls.
+    unsafe {
+        let fd = check(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
+        let socket = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        check(libc::bind(
+            fd,
+            (&raw const sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ))?;
+        check(libc::listen(fd, 128))?;
+        Ok(TcpListener::from(socket))
+    }
+}
+
+/// Accepts `count` connections (all it gets until its time is up if `None`), reading each to
+/// end-of-file and closing it.
+fn listen(listener: TcpListener, count: Option<usize>) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     announce("listener", &listener, listener.local_addr()?.port())?;
     let deadline = Instant::now() + TIMEOUT;
     let mut accepted = 0;
-    while accepted < count {
+    while count.is_none_or(|count| accepted < count) {
         match listener.accept() {
             Ok((stream, _)) => {
                 stream.set_nonblocking(false)?;
@@ -79,9 +133,12 @@ fn listen(addr: SocketAddr, count: usize) -> io::Result<()> {
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 if Instant::now() > deadline {
-                    return Err(io::Error::other(format!(
-                        "accepted {accepted} of {count} connections in {TIMEOUT:?}"
-                    )));
+                    return match count {
+                        None => Ok(()),
+                        Some(count) => Err(io::Error::other(format!(
+                            "accepted {accepted} of {count} connections in {TIMEOUT:?}"
+                        ))),
+                    };
                 }
                 thread::sleep(Duration::from_millis(5));
             }
