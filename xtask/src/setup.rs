@@ -20,6 +20,10 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the build, the tests and the bench use, with what for.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns"),
+    (
+        "libbpf-tools",
+        "tcpstates of libbpf-tools, the bench's --peer",
+    ),
     ("libpython3.11", "rotel-agent (OTLP receiver)"),
     ("make", "building jemalloc (the agent's allocator)"),
     ("systemd", "systemd-journald, journalctl"),
