@@ -304,7 +304,7 @@ fn connect_from(client: SocketAddr, server: SocketAddr) -> std::io::Result<TcpSt
 }
 
 /// `addr` as a C socket address, and its length.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all zeroes is a valid (empty) sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {

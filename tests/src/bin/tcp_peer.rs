@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use agent_common::correlation::socket_cookie;
+use integration_tests::traffic;
 
 /// Longest wait for anything.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -68,12 +69,9 @@ fn announce(what: &str, socket: impl AsFd, port: u16) -> io::Result<()> {
     out.flush()
 }
 
-/// A listening IPv4 socket on `addr` with `SO_REUSEPORT` set before it binds (the standard
+/// A listening socket on `addr` with `SO_REUSEPORT` set before it binds (the standard
 /// library's listener cannot set it).
 fn bind_reusing_port(addr: SocketAddr) -> io::Result<TcpListener> {
-    let SocketAddr::V4(v4) = addr else {
-        return Err(io::Error::other("share takes an IPv4 address"));
-    };
     let check = |result: libc::c_int| {
         if result < 0 {
             Err(io::Error::last_os_error())
@@ -81,11 +79,17 @@ fn bind_reusing_port(addr: SocketAddr) -> io::Result<TcpListener> {
             Ok(result)
         }
     };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let (sockaddr, len) = traffic::sockaddr(addr);
     // SAFETY: plain system calls on a socket this function owns from its creation; the
     // address and option are locals that outlive the calls.
     unsafe {
         let fd = check(libc::socket(
-            libc::AF_INET,
+            family,
             libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
             0,
         ))?;
@@ -98,19 +102,7 @@ fn bind_reusing_port(addr: SocketAddr) -> io::Result<TcpListener> {
             (&raw const one).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         ))?;
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        check(libc::bind(
-            fd,
-            (&raw const sin).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        ))?;
+        check(libc::bind(fd, (&raw const sockaddr).cast(), len))?;
         check(libc::listen(fd, 128))?;
         Ok(TcpListener::from(socket))
     }
