@@ -19,7 +19,10 @@
 //! 3. **trace id** = XXH3-128(input, seed 0), the `u128` written big-endian (16 bytes).
 //! 4. **root span id** (the session span) = XXH3-64(input, seed 1), big-endian (8 bytes).
 //! 5. **span id of the n-th state span** of the session, `n` = 0, 1, 2, … in the order the
-//!    states were entered: XXH3-64(input, seed 2 + n), big-endian.
+//!    states were entered: XXH3-64(input, seed 2 + n), big-endian. When the agent had to end
+//!    a session early (its table of open sessions was full) and the socket lives on, the rest
+//!    of the session goes in a span under the root that takes the next `n`, and its states
+//!    the `n`s after it: no two spans of a trace share an id.
 //! 6. An all-zero id, invalid in W3C trace context, is replaced by the value 1
 //!    (`00…01`).
 //!

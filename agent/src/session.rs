@@ -5,7 +5,10 @@
 //! had the same kernel address one after the other can never be mixed up. A socket whose first
 //! transition shows up at the address of a session whose CLOSE was never seen (it was lost) ends
 //! that stale session. The table is bounded; when it is full the session idle longest is ended
-//! early (and counted), so a flood of half-seen sockets cannot grow it.
+//! early (and counted), so a flood of half-seen sockets cannot grow it. An evicted socket that
+//! lives on continues its trace when it shows up again: its later states hang under a span of
+//! their own below the first part's root, whose id is the next state-span id, so no two spans of
+//! the trace share an id.
 
 use std::{collections::HashMap, net::IpAddr, num::NonZeroUsize};
 
@@ -164,6 +167,19 @@ pub struct Session {
     pub(crate) state_since_ns: Option<u64>,
     /// States completed so far: the index of the next state span.
     pub(crate) states_done: u32,
+    /// Set when this session continues one evicted while its socket lived on: the state-span
+    /// index whose id its own span takes, under the first part's root.
+    pub continues: Option<u32>,
+}
+
+impl Session {
+    /// The id of the session's own span: the trace's root, or a continuation's span.
+    pub fn span_id(&self) -> [u8; 8] {
+        match self.continues {
+            Some(index) => self.ids.state_span_id(index),
+            None => self.ids.root_span_id,
+        }
+    }
 }
 
 /// A span-shaped record of something that finished: one state of a session, or a session.
@@ -173,8 +189,10 @@ pub enum Completed {
     State {
         /// The session's trace identifiers.
         ids: ConnectionIds,
-        /// Which of the session's states this is: 0 for the first.
+        /// Which of the trace's state spans this is: 0 for the first.
         index: u32,
+        /// The span it belongs under: its session's ([`Session::span_id`]).
+        parent_span_id: [u8; 8],
         /// The state left.
         state: TcpState,
         /// Kernel time the state was entered.
@@ -202,6 +220,9 @@ pub struct SessionTable {
     open: LruCache<u64, Session>,
     /// Socket address → cookie of the open session there.
     by_address: HashMap<u64, u64>,
+    /// Sockets whose session was evicted, as long as they have not shown up again: cookie → the
+    /// next free state-span index, which a continuation's own span takes. As bounded as `open`.
+    evicted: LruCache<u64, u32>,
     evictions: u64,
 }
 
@@ -211,6 +232,7 @@ impl SessionTable {
         Self {
             open: LruCache::new(capacity),
             by_address: HashMap::with_capacity(capacity.get()),
+            evicted: LruCache::new(capacity),
             evictions: 0,
         }
     }
@@ -252,12 +274,16 @@ impl SessionTable {
             && self.open.len() == self.open.cap().get()
             && let Some((&oldest, _)) = self.open.peek_lru()
         {
-            self.end(oldest, change.ts_ns, Incomplete::Evicted, out);
+            if let Some(next_index) = self.end(oldest, change.ts_ns, Incomplete::Evicted, out) {
+                self.evicted.put(oldest, next_index);
+            }
             self.evictions += 1;
         }
         let mut created = false;
+        let evicted = &mut self.evicted;
         let session = self.open.get_or_insert_mut(cookie, || {
             created = true;
+            let continues = evicted.pop(&cookie);
             Session {
                 ids: new_ids(cookie),
                 cookie,
@@ -270,7 +296,8 @@ impl SessionTable {
                 first_comm: change.comm,
                 state: change.oldstate,
                 state_since_ns: None,
-                states_done: 0,
+                states_done: continues.map_or(0, |index| index + 1),
+                continues,
             }
         });
         if created {
@@ -284,6 +311,7 @@ impl SessionTable {
             out.push(Completed::State {
                 ids: session.ids,
                 index: session.states_done,
+                parent_span_id: session.span_id(),
                 state: change.oldstate,
                 start_ns,
                 end_ns: change.ts_ns,
@@ -311,13 +339,20 @@ impl SessionTable {
             end_early(session, now_ns, Incomplete::Shutdown, out);
         }
         self.by_address.clear();
+        self.evicted.clear();
     }
 
-    /// Ends the open session `cookie` early.
-    fn end(&mut self, cookie: u64, end_ns: u64, why: Incomplete, out: &mut Vec<Completed>) {
-        if let Some(session) = self.remove(cookie) {
-            end_early(session, end_ns, why, out);
-        }
+    /// Ends the open session `cookie` early; returns the next free state-span index of its
+    /// trace, if it was open.
+    fn end(
+        &mut self,
+        cookie: u64,
+        end_ns: u64,
+        why: Incomplete,
+        out: &mut Vec<Completed>,
+    ) -> Option<u32> {
+        let session = self.remove(cookie)?;
+        Some(end_early(session, end_ns, why, out))
     }
 
     /// Removes the open session `cookie` from both indexes.
@@ -330,16 +365,21 @@ impl SessionTable {
     }
 }
 
-fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Completed>) {
+/// Ends `session` at `end_ns`, its current state included; returns the next free state-span
+/// index of its trace.
+fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Completed>) -> u32 {
+    let mut next_index = session.states_done;
     if let Some(start_ns) = session.state_since_ns {
         out.push(Completed::State {
             ids: session.ids,
-            index: session.states_done,
+            index: next_index,
+            parent_span_id: session.span_id(),
             state: session.state,
             start_ns,
             end_ns: end_ns.max(start_ns),
             incomplete: Some(why),
         });
+        next_index += 1;
     }
     out.push(Completed::Session {
         end_ns: end_ns.max(session.start_ns),
@@ -347,6 +387,7 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
         outcome: Outcome::Normal,
         incomplete: Some(why),
     });
+    next_index
 }
 
 #[cfg(test)]
@@ -575,6 +616,95 @@ mod tests {
             (2, Some(Incomplete::Evicted))
         );
         assert_eq!((table.len(), table.evictions()), (2, 1));
+    }
+
+    /// The spans of the trace `ids` that `out` holds, as (span id, parent span id, index of a
+    /// state or `None` for a session's own span), in order.
+    fn spans_of(ids: &ConnectionIds, out: &[Completed]) -> Vec<([u8; 8], [u8; 8], Option<u32>)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Completed::State {
+                    ids: of,
+                    index,
+                    parent_span_id,
+                    ..
+                } => {
+                    (of == ids).then(|| (ids.state_span_id(*index), *parent_span_id, Some(*index)))
+                }
+                Completed::Session { session, .. } => (session.ids == *ids).then(|| {
+                    let parent = match session.continues {
+                        Some(_) => ids.root_span_id,
+                        None => [0; 8],
+                    };
+                    (session.span_id(), parent, None)
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_evicted_socket_that_lives_on_continues_under_its_root() {
+        let (table, out) = run(
+            2,
+            &[
+                change(1, 10, CLOSE, SYN_SENT, 0),
+                change(1, 20, SYN_SENT, ESTABLISHED, 4001),
+                change(2, 30, CLOSE, SYN_SENT, 0),
+                // Evicts socket 1; socket 1 comes back and evicts socket 2.
+                change(3, 40, CLOSE, SYN_SENT, 0),
+                change(1, 50, ESTABLISHED, FIN_WAIT1, 4001),
+                change(1, 60, FIN_WAIT1, FIN_WAIT2, 4001),
+                change(3, 65, SYN_SENT, ESTABLISHED, 4003),
+                // Evicts socket 1's continuation; its CLOSE then evicts socket 3.
+                change(4, 70, CLOSE, SYN_SENT, 0),
+                change(1, 80, FIN_WAIT2, CLOSE, 4001),
+            ],
+        );
+        let ids = ConnectionIds::new(&BootId([7; 16]), 1);
+        let (root, state) = (ids.root_span_id, |n| ids.state_span_id(n));
+        assert_eq!(
+            spans_of(&ids, &out),
+            [
+                (state(0), root, Some(0)),
+                (state(1), root, Some(1)),
+                (root, [0; 8], None),
+                // The first continuation takes span 2; its ESTABLISHED was not timed again.
+                (state(3), state(2), Some(3)),
+                (state(4), state(2), Some(4)),
+                (state(2), root, None),
+                // The second takes the next free one and has no state of its own.
+                (state(5), root, None),
+            ],
+            "every span id of socket 1's trace differs; continuations hang under the root"
+        );
+        assert_eq!(
+            states(&out),
+            [
+                ("SYN_SENT".into(), 10, 20),
+                ("ESTABLISHED".into(), 20, 40),
+                ("SYN_SENT".into(), 30, 50),
+                ("FIN_WAIT1".into(), 50, 60),
+                ("SYN_SENT".into(), 40, 65),
+                ("FIN_WAIT2".into(), 60, 70),
+                ("ESTABLISHED".into(), 65, 80),
+            ]
+        );
+        let ended: Vec<_> = sessions(&out)
+            .iter()
+            .map(|(session, end_ns, _, why)| (session.cookie, session.continues, *end_ns, *why))
+            .collect();
+        let evicted = Some(Incomplete::Evicted);
+        assert_eq!(
+            ended,
+            [
+                (1, None, 40, evicted),
+                (2, None, 50, evicted),
+                (1, Some(2), 70, evicted),
+                (3, None, 80, evicted),
+                (1, Some(5), 80, None),
+            ]
+        );
+        assert_eq!((table.len(), table.evictions()), (1, 4));
     }
 
     #[test]

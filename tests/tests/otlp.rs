@@ -19,6 +19,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use agent_common::correlation::{BootId, ConnectionIds};
 use integration_tests::agent::{self, Agent, EVENT_TIMEOUT, Finished, assert_usage_error};
 use integration_tests::events::{
     Event, Format, Layout, closed_sessions_on_port, expect_lives, on_port, parse_json, sessions,
@@ -27,7 +28,7 @@ use integration_tests::netns::{Netns, THREAD_NAME};
 use integration_tests::otlp::{AttrValue, Ports, ReceivedSpan, Receiver, SpanKind, StatusCode};
 use integration_tests::traces::{
     ARRIVAL_TIMEOUT, COOKIE, END_REASON, ERROR_TYPE, INCOMPLETE, Role, Trace, await_traces_on_port,
-    check_ids, check_trace, host_name, made_by_this_process, open_states, timed_states,
+    check_ids, check_trace, hex, host_name, made_by_this_process, open_states, timed_states,
     trace_of_life, traces_on_port,
 };
 use integration_tests::traffic::{
@@ -692,6 +693,120 @@ fn sigterm_loses_nothing_queued() {
     assert_eq!(client_ports, made, "a client trace for every connection");
     let spans: usize = expected.iter().map(|life| life.len()).sum();
     assert_all_exported(&finished, &receiver, expected.len(), spans);
+}
+
+#[test]
+fn a_full_session_table_evicts_the_session_idle_longest_and_its_trace_goes_on() {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let server: SocketAddr = "127.0.0.1:28016".parse().expect("address");
+    let client: SocketAddr = "127.0.0.1:28036".parse().expect("address");
+    let filter = local_port_filter([server.port(), client.port()]);
+    // Room for two sessions: the listener's and the client's. The accepted socket's first
+    // transition ends the listener's, idle longest.
+    let agent = start_agent(&receiver, &["-L", &filter, "--max-sessions", "2"]);
+    let open = traffic::open_connection_from(&ns, client, server);
+    let listen_name = Role::Listen.root_name(server, no_peer(server));
+    receiver.wait_for(
+        |spans| spans.iter().any(|span| span.name == listen_name),
+        ARRIVAL_TIMEOUT,
+    );
+    open.close(Closer::Client);
+    let expected = [
+        LISTENER,
+        Closer::Client.client_transitions(),
+        Closer::Client.server_transitions(),
+    ];
+    await_text_lives(&agent, server.port(), expected.len());
+    let finished = stop(agent, libc::SIGINT);
+    let summary = finished.otlp_summary();
+    assert_eq!(
+        (summary.evicted, summary.dropped, summary.failed),
+        (1, 0, 0),
+        "{summary:?}"
+    );
+
+    let lives = text_lives(&finished, server.port(), &expected);
+    // The listener's trace: the root and its LISTEN ended at the eviction, then the span of its
+    // LISTEN -> CLOSE, under the root.
+    let spans = receiver.wait_for(
+        |spans| {
+            let traces = traces_on_port(spans, server.port());
+            traces.len() == 3 && traces.iter().map(Trace::span_count).sum::<usize>() == 5 + 5 + 3
+        },
+        ARRIVAL_TIMEOUT,
+    );
+    let traces = traces_on_port(&spans, server.port());
+    for (life, transitions) in lives.iter().zip(expected).skip(1) {
+        check_trace(
+            trace_of_life(&traces, life),
+            &timed_states(transitions),
+            None,
+        );
+    }
+    let accepted = trace_of_life(&traces, &lives[2]);
+    let listener = traces
+        .iter()
+        .find(|trace| trace.root.name == listen_name)
+        .unwrap_or_else(|| panic!("no listener trace: {traces:#?}"));
+    let context = format!("{listener:#?}");
+    let root = &listener.root;
+    let cookie = check_ids(root);
+    assert_eq!(
+        (
+            root.attributes.get(INCOMPLETE),
+            root.attributes.get(END_REASON)
+        ),
+        (
+            Some(&AttrValue::Bool(true)),
+            Some(&AttrValue::Str("evicted".into()))
+        ),
+        "{context}"
+    );
+    assert_eq!(
+        root.end_unix_nano, accepted.root.start_unix_nano,
+        "evicted at the accepted socket's first transition: {context}"
+    );
+    let [listen, rest] = listener.children.as_slice() else {
+        panic!("the LISTEN state and the rest of the session: {context}");
+    };
+    assert_eq!(
+        (listen.name.as_str(), listen.end_unix_nano),
+        ("LISTEN", root.end_unix_nano),
+        "{context}"
+    );
+    assert_eq!(
+        listen.attributes.get(END_REASON),
+        Some(&AttrValue::Str("evicted".into())),
+        "{context}"
+    );
+    let ids = ConnectionIds::new(&BootId::read().expect("boot id"), cookie);
+    assert_eq!(
+        (
+            rest.name.as_str(),
+            rest.kind,
+            rest.parent_span_id.as_deref(),
+            rest.span_id.as_str(),
+        ),
+        (
+            "tcp session",
+            SpanKind::Internal,
+            Some(root.span_id.as_str()),
+            hex(&ids.state_span_id(1)).as_str(),
+        ),
+        "the rest of the session: under the root, with the next state span's id: {context}"
+    );
+    assert_eq!(rest.attributes.get(INCOMPLETE), None, "{context}");
+    let last_close = traces
+        .iter()
+        .filter(|trace| trace.root.name != listen_name)
+        .map(|trace| trace.root.end_unix_nano)
+        .max()
+        .expect("two traces");
+    assert!(
+        rest.start_unix_nano >= last_close && rest.end_unix_nano == rest.start_unix_nano,
+        "the listener closed after both ends, with no state timed since the eviction: {context}"
+    );
 }
 
 #[test]

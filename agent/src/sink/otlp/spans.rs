@@ -83,6 +83,7 @@ impl SpanFactory {
             Completed::State {
                 ids,
                 index,
+                parent_span_id,
                 state,
                 start_ns,
                 end_ns,
@@ -102,7 +103,7 @@ impl SpanFactory {
                 self.data(
                     ids,
                     SpanId::from_bytes(ids.state_span_id(*index)),
-                    SpanId::from_bytes(ids.root_span_id),
+                    SpanId::from_bytes(*parent_span_id),
                     SpanKind::Internal,
                     name,
                     (*start_ns, *end_ns),
@@ -131,10 +132,15 @@ impl SpanFactory {
                 };
                 push_incomplete(&mut attributes, *incomplete);
                 let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
+                // A continuation of an evicted session hangs under the trace's root.
+                let parent = match session.continues {
+                    Some(_) => SpanId::from_bytes(session.ids.root_span_id),
+                    None => SpanId::INVALID,
+                };
                 self.data(
                     &session.ids,
-                    SpanId::from_bytes(session.ids.root_span_id),
-                    SpanId::INVALID,
+                    SpanId::from_bytes(session.span_id()),
+                    parent,
                     kind,
                     Cow::Owned(name),
                     (session.start_ns, *end_ns),
@@ -351,6 +357,7 @@ mod tests {
             state: TcpState(agent_common::state::ESTABLISHED),
             state_since_ns: None,
             states_done: 0,
+            continues: None,
         }
     }
 
@@ -371,6 +378,7 @@ mod tests {
         let completed = Completed::State {
             ids,
             index: 1,
+            parent_span_id: ids.root_span_id,
             state: TcpState(agent_common::state::ESTABLISHED),
             start_ns: 1_234_567,
             end_ns: 201_234_568,
@@ -398,6 +406,34 @@ mod tests {
             Some(Value::from("established"))
         );
         assert_eq!(attr(&span, INCOMPLETE), None);
+    }
+
+    #[test]
+    fn a_continuation_of_an_evicted_session_is_a_span_under_the_root() {
+        let session = Session {
+            continues: Some(3),
+            ..session(Role::Unknown)
+        };
+        let ids = session.ids;
+        let span = factory().span(
+            &Completed::Session {
+                session,
+                end_ns: 2_000_000,
+                outcome: Outcome::Normal,
+                incomplete: None,
+            },
+            SessionDetails::default(),
+        );
+        assert_eq!(span.name, "tcp session");
+        assert_eq!(
+            span.span_context.span_id(),
+            SpanId::from_bytes(ids.state_span_id(3))
+        );
+        assert_eq!(span.parent_span_id, SpanId::from_bytes(ids.root_span_id));
+        assert_eq!(
+            span.span_context.trace_id(),
+            TraceId::from_bytes(ids.trace_id)
+        );
     }
 
     #[test]
