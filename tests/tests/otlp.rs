@@ -695,6 +695,124 @@ fn sigterm_loses_nothing_queued() {
     assert_all_exported(&finished, &receiver, expected.len(), spans);
 }
 
+/// The spans' total in the agent's running reports of dropped spans (`tcpstates: N more spans
+/// dropped (OTLP queue full); M so far`), and the last `M`.
+fn reported_drops(stderr: &[String]) -> (u64, Option<u64>) {
+    let mut more = 0;
+    let mut so_far = None;
+    for line in stderr {
+        let Some(rest) = line.strip_prefix("tcpstates: ") else {
+            continue;
+        };
+        let Some((count, total)) = rest.split_once(" more spans dropped (OTLP queue full); ")
+        else {
+            continue;
+        };
+        more += count.parse::<u64>().expect("a count");
+        so_far = Some(
+            total
+                .strip_suffix(" so far")
+                .and_then(|total| total.parse().ok())
+                .expect("a total"),
+        );
+    }
+    (more, so_far)
+}
+
+#[test]
+fn a_full_queue_drops_and_reports_spans_while_the_collector_is_down() {
+    /// Spans the agent may queue (`--otlp-queue`).
+    const QUEUE: usize = 8;
+    /// Connections made while the export is failing; their clients' ports: 28300, 28301, ...
+    const CONNECTIONS: u16 = 20;
+    const FIRST_CLIENT_PORT: u16 = 28300;
+    let ns = Netns::create();
+    let ports = Ports::free();
+    let server: SocketAddr = "127.0.0.1:28014".parse().expect("address");
+    let clients: Vec<SocketAddr> = (0..=CONNECTIONS)
+        .map(|i| SocketAddr::new(server.ip(), FIRST_CLIENT_PORT + i))
+        .collect();
+    let filter = local_port_filter(
+        std::iter::once(server.port()).chain(clients.iter().map(SocketAddr::port)),
+    );
+    let queue = QUEUE.to_string();
+    let agent = Agent::start_command(
+        Transport::Grpc.command(ports, &["-q", "-L", &filter, "--otlp-queue", &queue]),
+    );
+    let lives = |connections: usize| {
+        let mut lives = vec![LISTENER];
+        for _ in 0..connections {
+            lives.extend([
+                Closer::Client.client_transitions(),
+                Closer::Client.server_transitions(),
+            ]);
+        }
+        lives
+    };
+    let span_count = |lives: &[Transitions]| lives.iter().map(|life| life.len()).sum::<usize>();
+    // One connection, whose spans the export thread takes as its first batch and then holds,
+    // retrying, while the collector is down; then many more, for a queue of QUEUE spans.
+    traffic::connect_from_each_and_close(&ns, server, &clients[..1], Closer::Client);
+    agent.await_stderr("an export failure", EVENT_TIMEOUT, |lines| {
+        lines
+            .iter()
+            .any(|line| line.starts_with("tcpstates: OTLP export failing, will retry: "))
+            .then_some(())
+    });
+    traffic::connect_from_each_and_close(&ns, server, &clients[1..], Closer::Client);
+    let first = lives(1);
+    let made = span_count(&first) + span_count(&lives(clients.len() - 1));
+    agent.await_stderr("a report of dropped spans", EVENT_TIMEOUT, |lines| {
+        (reported_drops(lines).0 > 0).then_some(())
+    });
+
+    let receiver = Receiver::start_on(ports);
+    agent.await_stderr("the export's recovery", Duration::from_secs(20), |lines| {
+        lines
+            .iter()
+            .any(|line| line == "tcpstates: OTLP export recovered")
+            .then_some(())
+    });
+    // The first connection's traces were held all along: they arrive whole.
+    let traces = await_traces_on_port(&receiver, server.port(), &first, ARRIVAL_TIMEOUT);
+    let first_client = i64::from(clients[0].port());
+    for trace in traces.iter().filter(|trace| {
+        trace
+            .root
+            .int_attr("client.port")
+            .is_none_or(|port| port == first_client)
+    }) {
+        check_trace_by_kind(trace, Closer::Client);
+    }
+    let finished = stop(agent, libc::SIGTERM);
+    let summary = finished.otlp_summary();
+    let context = format!("{summary:?}; stderr:\n{}", finished.stderr.join("\n"));
+    assert_eq!(summary.failed, 0, "{context}");
+    assert_eq!(
+        summary.spans + summary.dropped,
+        u64::try_from(made).expect("count"),
+        "every span the agent made is exported or counted dropped: {context}"
+    );
+    assert!(
+        summary.spans <= u64::try_from(span_count(&first) + QUEUE).expect("count"),
+        "no more than the held batch and a full queue are kept: {context}"
+    );
+    assert_eq!(
+        reported_drops(&finished.stderr),
+        (summary.dropped, Some(summary.dropped)),
+        "every drop reported while running: {context}"
+    );
+    let received = receiver.wait_for(
+        |all| all.len() >= usize::try_from(summary.spans).expect("count"),
+        ARRIVAL_TIMEOUT,
+    );
+    assert_eq!(
+        u64::try_from(received.len()).expect("count"),
+        summary.spans,
+        "{context}"
+    );
+}
+
 #[test]
 fn a_full_session_table_evicts_the_session_idle_longest_and_its_trace_goes_on() {
     let ns = Netns::create();
