@@ -2,8 +2,10 @@
 //! (rotel, see `integration_tests::otlp`) over gRPC or HTTP. A root span per socket, named,
 //! kinded and attributed after the connection the test made; a child per state, end to end,
 //! lasting exactly what the text output's MS says; errors on refused and reset connections;
-//! a handshake visible while the connection is still open; a collector that comes up late; and
-//! nothing lost at SIGTERM or SIGINT, open sessions included.
+//! a handshake visible while the connection is still open; a collector that comes up late; a
+//! full span queue (drops counted and reported) and a full session table (evictions counted, the
+//! trace going on); the standard exporter variables (headers, timeout) on the wire; and nothing
+//! lost at SIGTERM or SIGINT, open sessions included.
 //!
 //! The tests pick their sessions out by the ports of their own block, 28xxx. Most also bind
 //! their clients to ports of that block and pass `-L` with exactly their ports, so that the
@@ -1118,22 +1120,7 @@ fn otel_exporter_otlp_headers_are_sent_with_each_request() {
     let ns = Netns::create();
     traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
 
-    listener.set_nonblocking(true).expect("non-blocking");
-    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
-    let mut stream = loop {
-        match listener.accept() {
-            Ok((stream, _)) => break stream,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(
-                    Instant::now() < deadline,
-                    "no export request within {ARRIVAL_TIMEOUT:?}"
-                );
-                thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    };
-    stream.set_nonblocking(false).expect("blocking");
+    let mut stream = accept_export(&listener);
     stream
         .set_read_timeout(Some(EVENT_TIMEOUT))
         .expect("read timeout");
@@ -1160,6 +1147,89 @@ fn otel_exporter_otlp_headers_are_sent_with_each_request() {
         .expect("answer");
     let finished = stop(agent, libc::SIGTERM);
     assert_eq!(finished.code(), 0, "{finished:#?}");
+}
+
+/// The agent's connection to `listener`, taking the receiver's place, accepted within the arrival
+/// timeout.
+fn accept_export(listener: &std::net::TcpListener) -> std::net::TcpStream {
+    listener.set_nonblocking(true).expect("non-blocking");
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no export request within {ARRIVAL_TIMEOUT:?}"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+}
+
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` bounds each export request over `transport`: a receiver that
+/// takes the connection and never answers fails a request well before the default 10 s with
+/// the 300 ms asked for; the agent says so, keeps its spans for the retry, and counts them
+/// failed when it gives up at exit. The test's sessions are on local port `port`.
+fn otel_exporter_otlp_timeout_bounds_each_request(transport: Transport, port: u16) {
+    /// The timeout asked for, and the default one it replaces.
+    const TIMEOUT_MS: u64 = 300;
+    const DEFAULT: Duration = Duration::from_secs(10);
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let listening = listener.local_addr().expect("address").port();
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let filter = port.to_string();
+    let mut command = transport.command(
+        Ports {
+            grpc: listening,
+            http: listening,
+        },
+        &["-q", "-L", &filter],
+    );
+    command.env("OTEL_EXPORTER_OTLP_TIMEOUT", TIMEOUT_MS.to_string());
+    let agent = Agent::start_command(command);
+    let ns = Netns::create();
+    traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
+
+    // Held open, unanswered, until the agent has given up on the request.
+    let _silent = accept_export(&listener);
+    let accepted = Instant::now();
+    let failure = agent.await_stderr("the request's failure", DEFAULT, |lines| {
+        lines
+            .iter()
+            .find(|line| line.starts_with("tcpstates: OTLP export failing, will retry: "))
+            .cloned()
+    });
+    let waited = accepted.elapsed();
+    assert!(
+        waited < DEFAULT / 2,
+        "failed {waited:?} after the connection, with a {TIMEOUT_MS} ms timeout: {failure}"
+    );
+    let finished = agent.stop_within(libc::SIGTERM, FLUSH_TIMEOUT);
+    let summary = finished.otlp_summary();
+    assert_eq!(
+        (summary.spans, summary.dropped),
+        (0, 0),
+        "nothing exported, nothing dropped: {summary:?}"
+    );
+    assert!(
+        summary.failed > 0,
+        "given up at exit, and counted: {summary:?}"
+    );
+}
+
+#[test]
+fn otel_exporter_otlp_timeout_bounds_each_http_request() {
+    otel_exporter_otlp_timeout_bounds_each_request(Transport::Http, 28043);
+}
+
+#[test]
+fn otel_exporter_otlp_timeout_bounds_each_grpc_request() {
+    otel_exporter_otlp_timeout_bounds_each_request(Transport::Grpc, 28044);
 }
 
 /// `OTEL_EXPORTER_OTLP_HEADERS` reaches the wire over gRPC too: the headers travel
