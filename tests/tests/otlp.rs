@@ -1084,6 +1084,13 @@ fn unknown_protocol_is_a_usage_error_naming_the_variable() {
 }
 
 #[test]
+fn unknown_compression_is_a_usage_error_naming_the_variable() {
+    let mut command = agent::command(&["--otlp"]);
+    command.env("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd");
+    assert_usage_error(command, "OTEL_EXPORTER_OTLP_COMPRESSION");
+}
+
+#[test]
 fn unknown_traces_protocol_is_a_usage_error_naming_that_variable() {
     let mut command = agent::command(&["--otlp"]);
     command.env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift");
@@ -1147,6 +1154,101 @@ fn otel_exporter_otlp_headers_are_sent_with_each_request() {
         .expect("answer");
     let finished = stop(agent, libc::SIGTERM);
     assert_eq!(finished.code(), 0, "{finished:#?}");
+}
+
+/// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` compresses each OTLP/HTTP request: the request read on a
+/// loopback port says `content-encoding: gzip` and its body is a gzip stream.
+#[test]
+fn otel_exporter_otlp_compression_gzip_compresses_each_http_request() {
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 28045));
+    let mut command = agent::command(&["--otlp", &endpoint, "-q", "-L", "28045"]);
+    command
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip");
+    let agent = Agent::start_command(command);
+    let ns = Netns::create();
+    traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
+
+    let mut stream = accept_export(&listener);
+    stream
+        .set_read_timeout(Some(EVENT_TIMEOUT))
+        .expect("read timeout");
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = stream.read(&mut byte).expect("read the request head");
+        assert_eq!(read, 1, "the request ended early: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.contains("content-encoding: gzip\r\n"), "{head}");
+    let mut magic = [0; 2];
+    stream
+        .read_exact(&mut magic)
+        .expect("the body's first bytes");
+    assert_eq!(magic, [0x1f, 0x8b], "a gzip stream's magic; head:\n{head}");
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+        )
+        .expect("answer");
+    let finished = stop(agent, libc::SIGTERM);
+    assert_eq!(finished.code(), 0, "{finished:#?}");
+}
+
+/// Over gRPC, `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` marks each request `grpc-encoding: gzip`
+/// (read by an HTTP/2 server in the receiver's place), and a real receiver takes the compressed
+/// requests: the listener's and the accepted socket's traces reach rotel whole.
+#[test]
+fn otel_exporter_otlp_compression_gzip_over_grpc() {
+    use std::sync::mpsc;
+
+    /// Starts an agent exporting with gzip to `endpoint`, tracing local port `port` alone, and
+    /// makes one connection to that port.
+    fn connect_traced_with_gzip(ns: &Netns, endpoint: &str, port: u16) -> Agent {
+        let filter = port.to_string();
+        let mut command = agent::command(&["--otlp", endpoint, "-q", "-L", &filter]);
+        command.env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip");
+        let agent = Agent::start_command(command);
+        let server = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        traffic::connect_and_close(ns, server, Duration::ZERO, Closer::Client);
+        agent
+    }
+
+    let ns = Netns::create();
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    listener.set_nonblocking(true).expect("non-blocking");
+    let (heads, head) = mpsc::channel();
+    thread::spawn(move || serve_grpc_exports(listener, heads));
+    let agent = connect_traced_with_gzip(&ns, &endpoint, 28046);
+    let head: http::request::Parts = head
+        .recv_timeout(ARRIVAL_TIMEOUT)
+        .expect("no export request within the arrival timeout");
+    assert_eq!(
+        head.headers
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip"),
+        "{:?}",
+        head.headers
+    );
+    stop(agent, libc::SIGTERM);
+
+    let receiver = Receiver::start();
+    let agent = connect_traced_with_gzip(&ns, &receiver.grpc_endpoint(), 28047);
+    // The client's ephemeral port is not traced (-L).
+    let expected = [LISTENER, Closer::Client.server_transitions()];
+    let traces = await_traces_on_port(&receiver, 28047, &expected, ARRIVAL_TIMEOUT);
+    assert_eq!(traces.len(), 2, "one trace per socket: {traces:#?}");
+    for trace in &traces {
+        check_trace_by_kind(trace, Closer::Client);
+    }
+    stop(agent, libc::SIGTERM);
 }
 
 /// The agent's connection to `listener`, taking the receiver's place, accepted within the arrival

@@ -1,7 +1,8 @@
 //! Where and how to export: the `--otlp` endpoint and the standard `OTEL_*` variables.
 //!
 //! The exporter itself reads `OTEL_EXPORTER_OTLP_{,TRACES_}ENDPOINT`, `_HEADERS`, `_TIMEOUT`
-//! and `_COMPRESSION`; this module picks the transport from `_PROTOCOL`, applies the
+//! and `_COMPRESSION`; this module picks the transport from `_PROTOCOL`, refuses a compression
+//! this build cannot do (the exporter would silently send uncompressed), applies the
 //! `--otlp ENDPOINT` override and builds the resource.
 
 use opentelemetry::KeyValue;
@@ -36,6 +37,14 @@ pub enum SettingsError {
         /// Its value.
         value: String,
     },
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION` names no compression the exporter can do.
+    #[error("{variable}={value}: the compression must be gzip or none")]
+    Compression {
+        /// The variable read.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// The endpoint is not a URL with a scheme.
     #[error("OTLP endpoint '{0}' is not a URL such as http://localhost:4317")]
     Endpoint(String),
@@ -57,12 +66,23 @@ impl ExportSettings {
         endpoint: Option<&str>,
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SettingsError> {
-        let protocol = [
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ]
-        .into_iter()
-        .find_map(|variable| var(variable).map(|value| (variable, value)))
+        if let Some((variable, value)) = first_set(
+            &var,
+            [
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ],
+        ) && !["gzip", "none"].contains(&value.trim().to_ascii_lowercase().as_str())
+        {
+            return Err(SettingsError::Compression { variable, value });
+        }
+        let protocol = first_set(
+            &var,
+            [
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+        )
         .map(|(variable, value)| match value.trim() {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
@@ -85,6 +105,17 @@ impl ExportSettings {
             .transpose()?;
         Ok(Self { protocol, endpoint })
     }
+}
+
+/// The first of `variables` that is set (the signal's own before the generic one, as the
+/// exporter reads them), with its value.
+fn first_set(
+    var: impl Fn(&str) -> Option<String>,
+    variables: [&'static str; 2],
+) -> Option<(&'static str, String)> {
+    variables
+        .into_iter()
+        .find_map(|variable| var(variable).map(|value| (variable, value)))
 }
 
 /// `http://host:4318` → `http://host:4318/v1/traces`; a URL with a path is kept.
@@ -179,6 +210,24 @@ mod tests {
         );
         let err = ExportSettings::resolve(Some("localhost:4317"), env(&[])).expect_err("no scheme");
         assert!(err.to_string().contains("'localhost:4317'"), "{err}");
+    }
+
+    #[test]
+    fn compression_is_gzip_or_none() {
+        for value in ["gzip", "GZIP", "none"] {
+            let vars = [("OTEL_EXPORTER_OTLP_COMPRESSION", value)];
+            ExportSettings::resolve(None, env(&vars)).expect("valid");
+        }
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ];
+        let err = ExportSettings::resolve(None, env(&vars)).expect_err("no zstd");
+        assert!(
+            err.to_string()
+                .contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=zstd"),
+            "{err}"
+        );
     }
 
     #[test]
