@@ -14,7 +14,9 @@ use std::{
 };
 
 use opentelemetry::trace::SpanId;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
+use opentelemetry_otlp::{
+    SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -25,7 +27,10 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::settings::{ExportSettings, Protocol};
+use super::{
+    settings::{ExportSettings, Protocol},
+    tls,
+};
 
 /// Spans sent in one export request at most (about 0.5 MiB of protobuf).
 const MAX_BATCH: usize = 2048;
@@ -47,6 +52,9 @@ pub enum ExportError {
     /// The OTLP exporter refused its configuration.
     #[error("OTLP exporter: {0}")]
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The HTTP client for the TLS files could not be built.
+    #[error("OTLP/HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
     /// The export thread or its runtime could not start.
     #[error("starting the OTLP export thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -157,9 +165,15 @@ impl SpanExport {
 }
 
 fn build_exporter(settings: &ExportSettings) -> Result<SpanExporter, ExportError> {
+    tls::install_crypto_provider();
     let exporter = match settings.protocol {
         Protocol::Grpc => {
-            let builder = SpanExporter::builder().with_tonic();
+            let mut builder = SpanExporter::builder()
+                .with_tonic()
+                .with_timeout(settings.timeout);
+            if settings.secure {
+                builder = builder.with_tls_config(tls::grpc_config(&settings.tls));
+            }
             match &settings.endpoint {
                 Some(endpoint) => builder.with_endpoint(endpoint).build(),
                 None => builder.build(),
@@ -171,7 +185,14 @@ fn build_exporter(settings: &ExportSettings) -> Result<SpanExporter, ExportError
             } else {
                 opentelemetry_otlp::Protocol::HttpBinary
             };
-            let builder = SpanExporter::builder().with_http().with_protocol(protocol);
+            let mut builder = SpanExporter::builder()
+                .with_http()
+                .with_protocol(protocol)
+                .with_timeout(settings.timeout);
+            if !settings.tls.is_empty() {
+                builder =
+                    builder.with_http_client(tls::http_client(&settings.tls, settings.timeout)?);
+            }
             match &settings.endpoint {
                 Some(endpoint) => builder.with_endpoint(endpoint).build(),
                 None => builder.build(),

@@ -2,11 +2,12 @@
 //!
 //! [`crate::session`] turns state changes into completed states and sessions; this sink turns
 //! those into spans ([`spans`]) and hands them to the export thread ([`export`]), configured
-//! from the command line and the standard `OTEL_*` variables ([`settings`]).
+//! from the command line and the standard `OTEL_*` variables ([`settings`], [`tls`]).
 
 pub mod export;
 pub mod settings;
 pub mod spans;
+pub mod tls;
 
 use agent_common::correlation::{BootId, ConnectionIds};
 

@@ -1,9 +1,12 @@
 //! Where and how to export: the `--otlp` endpoint and the standard `OTEL_*` variables.
 //!
-//! The exporter itself reads `OTEL_EXPORTER_OTLP_{,TRACES_}ENDPOINT`, `_HEADERS`, `_TIMEOUT`
-//! and `_COMPRESSION`; this module picks the transport from `_PROTOCOL`, refuses a compression
-//! this build cannot do (the exporter would silently send uncompressed), applies the
+//! The exporter itself reads `OTEL_EXPORTER_OTLP_{,TRACES_}ENDPOINT`, `_HEADERS` and
+//! `_COMPRESSION`; this module picks the transport from `_PROTOCOL`, refuses a compression this
+//! build cannot do (the exporter would silently send uncompressed), reads `_TIMEOUT` (which a
+//! client built for TLS files needs too) and the TLS files ([`super::tls`]), applies the
 //! `--otlp ENDPOINT` override and builds the resource.
+
+use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{
@@ -12,8 +15,12 @@ use opentelemetry_sdk::{
 };
 use opentelemetry_semantic_conventions::resource::{HOST_NAME, SERVICE_NAME};
 
+use super::tls::{TlsError, TlsFiles};
+
 /// The service name when `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` set none.
 const DEFAULT_SERVICE_NAME: &str = "tcpstates";
+/// How long an export request may take when `OTEL_EXPORTER_OTLP_TIMEOUT` says nothing.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// OTLP transports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,9 +52,20 @@ pub enum SettingsError {
         /// Its value.
         value: String,
     },
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` is not a number of milliseconds.
+    #[error("{variable}={value}: the timeout must be a number of milliseconds")]
+    Timeout {
+        /// The variable read.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// The endpoint is not a URL with a scheme.
     #[error("OTLP endpoint '{0}' is not a URL such as http://localhost:4317")]
     Endpoint(String),
+    /// A TLS file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Resolved export settings.
@@ -58,6 +76,12 @@ pub struct ExportSettings {
     /// Full endpoint URL, when given on the command line; otherwise the exporter reads the
     /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables (or uses the OTLP default).
     pub endpoint: Option<String>,
+    /// The endpoint, from the command line or the variables, is `https://`.
+    pub secure: bool,
+    /// How long one export request may take.
+    pub timeout: Duration,
+    /// TLS files beyond the system's roots.
+    pub tls: TlsFiles,
 }
 
 impl ExportSettings {
@@ -103,7 +127,39 @@ impl ExportSettings {
                 })
             })
             .transpose()?;
-        Ok(Self { protocol, endpoint })
+        let secure = endpoint
+            .clone()
+            .or_else(|| {
+                first_set(
+                    &var,
+                    [
+                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                        "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    ],
+                )
+                .map(|(_, value)| value)
+            })
+            .is_some_and(|endpoint| endpoint.trim().to_ascii_lowercase().starts_with("https://"));
+        let timeout = first_set(
+            &var,
+            [
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ],
+        )
+        .map(|(variable, value)| match value.trim().parse() {
+            Ok(ms) => Ok(Duration::from_millis(ms)),
+            Err(_) => Err(SettingsError::Timeout { variable, value }),
+        })
+        .transpose()?
+        .unwrap_or(DEFAULT_TIMEOUT);
+        Ok(Self {
+            protocol,
+            endpoint,
+            secure,
+            timeout,
+            tls: TlsFiles::read(&var)?,
+        })
     }
 }
 
@@ -226,6 +282,33 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=zstd"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn timeout_in_milliseconds_and_https_from_the_flag_or_the_variables() {
+        let settings = ExportSettings::resolve(None, env(&[])).expect("valid");
+        assert_eq!(
+            (settings.timeout, settings.secure),
+            (Duration::from_secs(10), false)
+        );
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "250"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "x"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "HTTPS://collector:4317"),
+        ];
+        let settings = ExportSettings::resolve(None, env(&vars)).expect("valid");
+        assert_eq!(
+            (settings.timeout, settings.secure),
+            (Duration::from_millis(250), true)
+        );
+        let flag = ExportSettings::resolve(Some("http://c:4317"), env(&vars)).expect("valid");
+        assert!(!flag.secure, "the flag wins over the variable");
+        let vars = [("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")];
+        let err = ExportSettings::resolve(None, env(&vars)).expect_err("not ms");
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT=10s"),
             "{err}"
         );
     }
