@@ -755,6 +755,9 @@ fn a_full_queue_drops_and_reports_spans_while_the_collector_is_down() {
     // One connection, whose spans the export thread takes as its first batch and then holds,
     // retrying, while the collector is down; then many more, for a queue of QUEUE spans.
     traffic::connect_from_each_and_close(&ns, server, &clients[..1], Closer::Client);
+    // Its last transitions can come late (a retransmitted FIN); they must be queued before the
+    // many connections' spans are.
+    ns.await_no_tcp_sockets(EVENT_TIMEOUT);
     agent.await_stderr("an export failure", EVENT_TIMEOUT, |lines| {
         lines
             .iter()
@@ -1110,35 +1113,14 @@ fn endpoint_without_scheme_is_a_usage_error() {
 /// itself (head only), then answers it as a receiver would.
 #[test]
 fn otel_exporter_otlp_headers_are_sent_with_each_request() {
-    use std::io::{Read, Write};
-    use std::net::TcpListener;
-
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
-    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 28041));
-    let mut command = agent::command(&["--otlp", &endpoint, "-q", "-L", "28041"]);
-    command
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .env(
+    let request = take_http_export(
+        28041,
+        &[(
             "OTEL_EXPORTER_OTLP_HEADERS",
             "x-tenant=blue,x-api-key=s3cret",
-        );
-    let agent = Agent::start_command(command);
-    let ns = Netns::create();
-    traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
-
-    let mut stream = accept_export(&listener);
-    stream
-        .set_read_timeout(Some(EVENT_TIMEOUT))
-        .expect("read timeout");
-    let mut head = Vec::new();
-    let mut byte = [0; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = stream.read(&mut byte).expect("read the request head");
-        assert_eq!(read, 1, "the request ended early: {head:?}");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        )],
+    );
+    let head = &request.head;
     assert!(head.starts_with("post /v1/traces "), "{head}");
     for header in [
         "x-tenant: blue\r\n",
@@ -1147,57 +1129,25 @@ fn otel_exporter_otlp_headers_are_sent_with_each_request() {
     ] {
         assert!(head.contains(header), "no {header:?} in:\n{head}");
     }
-    stream
-        .write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-        )
-        .expect("answer");
-    let finished = stop(agent, libc::SIGTERM);
-    assert_eq!(finished.code(), 0, "{finished:#?}");
+    request.answer_and_stop();
 }
 
 /// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` compresses each OTLP/HTTP request: the request read on a
 /// loopback port says `content-encoding: gzip` and its body is a gzip stream.
 #[test]
 fn otel_exporter_otlp_compression_gzip_compresses_each_http_request() {
-    use std::io::{Read, Write};
+    use std::io::Read;
 
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
-    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 28045));
-    let mut command = agent::command(&["--otlp", &endpoint, "-q", "-L", "28045"]);
-    command
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip");
-    let agent = Agent::start_command(command);
-    let ns = Netns::create();
-    traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
-
-    let mut stream = accept_export(&listener);
-    stream
-        .set_read_timeout(Some(EVENT_TIMEOUT))
-        .expect("read timeout");
-    let mut head = Vec::new();
-    let mut byte = [0; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = stream.read(&mut byte).expect("read the request head");
-        assert_eq!(read, 1, "the request ended early: {head:?}");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let mut request = take_http_export(28045, &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]);
+    let head = &request.head;
     assert!(head.contains("content-encoding: gzip\r\n"), "{head}");
     let mut magic = [0; 2];
-    stream
+    request
+        .stream
         .read_exact(&mut magic)
         .expect("the body's first bytes");
     assert_eq!(magic, [0x1f, 0x8b], "a gzip stream's magic; head:\n{head}");
-    stream
-        .write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-        )
-        .expect("answer");
-    let finished = stop(agent, libc::SIGTERM);
-    assert_eq!(finished.code(), 0, "{finished:#?}");
+    request.answer_and_stop();
 }
 
 /// Over gRPC, `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` marks each request `grpc-encoding: gzip`
@@ -1249,6 +1199,66 @@ fn otel_exporter_otlp_compression_gzip_over_grpc() {
         check_trace_by_kind(trace, Closer::Client);
     }
     stop(agent, libc::SIGTERM);
+}
+
+/// An OTLP/HTTP export request the test took in the receiver's place.
+struct HttpExport {
+    /// The agent that sent it.
+    agent: Agent,
+    /// Its connection, read up to the body.
+    stream: std::net::TcpStream,
+    /// Its head, lowercase.
+    head: String,
+}
+
+/// Starts the agent exporting over OTLP/HTTP to a loopback listener of the test's, with `env`
+/// set and tracing local port `port` alone; makes a connection to that port and reads the head
+/// of the export request it causes.
+fn take_http_export(port: u16, env: &[(&str, &str)]) -> HttpExport {
+    use std::io::Read;
+
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let filter = port.to_string();
+    let mut command = agent::command(&["--otlp", &endpoint, "-q", "-L", &filter]);
+    command
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .envs(env.iter().copied());
+    let agent = Agent::start_command(command);
+    let ns = Netns::create();
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
+
+    let mut stream = accept_export(&listener);
+    stream
+        .set_read_timeout(Some(EVENT_TIMEOUT))
+        .expect("read timeout");
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = stream.read(&mut byte).expect("read the request head");
+        assert_eq!(read, 1, "the request ended early: {head:?}");
+        head.push(byte[0]);
+    }
+    HttpExport {
+        agent,
+        stream,
+        head: String::from_utf8_lossy(&head).to_ascii_lowercase(),
+    }
+}
+
+impl HttpExport {
+    /// Answers the request as a receiver would, stops the agent and checks it exited with 0.
+    fn answer_and_stop(mut self) {
+        use std::io::Write;
+
+        self.stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+            )
+            .expect("answer");
+        stop(self.agent, libc::SIGTERM);
+    }
 }
 
 /// The agent's connection to `listener`, taking the receiver's place, accepted within the arrival
