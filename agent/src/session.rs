@@ -283,7 +283,12 @@ impl SessionTable {
         let evicted = &mut self.evicted;
         let session = self.open.get_or_insert_mut(cookie, || {
             created = true;
-            let continues = evicted.pop(&cookie);
+            // Only a socket that was under way can be one evicted earlier; the check keeps the
+            // lookup off the path of every new socket while nothing is evicted.
+            let continues = (!evicted.is_empty()
+                && !starts_socket(change.oldstate.0, change.newstate.0))
+            .then(|| evicted.pop(&cookie))
+            .flatten();
             Session {
                 ids: new_ids(cookie),
                 cookie,
