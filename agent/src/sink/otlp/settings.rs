@@ -36,29 +36,15 @@ pub enum Protocol {
 /// A setting that makes no sense.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// `OTEL_EXPORTER_OTLP_PROTOCOL` names no known protocol.
-    #[error("{variable}={value}: the protocol must be grpc, http/protobuf or http/json")]
-    Protocol {
+    /// An `OTEL_EXPORTER_OTLP_*` variable holds a value it cannot take.
+    #[error("{variable}={value}: {expected}")]
+    Variable {
         /// The variable read.
         variable: &'static str,
         /// Its value.
         value: String,
-    },
-    /// `OTEL_EXPORTER_OTLP_COMPRESSION` names no compression the exporter can do.
-    #[error("{variable}={value}: the compression must be gzip or none")]
-    Compression {
-        /// The variable read.
-        variable: &'static str,
-        /// Its value.
-        value: String,
-    },
-    /// `OTEL_EXPORTER_OTLP_TIMEOUT` is not a number of milliseconds.
-    #[error("{variable}={value}: the timeout must be a number of milliseconds")]
-    Timeout {
-        /// The variable read.
-        variable: &'static str,
-        /// Its value.
-        value: String,
+        /// What it can take.
+        expected: &'static str,
     },
     /// The endpoint is not a URL with a scheme.
     #[error("OTLP endpoint '{0}' is not a URL such as http://localhost:4317")]
@@ -98,7 +84,11 @@ impl ExportSettings {
             ],
         ) && !["gzip", "none"].contains(&value.trim().to_ascii_lowercase().as_str())
         {
-            return Err(SettingsError::Compression { variable, value });
+            return Err(SettingsError::Variable {
+                variable,
+                value,
+                expected: "the compression must be gzip or none",
+            });
         }
         let protocol = first_set(
             &var,
@@ -111,7 +101,11 @@ impl ExportSettings {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
             "http/json" => Ok(Protocol::HttpJson),
-            _ => Err(SettingsError::Protocol { variable, value }),
+            _ => Err(SettingsError::Variable {
+                variable,
+                value,
+                expected: "the protocol must be grpc, http/protobuf or http/json",
+            }),
         })
         .transpose()?
         .unwrap_or(Protocol::Grpc);
@@ -149,7 +143,11 @@ impl ExportSettings {
         )
         .map(|(variable, value)| match value.trim().parse() {
             Ok(ms) => Ok(Duration::from_millis(ms)),
-            Err(_) => Err(SettingsError::Timeout { variable, value }),
+            Err(_) => Err(SettingsError::Variable {
+                variable,
+                value,
+                expected: "the timeout must be a number of milliseconds",
+            }),
         })
         .transpose()?
         .unwrap_or(DEFAULT_TIMEOUT);
