@@ -723,8 +723,10 @@ fn reported_drops(stderr: &[String]) -> (u64, Option<u64>) {
 
 #[test]
 fn a_full_queue_drops_and_reports_spans_while_the_collector_is_down() {
-    /// Spans the agent may queue (`--otlp-queue`).
-    const QUEUE: usize = 8;
+    /// Spans the agent may queue (`--otlp-queue`): room for the first connection's 12 spans,
+    /// which can come in one burst, before the export thread takes any; far less than the 200
+    /// spans of the connections made while it is failing.
+    const QUEUE: usize = 16;
     /// Connections made while the export is failing; their clients' ports: 28300, 28301, ...
     const CONNECTIONS: u16 = 20;
     const FIRST_CLIENT_PORT: u16 = 28300;
