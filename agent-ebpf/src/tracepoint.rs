@@ -511,7 +511,6 @@ fn record(ctx: &BtfTracePointContext) {
         return;
     }
 
-    count(Counter::Seen);
     let (saddr, daddr) = match family {
         AF_INET => (
             sock.addr_v4(offset!(rcv_saddr)),

@@ -21,8 +21,6 @@ pub struct KernelCounters {
 /// A snapshot of the counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Transitions that passed the filters.
-    pub seen: u64,
     /// Transitions dropped because the ring buffer was full.
     pub ring_full: u64,
     /// Runs of the main program the kernel skipped because it was already running on that CPU,
@@ -73,7 +71,6 @@ impl KernelCounters {
         };
         let recovered = sum(Counter::Recovered)?;
         Ok(Counts {
-            seen: sum(Counter::Seen)?,
             ring_full: sum(Counter::RingFull)?,
             recursion: recursion_misses(&self.program)
                 .ok()
@@ -114,7 +111,6 @@ mod tests {
     #[test]
     fn summary_names_every_cause() {
         let counts = Counts {
-            seen: 10,
             ring_full: 2,
             recursion: Some(3),
             recovered: 4,
