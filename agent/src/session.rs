@@ -180,6 +180,12 @@ impl Session {
             None => self.ids.root_span_id,
         }
     }
+
+    /// The id of the span the session's own span hangs under: none for the trace's root, the
+    /// root for a continuation.
+    pub fn parent_span_id(&self) -> Option<[u8; 8]> {
+        self.continues.map(|_| self.ids.root_span_id)
+    }
 }
 
 /// A span-shaped record of something that finished: one state of a session, or a session.
@@ -637,10 +643,7 @@ mod tests {
                     (of == ids).then(|| (ids.state_span_id(*index), *parent_span_id, Some(*index)))
                 }
                 Completed::Session { session, .. } => (session.ids == *ids).then(|| {
-                    let parent = match session.continues {
-                        Some(_) => ids.root_span_id,
-                        None => [0; 8],
-                    };
+                    let parent = session.parent_span_id().unwrap_or([0; 8]);
                     (session.span_id(), parent, None)
                 }),
             })

@@ -163,7 +163,7 @@ impl ExportSettings {
 
 /// The first of `variables` that is set (the signal's own before the generic one, as the
 /// exporter reads them), with its value.
-fn first_set(
+pub(super) fn first_set(
     var: impl Fn(&str) -> Option<String>,
     variables: [&'static str; 2],
 ) -> Option<(&'static str, String)> {

@@ -132,15 +132,12 @@ impl SpanFactory {
                 };
                 push_incomplete(&mut attributes, *incomplete);
                 let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
-                // A continuation of an evicted session hangs under the trace's root.
-                let parent = match session.continues {
-                    Some(_) => SpanId::from_bytes(session.ids.root_span_id),
-                    None => SpanId::INVALID,
-                };
                 self.data(
                     &session.ids,
                     SpanId::from_bytes(session.span_id()),
-                    parent,
+                    session
+                        .parent_span_id()
+                        .map_or(SpanId::INVALID, SpanId::from_bytes),
                     kind,
                     Cow::Owned(name),
                     (session.start_ns, *end_ns),

@@ -7,6 +7,8 @@ use std::{fs, path::PathBuf, time::Duration};
 
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
 
+use super::settings::first_set;
+
 /// A file named by a TLS variable could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -134,12 +136,10 @@ fn read_named(
     var: impl Fn(&str) -> Option<String>,
     variables: Variables,
 ) -> Result<Option<NamedFile>, TlsError> {
-    let Some((variable, path)) = variables
-        .into_iter()
-        .find_map(|variable| var(variable).map(|path| (variable, PathBuf::from(path))))
-    else {
+    let Some((variable, path)) = first_set(var, variables) else {
         return Ok(None);
     };
+    let path = PathBuf::from(path);
     match fs::read(&path) {
         Ok(contents) => Ok(Some(NamedFile {
             variable,
