@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::dist::DistArgs;
+use crate::image::ImageArgs;
+use crate::matrix::MatrixArgs;
 use crate::paths::Profile;
 
 /// `cargo xtask`: developer tasks for tcpstates.
@@ -41,6 +44,12 @@ pub enum Command {
     /// Measure the connection rate of a loopback load with and without tcpstates tracing it,
     /// and whether tcpstates printed every event (with `--otlp`, also exporting over OTLP). Needs root.
     Bench(BenchArgs),
+    /// Boot Debian's kernels under qemu and run the end-to-end smoke test inside each.
+    Matrix(MatrixArgs),
+    /// Build the container image (`deploy/container/Containerfile`) offline.
+    Image(ImageArgs),
+    /// Build the release tarball: binary, man page, completions, systemd unit, deploy files.
+    Dist(DistArgs),
 }
 
 /// Options of `build`.

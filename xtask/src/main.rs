@@ -7,7 +7,10 @@
 mod bench;
 mod cargo;
 mod cli;
+mod dist;
+mod image;
 mod lint;
+mod matrix;
 mod paths;
 mod process;
 mod run;
@@ -28,6 +31,14 @@ fn main() -> ExitCode {
         Command::Test(args) => test_suite::test(&args),
         Command::Lint => lint::lint(),
         Command::Bench(args) => bench::bench(&args),
+        Command::Matrix(args) => matrix::matrix(&args).and_then(|results| {
+            if results.failed > 0 {
+                anyhow::bail!("{} kernels of the matrix failed", results.failed)
+            }
+            Ok(())
+        }),
+        Command::Image(args) => image::build(&args).map(|reference| println!("{reference}")),
+        Command::Dist(args) => dist::dist(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

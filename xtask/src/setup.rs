@@ -19,6 +19,15 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Debian packages the build, the tests and the bench use, with what for.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    (
+        "buildah",
+        "building the container image (cargo xtask image)",
+    ),
+    (
+        "busybox-static",
+        "the kernel matrix's initramfs (cargo xtask matrix)",
+    ),
+    ("cpio", "packing the kernel matrix's initramfs"),
     ("iproute2", "ip netns"),
     (
         "libbpf-tools",
@@ -26,6 +35,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("libpython3.11", "rotel-agent (OTLP receiver)"),
     ("make", "building jemalloc (the agent's allocator)"),
+    ("podman", "running the container image in the tests"),
+    ("qemu-system-x86", "booting the kernel matrix's kernels"),
+    ("runc", "the container runtime podman uses here"),
     ("systemd", "systemd-journald, journalctl"),
     ("util-linux", "setpriv"),
 ];

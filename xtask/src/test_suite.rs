@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 use crate::cli::TestArgs;
+use crate::image::{self, ImageArgs};
+use crate::matrix::{self, MatrixArgs};
 use crate::paths::{self, Profile};
 use crate::process;
 use crate::{cargo, setup};
@@ -15,18 +17,24 @@ use crate::{cargo, setup};
 const AGENT_BIN_ENV: &str = "TCPSTATES_BIN";
 /// Where the tests find the correlation example (`link_to_connection`).
 const LINK_EXAMPLE_ENV: &str = "LINK_TO_CONNECTION_BIN";
+/// Environment variable through which the container test finds the image `cargo xtask image`
+/// built.
+const IMAGE_ENV: &str = "TCPSTATES_IMAGE";
 
-/// Sets up, builds the debug agent, then runs `cargo test` on the default members (every crate but
-/// the kernel program, which only builds for the BPF target) one test at a time, since the
-/// integration tests share kernel state. Fails if any test fails.
+/// Sets up, builds the debug agent and the container image, then runs `cargo test` on the default
+/// members (every crate but the kernel program, which only builds for the BPF target) one test
+/// at a time, since the integration tests share kernel state; a whole run (no arguments) then
+/// runs the kernel matrix. Fails if any test fails.
 pub fn test(args: &TestArgs) -> Result<()> {
     setup::setup()?;
     cargo::build_agent(Profile::Debug)?;
     let example = cargo::build_link_example(Profile::Debug)?;
+    let image = image::build(&ImageArgs::default())?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(paths::workspace_root())
         .env(AGENT_BIN_ENV, paths::binary(Profile::Debug, "tcpstates"))
         .env(LINK_EXAMPLE_ENV, example)
+        .env(IMAGE_ENV, image)
         .arg("test")
         .args(&args.cargo_args)
         .arg("--");
@@ -51,12 +59,28 @@ pub fn test(args: &TestArgs) -> Result<()> {
         totals.add(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
+    let whole_run = args.cargo_args.is_empty() && args.harness_args.is_empty();
+    let kernels = if whole_run {
+        Some(matrix::matrix(&MatrixArgs::default()))
+    } else {
+        None
+    };
+    if let Some(Ok(results)) = &kernels {
+        totals.passed += results.passed;
+        totals.failed += results.failed;
+    }
     // One closing line for the whole run (every test binary prints its own).
     println!("{} passed, {} failed", totals.passed, totals.failed);
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
-    Ok(())
+    match kernels {
+        Some(Err(err)) => Err(err.context("the kernel matrix could not run")),
+        Some(Ok(results)) if results.failed > 0 => {
+            bail!("{} kernels of the matrix failed", results.failed)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Tests passed and failed over every test binary of a run.
