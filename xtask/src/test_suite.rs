@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 use crate::cli::TestArgs;
-use crate::image::{self, ImageArgs};
 use crate::matrix::{self, MatrixArgs};
 use crate::paths::{self, Profile};
 use crate::process;
@@ -17,11 +16,8 @@ use crate::{cargo, setup};
 const AGENT_BIN_ENV: &str = "TCPSTATES_BIN";
 /// Where the tests find the correlation example (`link_to_connection`).
 const LINK_EXAMPLE_ENV: &str = "LINK_TO_CONNECTION_BIN";
-/// Environment variable through which the container test finds the image `cargo xtask image`
-/// built.
-const IMAGE_ENV: &str = "TCPSTATES_IMAGE";
 
-/// Sets up, builds the debug agent and the container image, then runs `cargo test` on the default
+/// Sets up, builds the debug agent, then runs `cargo test` on the default
 /// members (every crate but the kernel program, which only builds for the BPF target) one test
 /// at a time, since the integration tests share kernel state; a whole run (no arguments) then
 /// runs the kernel matrix. Fails if any test fails.
@@ -29,12 +25,10 @@ pub fn test(args: &TestArgs) -> Result<()> {
     setup::setup()?;
     cargo::build_agent(Profile::Debug)?;
     let example = cargo::build_link_example(Profile::Debug)?;
-    let image = image::build(&ImageArgs::default())?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(paths::workspace_root())
         .env(AGENT_BIN_ENV, paths::binary(Profile::Debug, "tcpstates"))
         .env(LINK_EXAMPLE_ENV, example)
-        .env(IMAGE_ENV, image)
         .arg("test")
         .args(&args.cargo_args)
         .arg("--");
