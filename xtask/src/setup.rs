@@ -52,6 +52,7 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     debian_packages()?;
     ensure_rotel()?;
+    ensure_kubernetes_validate()?;
     tracefs()
 }
 
@@ -161,6 +162,13 @@ const ROTEL_PROBE: &str = "import importlib.metadata, os, rotel; \
     print(importlib.metadata.version('rotel'), \
     os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))";
 
+/// The path of the installed rotel's `rotel-agent`, if rotel is installed.
+pub fn rotel_agent() -> Option<std::path::PathBuf> {
+    let found = process::stdout_of(Command::new("python3").args(["-c", ROTEL_PROBE]))?;
+    let (_, agent) = found.trim().split_once(' ')?;
+    Path::new(agent).is_file().then(|| agent.into())
+}
+
 /// Installs the pinned rotel with pip unless `python3` already imports that version and its
 /// `rotel-agent` is there (it also needs `libpython3.11`, a Debian package above).
 fn ensure_rotel() -> Result<()> {
@@ -185,6 +193,34 @@ fn ensure_rotel() -> Result<()> {
         "install",
         "--pre",
         &format!("rotel=={ROTEL_VERSION}"),
+    ]))
+}
+
+/// The kubernetes-validate release (PyPI) that `tests/tests/deploy_manifests.rs` checks the
+/// Kubernetes manifests of `deploy/kubernetes/` with, offline: its schemas go up to 1.37.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// Installs the pinned kubernetes-validate with pip unless `python3` already has that version.
+fn ensure_kubernetes_validate() -> Result<()> {
+    let found = process::stdout_of(Command::new("python3").args([
+        "-c",
+        "import importlib.metadata; print(importlib.metadata.version('kubernetes-validate'))",
+    ]));
+    match found.as_deref().map(str::trim) {
+        Some(version) if version == KUBERNETES_VALIDATE_VERSION => {
+            println!("setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: present");
+            return Ok(());
+        }
+        Some(version) => println!(
+            "setup: kubernetes-validate: found {version}, installing {KUBERNETES_VALIDATE_VERSION}"
+        ),
+        None => println!("setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: installing"),
+    }
+    process::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
     ]))
 }
 
