@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod deploy;
 pub mod events;
 pub mod journald;
 pub mod netns;
@@ -21,3 +22,4 @@ pub mod owners;
 pub mod scenario;
 pub mod traces;
 pub mod traffic;
+pub mod vm;
