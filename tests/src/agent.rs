@@ -4,8 +4,9 @@
 //! lines it expects (with a timeout) while the agent keeps running, then stop it with a signal and
 //! get everything it wrote.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -124,8 +125,83 @@ pub struct Finished {
 /// inherits no `OTEL_*` variable from the test's own environment, so only what the test sets
 /// configures the OTLP export.
 pub fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(binary());
-    command.args(args);
+    command_as(&Privileges::Root, args)
+}
+
+/// The uid (and gid) of `nobody`, an unprivileged user that owns no file.
+pub const NOBODY: u32 = 65534;
+
+/// Who the agent runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privileges {
+    /// As the test runs: root, every capability.
+    Root,
+    /// As `uid` (gid the same, no supplementary groups) with exactly CAP_BPF and CAP_PERFMON,
+    /// the least the agent needs (Linux >= 5.8).
+    CapsOnly {
+        /// The uid and gid.
+        uid: u32,
+    },
+    /// As `uid` (gid the same, no supplementary groups) with exactly `caps`: capability names
+    /// as `setpriv` spells them, without `cap_` (e.g. `&["bpf"]`; `&[]` for none).
+    Caps {
+        /// The uid and gid.
+        uid: u32,
+        /// The capabilities it keeps.
+        caps: &'static [&'static str],
+    },
+}
+
+impl Privileges {
+    /// The capabilities of [`Privileges::CapsOnly`].
+    pub const TRACING_CAPS: &'static [&'static str] = &["bpf", "perfmon"];
+
+    /// The words that run `program` with these privileges: `program` alone as root; otherwise
+    /// (`program` and the directories above it must then be open to `uid`, as `target/` is)
+    /// `setpriv` switching uid and gid, clearing the groups, and leaving exactly the
+    /// capabilities in the inheritable, ambient and bounding sets (the ambient set becomes the
+    /// permitted and effective sets when `setpriv` executes `program`, which keeps its pid).
+    pub fn argv(&self, program: &Path) -> Vec<OsString> {
+        let (uid, caps) = match *self {
+            Privileges::Root => return vec![program.into()],
+            Privileges::CapsOnly { uid } => (uid, Privileges::TRACING_CAPS),
+            Privileges::Caps { uid, caps } => (uid, caps),
+        };
+        let set: String = std::iter::once("-all".to_owned())
+            .chain(caps.iter().map(|cap| format!("+{cap}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut argv: Vec<OsString> = [
+            "setpriv".to_owned(),
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_owned(),
+            format!("--inh-caps={set}"),
+            format!("--ambient-caps={set}"),
+            format!("--bounding-set={set}"),
+            "--".to_owned(),
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        argv.push(program.into());
+        argv
+    }
+}
+
+/// Like [`command`], running the agent with `privileges` (see [`Privileges::argv`]).
+pub fn command_as(privileges: &Privileges, args: &[&str]) -> Command {
+    wrapped_command(&[], privileges, args)
+}
+
+/// Like [`command_as`], the whole behind `prefix`, a command that ends by executing its
+/// arguments (e.g. `unshare --mount --`): runs `prefix... [setpriv ...] tcpstates args...`. A
+/// prefix that executes rather than forks keeps the agent's pid that of the child.
+pub fn wrapped_command(prefix: &[&str], privileges: &Privileges, args: &[&str]) -> Command {
+    let mut argv: Vec<OsString> = prefix.iter().map(OsString::from).collect();
+    argv.extend(privileges.argv(&binary()));
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]).args(args);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("OTEL_") {
             command.env_remove(name);
@@ -160,6 +236,18 @@ impl Agent {
     /// Runs the agent with `args` without waiting for anything.
     pub fn spawn(args: &[&str]) -> Agent {
         Agent::spawn_command(command(args))
+    }
+
+    /// Like [`Agent::start`], with `privileges`: e.g.
+    /// `Agent::start_as(Privileges::CapsOnly { uid: NOBODY }, &["-x"])` runs it as `nobody`
+    /// with only CAP_BPF and CAP_PERFMON.
+    pub fn start_as(privileges: Privileges, args: &[&str]) -> Agent {
+        Agent::start_command(command_as(&privileges, args))
+    }
+
+    /// Like [`Agent::spawn`], with `privileges`.
+    pub fn spawn_as(privileges: Privileges, args: &[&str]) -> Agent {
+        Agent::spawn_command(command_as(&privileges, args))
     }
 
     /// Runs `command` (which runs the agent, possibly through a wrapper such as `setpriv`),
