@@ -9,7 +9,9 @@ use crate::{
     config::PortList,
 };
 
-const EXAMPLES: &str = "\
+/// The examples `--help` ends with, one `command  # what it does` a line after the heading; the
+/// man page's EXAMPLES section is made from them too.
+pub const EXAMPLES: &str = "\
 examples:
     tcpstates           # trace all TCP state changes
     tcpstates -t        # include timestamp column
@@ -29,11 +31,20 @@ examples:
     tcpstates --json    # one JSON object per line, for scripts
     tcpstates --otlp -q # export sessions as traces to $OTEL_EXPORTER_OTLP_ENDPOINT only";
 
+/// What `--version` prints after the name: the crate's version and the commit it was built from
+/// (`unknown` when not built from a git checkout; see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TCPSTATES_COMMIT"),
+    ")"
+);
+
 /// Trace TCP session state changes and durations.
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpstates",
-    version,
+    version = VERSION,
     about = "Trace TCP session state changes and durations",
     after_help = EXAMPLES,
     group(ArgGroup::new("family").args(["ipv4", "ipv6"])),

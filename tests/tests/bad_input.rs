@@ -1,6 +1,6 @@
-//! Bad input and environment: a bad port list or flag combination is a usage error (exit 2, one
-//! `error:` line naming the problem, nothing traced); missing privileges are one line naming what
-//! is needed (exit 1); the extreme valid ports are accepted.
+//! Bad input and environment: a bad port list, flag combination or OTLP endpoint is a usage
+//! error (exit 2, one `error:` line naming the problem, nothing traced); missing privileges are
+//! one line naming what is needed (exit 1); the extreme valid ports are accepted.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -45,6 +45,27 @@ fn both_families_at_once() {
 #[test]
 fn unknown_flag() {
     assert_usage_error(&["--bogus"], "--bogus");
+}
+
+#[test]
+fn otlp_endpoint_of_another_scheme_than_http() {
+    // Accepted once, it failed only at the first export, as a failed name lookup.
+    assert_usage_error(
+        &["--otlp", "ftp://collector:4317"],
+        "'ftp://collector:4317' is not an http:// or https:// URL",
+    );
+}
+
+#[test]
+fn otlp_endpoint_variable_of_another_scheme_than_http() {
+    for variable in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ] {
+        let mut command = agent::command(&["--otlp", "-q"]);
+        command.env(variable, "ftp://collector:4317");
+        agent::assert_usage_error(command, &format!("{variable}=ftp://collector:4317"));
+    }
 }
 
 #[test]

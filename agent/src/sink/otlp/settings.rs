@@ -46,8 +46,8 @@ pub enum SettingsError {
         /// What it can take.
         expected: &'static str,
     },
-    /// The endpoint is not a URL with a scheme.
-    #[error("OTLP endpoint '{0}' is not a URL such as http://localhost:4317")]
+    /// The endpoint is not an `http://` or `https://` URL.
+    #[error("OTLP endpoint '{0}' is not an http:// or https:// URL such as http://localhost:4317")]
     Endpoint(String),
     /// A TLS file cannot be used.
     #[error(transparent)]
@@ -111,7 +111,7 @@ impl ExportSettings {
         .unwrap_or(Protocol::Grpc);
         let endpoint = endpoint
             .map(|endpoint| {
-                if !endpoint.contains("://") {
+                if !is_http_url(endpoint) {
                     return Err(SettingsError::Endpoint(endpoint.to_owned()));
                 }
                 Ok(match protocol {
@@ -121,18 +121,31 @@ impl ExportSettings {
                 })
             })
             .transpose()?;
+        let variable_endpoint = first_set(
+            &var,
+            [
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ],
+        );
+        // The exporter reads the variable only without `--otlp ENDPOINT`. A value without a
+        // scheme is left to it (OTLP/gRPC takes `host:port`); another scheme than http(s) would
+        // only fail later, as a failed name lookup.
+        if endpoint.is_none()
+            && let Some((variable, value)) = &variable_endpoint
+            && has_scheme(value)
+            && !is_http_url(value)
+        {
+            return Err(SettingsError::Variable {
+                variable,
+                value: value.clone(),
+                expected: "the endpoint must be an http:// or https:// URL such as \
+                           http://localhost:4317",
+            });
+        }
         let secure = endpoint
             .clone()
-            .or_else(|| {
-                first_set(
-                    &var,
-                    [
-                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                        "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    ],
-                )
-                .map(|(_, value)| value)
-            })
+            .or_else(|| variable_endpoint.map(|(_, value)| value))
             .is_some_and(|endpoint| endpoint.trim().to_ascii_lowercase().starts_with("https://"));
         let timeout = first_set(
             &var,
@@ -170,6 +183,26 @@ pub(super) fn first_set(
     variables
         .into_iter()
         .find_map(|variable| var(variable).map(|value| (variable, value)))
+}
+
+/// Whether `endpoint` starts with a scheme: `://` before any `/`, `?` or `#`.
+fn has_scheme(endpoint: &str) -> bool {
+    endpoint
+        .trim()
+        .split_once("://")
+        .is_some_and(|(scheme, _)| !scheme.contains(['/', '?', '#']))
+}
+
+/// Whether `endpoint` is an `http://` or `https://` URL (any case) with something after the
+/// scheme: the only schemes the exporter's transports speak.
+fn is_http_url(endpoint: &str) -> bool {
+    endpoint
+        .trim()
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| {
+            (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && !rest.is_empty()
+        })
 }
 
 /// `http://host:4318` → `http://host:4318/v1/traces`; a URL with a path is kept.
@@ -264,6 +297,52 @@ mod tests {
         );
         let err = ExportSettings::resolve(Some("localhost:4317"), env(&[])).expect_err("no scheme");
         assert!(err.to_string().contains("'localhost:4317'"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_scheme_is_http_or_https() {
+        for endpoint in [
+            "http://c:4317",
+            "https://c:4317",
+            "HTTPS://c:4317/v1/traces",
+        ] {
+            ExportSettings::resolve(Some(endpoint), env(&[])).expect(endpoint);
+        }
+        for endpoint in [
+            "ftp://collector:4317",
+            "unix:///run/otlp.sock",
+            "http://",
+            "c:4317",
+        ] {
+            let err = ExportSettings::resolve(Some(endpoint), env(&[])).expect_err(endpoint);
+            assert!(
+                err.to_string()
+                    .contains(&format!("'{endpoint}' is not an http:// or https:// URL")),
+                "{err}"
+            );
+        }
+        // The variable the exporter would read, the signal's own first; none when the flag
+        // gives the endpoint.
+        let vars = [
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "grpc://collector:4317",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+        ];
+        let err = ExportSettings::resolve(None, env(&vars)).expect_err("grpc:// scheme");
+        assert!(
+            err.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=grpc://collector:4317: "),
+            "{err}"
+        );
+        ExportSettings::resolve(Some("http://c:4317"), env(&vars)).expect("the flag wins");
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317")];
+        let err = ExportSettings::resolve(None, env(&vars)).expect_err("ftp:// scheme");
+        assert!(err.to_string().contains("http:// or https://"), "{err}");
+        // OTLP/gRPC takes a bare host:port from the variables (the exporter adds the scheme).
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")];
+        ExportSettings::resolve(None, env(&vars)).expect("host:port");
     }
 
     #[test]
