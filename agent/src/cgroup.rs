@@ -86,6 +86,18 @@ pub enum CgroupError {
         /// The path.
         path: PathBuf,
     },
+    /// A network-namespace file could not be opened for want of permission: a process's
+    /// `/proc/PID/ns/net` opens only with ptrace access to that process.
+    #[error(
+        "{}: permission denied: /proc/PID/ns/net of another user's process opens only with \
+         ptrace access to it (root or CAP_SYS_PTRACE); without it, give a bind mount of the \
+         namespace readable by this user, such as /run/netns/NAME",
+        path.display()
+    )]
+    NamespaceDenied {
+        /// The path.
+        path: PathBuf,
+    },
     /// A network-namespace path names a namespace of another type.
     #[error("{} is a namespace but not a network namespace", path.display())]
     NotNetworkNamespace {
@@ -173,7 +185,12 @@ pub fn netns_inode_of(path: &Path) -> Result<u64, CgroupError> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(io)?;
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::PermissionDenied => CgroupError::NamespaceDenied {
+                path: path.to_path_buf(),
+            },
+            _ => io(source),
+        })?;
     if filesystem_magic(&file).map_err(io)? != NSFS_MAGIC {
         return Err(CgroupError::NotNamespace {
             path: path.to_path_buf(),

@@ -4,6 +4,16 @@
 //! The kernel program reports the process's pid (its tgid in the initial pid namespace), uid and
 //! `comm`, so the `/proc` read here must be the initial pid namespace's: the agent runs in the
 //! host's pid namespace.
+//!
+//! Without root, what `/proc` shows of another user's process is less, and each part degrades
+//! to what is known rather than failing:
+//! - `/proc/PID/exe` reads only with ptrace access to the process (root, CAP_SYS_PTRACE or the
+//!   same uid): otherwise the executable name is the process's `comm` (at most 15 bytes);
+//! - a `/proc` mounted with `hidepid=invisible` (2) hides the process altogether, one with
+//!   `hidepid=noaccess` (1) refuses its files: the executable name is then the `comm` the kernel
+//!   program reported and the command line is empty (absent from traces), as for a process that
+//!   has exited;
+//! - the user name comes from the user database (NSS), which any user may read.
 
 use std::{
     ffi::OsStr,
@@ -40,12 +50,14 @@ pub struct ProcessInfo {
     /// suffix); else `/proc/PID/comm`; else the `comm` the kernel program reported.
     pub executable_name: String,
     /// The arguments (`/proc/PID/cmdline`) separated by spaces, at most [`MAX_COMMAND_LINE`]
-    /// bytes; empty for kernel threads, zombies and exited processes.
+    /// bytes; empty for kernel threads, zombies, exited processes and processes `/proc` hides or
+    /// refuses (`hidepid`).
     pub command_line: String,
     /// Name of the user the kernel program reported; `None` when the uid has no name.
     pub owner: Option<String>,
-    /// `/proc` had no such process any more when it was read: `executable_name` is the `comm`
-    /// the kernel program reported and `command_line` is empty.
+    /// `/proc` had no such process when it was read (it had exited, or `hidepid=invisible`
+    /// hides it from this user): `executable_name` is the `comm` the kernel program reported
+    /// and `command_line` is empty.
     pub exited: bool,
 }
 
@@ -302,6 +314,28 @@ mod tests {
                 command_line: String::new(),
                 owner: None,
                 exited: true,
+            }
+        );
+    }
+
+    #[test]
+    fn a_process_whose_files_are_refused_is_described_by_what_the_kernel_reported() {
+        // As with `hidepid=noaccess`, or without ptrace access for `exe`: the directory is
+        // there but its files cannot be read (here: directories where files should be, as
+        // root reads any file whatever its mode).
+        let proc = TempDir::new();
+        let dir = proc.0.join("77");
+        for name in ["cmdline", "comm", "exe"] {
+            fs::create_dir_all(dir.join(name)).unwrap();
+        }
+        let mut table = ProcessTable::with_root(&proc.0, capacity(8));
+        assert_eq!(
+            table.get(77, 0, "reported"),
+            &ProcessInfo {
+                executable_name: "reported".into(),
+                command_line: String::new(),
+                owner: user_name(0),
+                exited: false,
             }
         );
     }
