@@ -55,8 +55,13 @@ pub enum Error {
     /// The clocks could not be read.
     #[error("reading the clocks: {0}")]
     Clock(#[source] nix::Error),
-    /// The host's boot id, which trace ids derive from, could not be read.
-    #[error("reading the boot id ({path}): {0}", path = BootId::PATH)]
+    /// The host's boot id, which trace ids derive from, could not be read (a /proc mounted
+    /// with `subset=pid`, as systemd's `ProcSubset=pid` mounts it, hides it).
+    #[error(
+        "reading the boot id ({path}), which --otlp needs (a /proc mounted with subset=pid, \
+         e.g. by systemd's ProcSubset=pid, hides it): {0}",
+        path = BootId::PATH
+    )]
     BootId(#[source] io::Error),
     /// The OTLP exporter could not start.
     #[error(transparent)]
