@@ -108,6 +108,7 @@ fn assemble(context: &Path) -> Result<()> {
     let binary = rootfs.join(BINARY_IN_IMAGE);
     copy_file(&paths::binary(Profile::Release, "tcpstates"), &binary)?;
     process::run(Command::new("strip").arg(&binary))?;
+    set_file_capabilities(&binary)?;
     for library in libraries(&binary)? {
         let relative = library
             .strip_prefix("/")
@@ -125,6 +126,68 @@ fn assemble(context: &Path) -> Result<()> {
             bundle.display()
         );
     }
+    Ok(())
+}
+
+/// Capability numbers of `CAP_PERFMON` and `CAP_BPF` (`linux/capability.h`).
+const CAP_PERFMON: u32 = 38;
+/// See [`CAP_PERFMON`].
+const CAP_BPF: u32 = 39;
+
+/// The `security.capability` value granting [`CAP_BPF`] and [`CAP_PERFMON`], permitted and
+/// effective (`setcap cap_bpf,cap_perfmon=ep`): a `vfs_cap_data` of revision 2, little-endian
+/// `magic_etc` then (permitted, inheritable) for capabilities 0–31 and for 32–63.
+fn file_capabilities() -> [u8; 20] {
+    const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
+    const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x1;
+    let high_permitted = (1u32 << (CAP_PERFMON - 32)) | (1u32 << (CAP_BPF - 32));
+    let words = [
+        VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE,
+        0,
+        0,
+        high_permitted,
+        0,
+    ];
+    let mut value = [0; 20];
+    for (chunk, word) in value.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    value
+}
+
+/// Gives `binary` the file capabilities CAP_BPF and CAP_PERFMON (`=ep`). Kubernetes runtimes
+/// (containerd, CRI-O) put a non-root container's added capabilities in its bounding, permitted
+/// and effective sets but not in the ambient set, so `execve` of a binary without file
+/// capabilities as uid 65534 leaves it none; with them it gets exactly those two, as far as the
+/// bounding set allows, even under `no_new_privs` (`allowPrivilegeEscalation: false`). podman
+/// sets the ambient set as well, so there they change nothing. Needs root (CAP_SETFCAP).
+fn set_file_capabilities(binary: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let path = CString::new(binary.as_os_str().as_bytes())
+        .with_context(|| format!("{} holds a NUL byte", binary.display()))?;
+    let value = file_capabilities();
+    // SAFETY: both strings are NUL-terminated and `value` outlives the call, which reads
+    // `value.len()` bytes of it.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"security.capability".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "setting file capabilities cap_bpf,cap_perfmon=ep on {}: {} (cargo xtask image \
+             needs root)",
+            binary.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    println!("+ setcap cap_bpf,cap_perfmon=ep {}", binary.display());
     Ok(())
 }
 
@@ -205,6 +268,17 @@ mod tests {
             ]
             .map(PathBuf::from)
         );
+    }
+
+    #[test]
+    fn file_capabilities_are_what_setcap_writes() {
+        // `setcap cap_bpf,cap_perfmon=ep FILE; getfattr -n security.capability -e hex FILE`
+        let expected = "010000020000000000000000c000000000000000";
+        let hex: String = file_capabilities()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(hex, expected);
     }
 
     #[test]
