@@ -214,6 +214,18 @@ fn check_stage(stage: &Path, built_version: &str) -> Result<()> {
         .filter(|section| sections.contains(&format!(" {section} ")))
         .collect();
     ensure!(left.is_empty(), "{BINARY} still has {left:?}");
+    for completion in [BASH, ZSH, FISH] {
+        let script = fs::read_to_string(stage.join(completion))?;
+        ensure!(
+            script.contains("ring-buffer-mib"),
+            "{completion} does not complete the agent's flags"
+        );
+    }
+    let unit = fs::read_to_string(stage.join(UNIT))?;
+    ensure!(
+        unit.contains(&format!("\nExecStart=/usr/local/{BINARY} ")),
+        "{UNIT} does not run /usr/local/{BINARY}, where the tarball unpacks it"
+    );
     let man = fs::read_to_string(stage.join(MAN_PAGE))?;
     check_man_page(&man)
 }
