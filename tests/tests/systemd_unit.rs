@@ -10,7 +10,7 @@
 //!
 //! systemd is not PID 1 on the CI machine, so the unit itself cannot be started: its sandboxing
 //! (seccomp filter, read-only file system) is checked by reading it, not by running under it.
-//! Ports: 29xxx.
+//! Ports: block 20xxx (20501).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -356,12 +356,12 @@ fn agent_runs_as_the_unit_runs_it() {
     let agent = Agent::start_command(command);
 
     let ns = Netns::create();
-    let server = "127.0.0.1:29001".parse().expect("address");
+    let server = "127.0.0.1:20501".parse().expect("address");
     traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
     let spans = receiver.wait_for(
         |spans| {
             spans.iter().any(|span| {
-                span.kind == SpanKind::Client && span.int_attr("network.peer.port") == Some(29001)
+                span.kind == SpanKind::Client && span.int_attr("network.peer.port") == Some(20501)
             })
         },
         agent::EVENT_TIMEOUT,
@@ -369,7 +369,7 @@ fn agent_runs_as_the_unit_runs_it() {
     let root = spans
         .iter()
         .find(|span| {
-            span.kind == SpanKind::Client && span.int_attr("network.peer.port") == Some(29001)
+            span.kind == SpanKind::Client && span.int_attr("network.peer.port") == Some(20501)
         })
         .expect("the client's root span");
     assert_eq!(
