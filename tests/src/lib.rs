@@ -4,7 +4,8 @@
 //! (`$TCPSTATES_BIN`, else `target/debug/tcpstates`): each makes its own network namespace,
 //! drives loopback TCP traffic there, and checks what the agent printed. They share the kernel
 //! but not ports: each test file has its own block (connections 21xxx, filters 22xxx, timing
-//! 23xxx, json 24xxx, journal 25xxx, layouts 26xxx, signals 27xxx, OTLP export 28xxx), below
+//! 23xxx, json 24xxx, journal 25xxx, layouts 26xxx, signals 27xxx, OTLP export 28xxx, least
+//! privilege 32xxx), below
 //! the ephemeral range, and each test its own ports in it, so they pass in parallel as well as
 //! with `--test-threads=1`.
 //! The OTLP receiver of [`otlp`] (rotel) listens on free loopback ports the kernel picks, in the
