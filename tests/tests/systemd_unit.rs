@@ -9,7 +9,8 @@
 //! the unit's `TimeoutStopSec`.
 //!
 //! systemd is not PID 1 on the CI machine, so the unit itself cannot be started: its sandboxing
-//! (seccomp filter, read-only file system) is checked by reading it, not by running under it.
+//! is checked by reading it, and its seccomp filter against every system call the agent makes
+//! in that run (recorded with strace, the filter expanded by `systemd-analyze syscall-filter`).
 //! Ports: block 20xxx (20501).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -335,8 +336,14 @@ fn agent_runs_as_the_unit_runs_it() {
     let caps = NEEDED_CAPABILITIES
         .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase()))
         .join(",");
-    let mut command = Command::new("setpriv");
+    // Under strace, to check every system call it makes against the unit's seccomp filter
+    // (which only systemd as PID 1 could apply).
+    let trace = dir.path().join("syscalls");
+    let mut command = Command::new("strace");
     command
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .args(["--", "setpriv"])
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(format!("--inh-caps=-all,{caps}"))
         .arg(format!("--ambient-caps=-all,{caps}"))
@@ -385,8 +392,20 @@ fn agent_runs_as_the_unit_runs_it() {
     );
     assert!(root.str_attr("process.command_line").is_some(), "{root:#?}");
 
+    // SIGTERM to the agent itself (strace's child), as systemd stops it.
     let stop_timeout = time_span(single(&settings, "TimeoutStopSec"));
-    let finished = agent.stop_within(libc::SIGTERM, stop_timeout);
+    let children = format!("/proc/{0}/task/{0}/children", agent.pid());
+    let agent_pid: libc::pid_t = fs::read_to_string(&children)
+        .unwrap_or_else(|e| panic!("read {children}: {e}"))
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("strace has no child in {children}"));
+    // SAFETY: kill(2) with a pid read just now from our own child's children; it exits only
+    // after this signal.
+    let rc = unsafe { libc::kill(agent_pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    let finished = agent.wait_exit(stop_timeout);
     assert_eq!(finished.code(), 0, "{finished:#?}");
     assert!(
         finished.stdout.is_empty(),
@@ -394,4 +413,77 @@ fn agent_runs_as_the_unit_runs_it() {
     );
     let otlp = finished.otlp_summary();
     assert_eq!((otlp.dropped, otlp.failed), (0, 0), "{finished:#?}");
+
+    let trace = fs::read_to_string(&trace).expect("read strace's output");
+    let used = syscalls_after_exec(&trace, &binary);
+    for call in ["bpf", "connect", "openat"] {
+        assert!(used.contains(call), "strace recorded no {call}: {used:?}");
+    }
+    let allowed = unit_syscall_allow_list(&settings);
+    let denied: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        denied.is_empty(),
+        "the agent made system calls the unit's SystemCallFilter denies: {denied:?}"
+    );
+}
+
+/// The system calls strace recorded (`-f -o`) from the `execve` of `binary` on.
+fn syscalls_after_exec(trace: &str, binary: &Path) -> BTreeSet<String> {
+    let exec = format!("execve(\"{}\"", binary.display());
+    let start = trace
+        .find(&exec)
+        .unwrap_or_else(|| panic!("no {exec} in strace's output"));
+    trace[start..]
+        .lines()
+        .filter_map(|line| {
+            // `PID name(args) = result`; `PID <... name resumed>`, `--- SIG…`, `+++ exited` skipped.
+            let call = line.split_once(' ').map_or(line, |(_, rest)| rest);
+            let name = call.split_once('(')?.0;
+            (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                .then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// The system calls of `group` (`@name`, nested groups expanded) as `systemd-analyze
+/// syscall-filter` lists them, or `group` itself when it names one call.
+fn syscall_group(group: &str) -> BTreeSet<String> {
+    if !group.starts_with('@') {
+        return BTreeSet::from([group.to_owned()]);
+    }
+    let output = Command::new("systemd-analyze")
+        .args(["syscall-filter", "--no-pager", group])
+        .output()
+        .expect("run systemd-analyze syscall-filter");
+    assert!(
+        output.status.success(),
+        "syscall-filter {group}: {output:?}"
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#') && *line != group)
+        .flat_map(syscall_group)
+        .collect()
+}
+
+/// The calls the unit's `SystemCallFilter=` lines allow, read as systemd reads them: the first
+/// line, an allow list, sets them; a later `~` line removes, a later plain one adds.
+fn unit_syscall_allow_list(settings: &BTreeMap<String, Vec<String>>) -> BTreeSet<String> {
+    let mut allowed = BTreeSet::new();
+    for value in settings.get("SystemCallFilter").into_iter().flatten() {
+        let (remove, names) = match value.strip_prefix('~') {
+            Some(names) => (true, names),
+            None => (false, value.as_str()),
+        };
+        for call in names.split_whitespace().flat_map(syscall_group) {
+            if remove {
+                allowed.remove(&call);
+            } else {
+                allowed.insert(call);
+            }
+        }
+    }
+    assert!(allowed.contains("bpf"), "bpf allowed: {allowed:?}");
+    allowed
 }
