@@ -20,18 +20,44 @@ const MAIN: &str = "inet_sock_set_state";
 /// Name of the backstop program in the object.
 const BACKSTOP: &str = "inet_sock_set_state_backstop";
 
+/// The oldest kernel that gives BTF tracepoint programs every helper these call: socket storage
+/// and the current task as a BTF pointer (Linux 5.11), the socket cookie (5.12).
+pub const MIN_KERNEL: (u32, u32) = (5, 12);
+
+/// Where the kernel names its release.
+const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
+
 /// The compiled kernel program (built by build.rs).
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// Why the programs could not be loaded or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The kernel is older than the programs need (whatever else failed with it).
+    #[error(
+        "tcpstates needs Linux >= {}.{} with BTF; this kernel is {release}",
+        MIN_KERNEL.0,
+        MIN_KERNEL.1
+    )]
+    KernelTooOld {
+        /// The kernel's release, as `uname -r` prints it.
+        release: String,
+    },
     /// The kernel's BTF is missing or lacks a field the program reads.
     #[error(
         "tcpstates needs the kernel's BTF ({path}) and Linux >= 5.12: {0}",
         path = btf::VMLINUX
     )]
     Btf(#[from] BtfError),
+    /// The kernel's verifier refused a program; `reason` is the log's verdict, the whole log
+    /// would be hundreds of lines.
+    #[error("the kernel's verifier refused BPF program {name}: {reason}")]
+    Refused {
+        /// The program.
+        name: &'static str,
+        /// The last line of the verifier's log that says what is wrong.
+        reason: String,
+    },
     /// The object could not be loaded into the kernel.
     #[error("loading the BPF object: {0}")]
     Load(#[from] EbpfError),
@@ -72,7 +98,43 @@ fn wakeup_bytes(ring_bytes: u32) -> u32 {
 }
 
 /// Loads the programs configured for `config` and attaches them to `sock:inet_sock_set_state`.
+/// On a kernel older than [`MIN_KERNEL`] any failure is reported as that.
 pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
+    load_and_attach(config).map_err(|err| {
+        let release = std::fs::read_to_string(OSRELEASE).unwrap_or_default();
+        match kernel_version(&release) {
+            Some(version) if version < MIN_KERNEL => ProbeError::KernelTooOld {
+                release: release.trim().to_owned(),
+            },
+            _ => err,
+        }
+    })
+}
+
+/// `(major, minor)` of a kernel release such as `6.1.0-47-cloud-amd64`.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    Some((numbers.next()?.ok()?, numbers.next()?.ok()?))
+}
+
+/// The verdict of a verifier log: its last line that is not a statistic.
+fn verdict(log: &str) -> String {
+    log.lines()
+        .map(str::trim)
+        .rfind(|line| {
+            !line.is_empty()
+                && !line.starts_with("processed ")
+                && !line.starts_with("verification time")
+                && !line.starts_with("stack depth")
+        })
+        .unwrap_or("no log")
+        .to_owned()
+}
+
+fn load_and_attach(config: &Config) -> Result<Probe, ProbeError> {
     let filter = Filter {
         family: config.family.unwrap_or(0),
         local_ports: u8::from(config.local_ports.is_some()),
@@ -163,7 +225,13 @@ fn attach_program(
             let fd = program.fd()?.try_clone()?;
             Ok((link, fd))
         })
-        .map_err(|source| ProbeError::Program { name, source })
+        .map_err(|source| match source {
+            ProgramError::LoadError { verifier_log, .. } => ProbeError::Refused {
+                name,
+                reason: verdict(&verifier_log.to_string()),
+            },
+            source => ProbeError::Program { name, source },
+        })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
@@ -200,4 +268,27 @@ fn fill_port_bitmap(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_come_from_the_release() {
+        assert_eq!(kernel_version("6.1.0-47-cloud-amd64\n"), Some((6, 1)));
+        assert_eq!(kernel_version("5.10.0-32-cloud-amd64"), Some((5, 10)));
+        assert_eq!(kernel_version("6.18.44-fc-v1045"), Some((6, 18)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(kernel_version("5.10.0").is_some_and(|v| v < MIN_KERNEL));
+        assert!(kernel_version("5.12.0").is_some_and(|v| v >= MIN_KERNEL));
+    }
+
+    #[test]
+    fn the_verdict_is_the_last_line_that_is_not_a_statistic() {
+        let log = "func#0 @0\n0: R1=ctx() R10=fp0\n; insn\ninvalid read from stack R10 off=-208 size=8\n\
+                   processed 1234 insns (limit 1000000) max_states_per_insn 4\n";
+        assert_eq!(verdict(log), "invalid read from stack R10 off=-208 size=8");
+        assert_eq!(verdict(""), "no log");
+    }
 }

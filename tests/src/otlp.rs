@@ -510,6 +510,18 @@ impl Drop for Receiver {
     }
 }
 
+/// The spans in `lines`, rotel's whole output captured elsewhere (e.g. a guest's console);
+/// panics if some of it could not be parsed.
+pub fn spans_in_output(lines: &[String]) -> Vec<ReceivedSpan> {
+    let mut collected = Collected::default();
+    let mut parser = Parser::default();
+    for line in lines {
+        parser.line(line, &mut collected);
+    }
+    parser.finish_span(&mut collected);
+    parsed(&collected).clone()
+}
+
 /// The spans `collected` holds; panics if some of rotel's output could not be parsed.
 fn parsed(collected: &Collected) -> &Vec<ReceivedSpan> {
     assert!(

@@ -38,6 +38,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("podman", "running the container image in the tests"),
     ("qemu-system-x86", "booting the kernel matrix's kernels"),
     ("runc", "the container runtime podman uses here"),
+    (
+        "strace",
+        "recording the system calls the systemd unit's filter must allow",
+    ),
     ("systemd", "systemd-journald, journalctl"),
     ("util-linux", "setpriv"),
 ];
