@@ -112,6 +112,21 @@ struct ListenerKey {
     addr: [u8; 16],
 }
 
+impl ListenerKey {
+    /// The key of no listener.
+    const NONE: Self = Self {
+        netns: 0,
+        port: 0,
+        family: 0,
+        addr: [0; 16],
+    };
+
+    /// Whether the key names a listener (it has a port).
+    fn identifies(&self) -> bool {
+        self.port != 0
+    }
+}
+
 /// Declares a `BPF_MAP_TYPE_SK_STORAGE` (24) map in the BTF map format: values live and die
 /// with their socket. `FLAGS` is `BPF_F_NO_PREALLOC` (1), plus `BPF_F_CLONE` (512) for a map
 /// whose value the kernel copies from a listener into each socket it accepts. aya-ebpf's own
@@ -348,27 +363,31 @@ fn reuses_port(sock: Kernel) -> bool {
     sock.load::<u8>(bit / 8) & (1 << (bit % 8)) != 0
 }
 
-/// Where the socket listens, or listened: its bound address and `port`; `None` without a port
-/// or for a family the program does not know.
-fn listener_key(sock: Kernel, family: u16, netns: u32, port: u16) -> Option<ListenerKey> {
-    let addr = match family {
-        AF_INET => sock.addr_v4(offset!(rcv_saddr)),
-        AF_INET6 => sock.addr_v6(offset!(rcv_saddr_v6)),
-        _ => return None,
+/// Where the socket listens, or listened: its bound address and `port`. Without a port, or for
+/// a family the program does not know, the key has port 0 and identifies nothing.
+///
+/// Keys are plain values, every byte written on every path, rather than `Option`s: LLVM may
+/// load an `Option`'s payload before it tests the variant, and verifiers before Linux 6.1.192
+/// (which do not let a program read stack it never wrote) refuse the program for it.
+fn listener_key(sock: Kernel, family: u16, netns: u32, port: u16) -> ListenerKey {
+    let (addr, port) = match family {
+        AF_INET => (sock.addr_v4(offset!(rcv_saddr)), port),
+        AF_INET6 => (sock.addr_v6(offset!(rcv_saddr_v6)), port),
+        _ => ([0; 16], 0),
     };
-    (port != 0).then_some(ListenerKey {
+    ListenerKey {
         netns,
         port,
         family,
         addr,
-    })
+    }
 }
 
 /// Keeps a new listener's owner where the sockets it accepts will find it: in [`LISTENERS`]
 /// under `key` when that identifies it, otherwise in its [`INHERITED_OWNERS`] storage.
-fn remember_listener(sk: *const u8, key: Option<ListenerKey>, owner: &Owner) {
+fn remember_listener(sk: *const u8, key: &ListenerKey, owner: &Owner) {
     let entered =
-        !reuses_port(Kernel(sk)) && key.is_some_and(|key| LISTENERS.insert(key, owner, 0).is_ok());
+        !reuses_port(Kernel(sk)) && key.identifies() && LISTENERS.insert(key, owner, 0).is_ok();
     if !entered {
         match SocketStorage::value(&raw const INHERITED_OWNERS, sk, true) {
             Some(slot) => *slot = *owner,
@@ -379,12 +398,15 @@ fn remember_listener(sk: *const u8, key: Option<ListenerKey>, owner: &Owner) {
 
 /// The owner of a socket just accepted (at its LISTEN → SYN_RECV): the listener's, from the
 /// storage the kernel copied from it or by the listener's key, which the new socket still holds.
-fn inherited_owner(sk: *const u8, key: Option<ListenerKey>) -> Option<Owner> {
+fn inherited_owner(sk: *const u8, key: &ListenerKey) -> Option<Owner> {
     if let Some(owner) = SocketStorage::value(&raw const INHERITED_OWNERS, sk, false) {
         return Some(*owner);
     }
+    if !key.identifies() {
+        return None;
+    }
     // SAFETY: the value is copied out at once; entries are only replaced whole.
-    key.and_then(|key| unsafe { LISTENERS.get(key) }.copied())
+    unsafe { LISTENERS.get(key) }.copied()
 }
 
 /// Filters, times and submits one state change.
@@ -436,7 +458,7 @@ fn record(ctx: &BtfTracePointContext) {
     let key = if listens || accepted || (oldstate == LISTEN && newstate == CLOSE) {
         listener_key(sock, family, netns, sport)
     } else {
-        None
+        ListenerKey::NONE
     };
     let owner = if owner_runs {
         Some(Owner {
@@ -444,18 +466,15 @@ fn record(ctx: &BtfTracePointContext) {
             comm: task.comm(),
         })
     } else if accepted {
-        inherited_owner(sk, key)
+        inherited_owner(sk, &key)
     } else {
         None
     };
     if listens && let Some(owner) = &owner {
-        remember_listener(sk, key, owner);
-    } else if oldstate == LISTEN
-        && newstate == CLOSE
-        && let Some(key) = key
-    {
+        remember_listener(sk, &key, owner);
+    } else if oldstate == LISTEN && newstate == CLOSE && key.identifies() {
         // Absent for a listener older than the program or kept in its socket storage.
-        let _ = LISTENERS.remove(key);
+        let _ = LISTENERS.remove(&key);
     }
     let create = filter.full_records != 0
         || ((owner_runs || accepted) && (filter.owner_pid != 0 || filter.local_ports != 0));

@@ -141,8 +141,9 @@ impl std::fmt::Display for Console {
 }
 
 /// Boots `kernel` with `initramfs` under qemu (TCG, one CPU, no network device: the guest's
-/// traffic stays on its own loopback) and returns its console once it powers off. Panics if
-/// qemu cannot start or the guest runs longer than [`BOOT_TIMEOUT`] (qemu is killed then).
+/// traffic stays on its own loopback) and returns its console once it powers off; the console is
+/// also kept as `<role>.console` beside the initramfs. Panics if qemu cannot start or the guest
+/// runs longer than [`BOOT_TIMEOUT`] (qemu is killed then).
 pub fn boot(kernel: &MatrixKernel, initramfs: &Path) -> Console {
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
@@ -184,6 +185,9 @@ pub fn boot(kernel: &MatrixKernel, initramfs: &Path) -> Console {
             .collect(),
         elapsed: started.elapsed(),
     };
+    if let Some(dir) = initramfs.parent() {
+        let _ = std::fs::write(dir.join(format!("{}.console", kernel.role)), &bytes);
+    }
     assert!(
         console.elapsed < BOOT_TIMEOUT,
         "the {} guest ran longer than {BOOT_TIMEOUT:?}\n{console}",
