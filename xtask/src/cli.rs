@@ -44,6 +44,9 @@ pub enum Command {
     /// Measure the connection rate of a loopback load with and without tcpstates tracing it,
     /// and whether tcpstates printed every event (with `--otlp`, also exporting over OTLP). Needs root.
     Bench(BenchArgs),
+    /// Measure each kernel program's cost (ns per run, from kernel.bpf_stats_enabled) for one or
+    /// more tcpstates binaries, interleaved under the bench's loopback load. Needs root.
+    BpfStats(BpfStatsArgs),
     /// Boot Debian's kernels under qemu and run the end-to-end smoke test inside each.
     Matrix(MatrixArgs),
     /// Build the container image (`deploy/container/Containerfile`) offline.
@@ -126,4 +129,36 @@ pub struct BenchArgs {
     /// system's temporary directory, each file removed once counted).
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+}
+
+/// Options of `bpf-stats`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "For each round, each binary in turn runs as `BIN >/dev/null` (the bench's \
+                  text run) while the load runs; the run_time_ns and run_cnt of each of its BPF \
+                  programs (from /proc/PID/fdinfo, named by /proc/kallsyms) are read before and \
+                  after the load. kernel.bpf_stats_enabled is 1 meanwhile and restored after. \
+                  Prints, per binary and program, the runs, ns/run of each round, the median and \
+                  its ratio to the first binary's. It reports, never asserts.\n\n\
+                  Example (A/A, to see the noise): cargo xtask bpf-stats --agent /tmp/before \
+                  --agent /tmp/before --rounds 5 --seconds 5 --pin"
+)]
+pub struct BpfStatsArgs {
+    /// A tcpstates binary to measure; give it several times (the first is the baseline of the
+    /// ratios; the same binary twice shows the noise).
+    #[arg(long = "agent", value_name = "BIN", required = true)]
+    pub agents: Vec<PathBuf>,
+    /// Rounds; each round runs every binary once, interleaved.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Length of each load run, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub seconds: u32,
+    /// Server port of the load (inside this tool's own network namespace).
+    #[arg(long, default_value_t = 9099)]
+    pub port: u16,
+    /// Run the load (and so the programs, which run in its context) on CPU 0 and the agent on
+    /// the last CPU, as `bench --pin` does.
+    #[arg(long)]
+    pub pin: bool,
 }

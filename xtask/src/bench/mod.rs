@@ -8,6 +8,7 @@
 //! [peer], then again) so slow drifts of the machine hit each alike. With `--pin` the load and
 //! the observers (tracers, receiver) run on CPUs of their own (see [`cpus`]).
 
+pub mod bpf_stats;
 mod count;
 mod cpus;
 mod interrupt;

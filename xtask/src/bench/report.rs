@@ -416,7 +416,7 @@ pub fn transition_deviations(configs: &[Config]) -> String {
 }
 
 /// Lays the rows out in aligned columns.
-fn render(rows: &[(String, Vec<String>)]) -> String {
+pub fn render(rows: &[(String, Vec<String>)]) -> String {
     let label_width = rows
         .iter()
         .map(|(label, _)| label.chars().count())

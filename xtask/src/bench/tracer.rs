@@ -101,6 +101,11 @@ impl Running {
         })
     }
 
+    /// The tracer's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid.unsigned_abs()
+    }
+
     /// Waits until the tracer has attached, or fails if it exits or takes too long.
     pub fn wait_ready(&mut self, readiness: Readiness) -> Result<()> {
         let deadline = Instant::now() + ATTACH_TIMEOUT;
