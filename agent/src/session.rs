@@ -9,6 +9,11 @@
 //! lives on continues its trace when it shows up again: its later states hang under a span of
 //! their own below the first part's root, whose id is the next state-span id, so no two spans of
 //! the trace share an id.
+//!
+//! An accepted socket's session begins at its second transition: at its first (LISTEN →
+//! SYN_RECV) some kernels (Debian's 6.1, see the kernel matrix) still show the new socket with
+//! its listener's cookie, and its own only from the next one, so the first transition waits for
+//! the socket's next one to say whose it is.
 
 use std::{collections::HashMap, net::IpAddr, num::NonZeroUsize};
 
@@ -229,6 +234,9 @@ pub struct SessionTable {
     /// Sockets whose session was evicted, as long as they have not shown up again: cookie → the
     /// next free state-span index, which a continuation's own span takes. As bounded as `open`.
     evicted: LruCache<u64, u32>,
+    /// Accepted sockets seen only at their first transition, by address, waiting for the next
+    /// one to tell their own cookie.
+    accepting: HashMap<u64, StateChange>,
     evictions: u64,
 }
 
@@ -239,11 +247,13 @@ impl SessionTable {
             open: LruCache::new(capacity),
             by_address: HashMap::with_capacity(capacity.get()),
             evicted: LruCache::new(capacity),
+            accepting: HashMap::new(),
             evictions: 0,
         }
     }
 
-    /// Sessions ended early because the table was full.
+    /// Sessions ended early because the table was full, and accepted sockets never seen past
+    /// a first transition that carried their listener's cookie (no trace can be theirs).
     pub fn evictions(&self) -> u64 {
         self.evictions
     }
@@ -263,9 +273,53 @@ impl SessionTable {
     pub fn observe(
         &mut self,
         change: &StateChange,
-        new_ids: impl FnOnce(u64) -> ConnectionIds,
+        mut new_ids: impl FnMut(u64) -> ConnectionIds,
         out: &mut Vec<Completed>,
     ) {
+        if change.oldstate == TcpState(LISTEN) && change.newstate == TcpState(SYN_RECV) {
+            if let Some(earlier) = self.accepting.insert(change.skaddr, *change) {
+                self.apply_first_alone(&earlier, &mut new_ids, out);
+            }
+            return;
+        }
+        if let Some(first) = self.accepting.remove(&change.skaddr) {
+            let first = StateChange {
+                cookie: change.cookie,
+                ..first
+            };
+            self.apply(&first, &mut new_ids, out);
+        }
+        self.apply(change, &mut new_ids, out);
+    }
+
+    /// Applies the first transition of an accepted socket never seen again: under the cookie it
+    /// carried, unless that cookie is another open socket's (its listener's), in which case it
+    /// cannot be given a trace of its own and is counted with the evictions.
+    fn apply_first_alone(
+        &mut self,
+        first: &StateChange,
+        new_ids: impl FnMut(u64) -> ConnectionIds,
+        out: &mut Vec<Completed>,
+    ) {
+        let borrowed = self
+            .open
+            .peek(&first.cookie)
+            .is_some_and(|session| session.skaddr != first.skaddr);
+        if borrowed {
+            self.evictions += 1;
+        } else {
+            self.apply(first, new_ids, out);
+        }
+    }
+
+    /// [`Self::observe`] for a change whose cookie is its socket's own.
+    fn apply(
+        &mut self,
+        change: &StateChange,
+        new_ids: impl FnMut(u64) -> ConnectionIds,
+        out: &mut Vec<Completed>,
+    ) {
+        let mut new_ids = new_ids;
         let cookie = change.cookie;
         // A socket's first transition at the address of a session whose CLOSE was lost ends that
         // stale session here.
@@ -344,8 +398,17 @@ impl SessionTable {
         }
     }
 
-    /// Ends every open session at `now_ns` (tracing is stopping).
-    pub fn end_all(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
+    /// Ends every open session at `now_ns` (tracing is stopping), accepted sockets seen only at
+    /// their first transition included; `new_ids` as for [`Self::observe`].
+    pub fn end_all(
+        &mut self,
+        now_ns: u64,
+        mut new_ids: impl FnMut(u64) -> ConnectionIds,
+        out: &mut Vec<Completed>,
+    ) {
+        for first in std::mem::take(&mut self.accepting).into_values() {
+            self.apply_first_alone(&first, &mut new_ids, out);
+        }
         while let Some((_, session)) = self.open.pop_lru() {
             end_early(session, now_ns, Incomplete::Shutdown, out);
         }
@@ -442,17 +505,98 @@ mod tests {
     }
 
     /// Feeds `changes` to a table of `capacity`; returns what completed.
+    /// The trace ids of the tests' sessions.
+    fn ids(cookie: u64) -> ConnectionIds {
+        ConnectionIds::new(&BootId([7; 16]), cookie)
+    }
+
     fn run(capacity: usize, changes: &[StateChange]) -> (SessionTable, Vec<Completed>) {
         let mut table = SessionTable::new(NonZeroUsize::new(capacity).expect("non-zero"));
         let mut out = Vec::new();
         for change in changes {
-            table.observe(
-                change,
-                |cookie| ConnectionIds::new(&BootId([7; 16]), cookie),
-                &mut out,
-            );
+            table.observe(change, ids, &mut out);
         }
         (table, out)
+    }
+
+    #[test]
+    fn an_accepted_socket_that_first_carries_its_listeners_cookie_is_a_session_of_its_own() {
+        // As Linux 6.1 reports them: the accepted socket (address 2) carries the listener's
+        // cookie 1 at LISTEN -> SYN_RECV, its own cookie 3 from then on.
+        let (table, out) = run(
+            8,
+            &[
+                change(1, 10, CLOSE, LISTEN, 80),
+                StateChange {
+                    cookie: 1,
+                    ..change(2, 20, LISTEN, SYN_RECV, 80)
+                },
+                StateChange {
+                    cookie: 3,
+                    ..change(2, 30, SYN_RECV, ESTABLISHED, 80)
+                },
+                StateChange {
+                    cookie: 3,
+                    ..change(2, 40, ESTABLISHED, CLOSE, 80)
+                },
+                change(1, 50, LISTEN, CLOSE, 80),
+            ],
+        );
+        let ended = sessions(&out);
+        let summary: Vec<_> = ended
+            .iter()
+            .map(|(session, end_ns, _, why)| {
+                (session.cookie, session.role, session.start_ns, *end_ns, *why)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [(3, Role::Accept, 20, 40, None), (1, Role::Listen, 10, 50, None)]
+        );
+        assert_eq!(
+            states(&out),
+            [
+                ("SYN_RECV".into(), 20, 30),
+                ("ESTABLISHED".into(), 30, 40),
+                ("LISTEN".into(), 10, 50),
+            ],
+            "the listener's LISTEN is one state, the accepted socket's states its own"
+        );
+        assert!(table.is_empty());
+        assert_eq!(table.evictions(), 0);
+    }
+
+    #[test]
+    fn an_accepted_socket_seen_only_at_its_first_transition_ends_with_the_rest() {
+        let mut table = SessionTable::new(NonZeroUsize::new(8).expect("non-zero"));
+        let mut out = Vec::new();
+        for change in [
+            change(1, 10, CLOSE, LISTEN, 80),
+            // Its own cookie (as on 6.18): a session of its own at the end.
+            change(2, 20, LISTEN, SYN_RECV, 80),
+            // Its listener's cookie (as on 6.1): no trace can be its own; counted.
+            StateChange {
+                cookie: 1,
+                ..change(4, 30, LISTEN, SYN_RECV, 80)
+            },
+        ] {
+            table.observe(&change, ids, &mut out);
+        }
+        assert!(out.is_empty(), "nothing ends before the end");
+        table.end_all(99, ids, &mut out);
+        let mut summary: Vec<_> = sessions(&out)
+            .iter()
+            .map(|(session, end_ns, _, why)| (session.cookie, session.role, *end_ns, *why))
+            .collect();
+        summary.sort_by_key(|entry| entry.0);
+        assert_eq!(
+            summary,
+            [
+                (1, Role::Listen, 99, Some(Incomplete::Shutdown)),
+                (2, Role::Accept, 99, Some(Incomplete::Shutdown)),
+            ]
+        );
+        assert_eq!(table.evictions(), 1);
     }
 
     fn states(out: &[Completed]) -> Vec<(String, u64, u64)> {
@@ -551,7 +695,7 @@ mod tests {
         assert_eq!(table.len(), 2);
         let mut out = Vec::new();
         let mut table = table;
-        table.end_all(99, &mut out);
+        table.end_all(99, ids, &mut out);
         let roles: Vec<_> = sessions(&out)
             .iter()
             .map(|s| (s.0.role, s.1, s.3))

@@ -132,7 +132,9 @@ impl Traces {
     /// Ends every open session now, exports what is queued and accounts for it.
     fn finish(mut self) -> OtlpSummary {
         let now_ns = monotonic_now_ns().unwrap_or(u64::MAX);
-        self.sessions.end_all(now_ns, &mut self.completed);
+        let sink = &self.sink;
+        self.sessions
+            .end_all(now_ns, |cookie| sink.session_ids(cookie), &mut self.completed);
         self.export_completed();
         let evictions = self.sessions.evictions();
         OtlpSummary {
