@@ -11,7 +11,7 @@
 //! the trace share an id.
 //!
 //! An accepted socket's session begins at its second transition: at its first (LISTEN →
-//! SYN_RECV) some kernels (Debian's 6.1, see the kernel matrix) still show the new socket with
+//! SYN_RECV) some kernels (Debian's 6.1 and 6.12, see the kernel matrix) still show the new socket with
 //! its listener's cookie, and its own only from the next one, so the first transition waits for
 //! the socket's next one to say whose it is.
 

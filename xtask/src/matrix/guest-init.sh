@@ -33,10 +33,10 @@ await() {
     done
 }
 
-# Waits (at most 30 s) until a TCP socket listens on hex port $1.
+# Waits (at most 30 s) until a TCP socket listens on hex port $1 (IPv4 or IPv6).
 await_listen() {
     i=0
-    until grep -q ":$1 00000000:0000 0A" /proc/net/tcp; do
+    until grep -q ":$1 0\{8,32\}:0000 0A" /proc/net/tcp /proc/net/tcp6; do
         i=$((i + 1))
         [ "$i" -gt 300 ] && return 1
         sleep 0.1
@@ -96,7 +96,7 @@ stop "$TEXT" text
 stop "$JSON" json
 stop "$OTLP" otlp
 # The OTLP agent flushed every span before it exited; rotel prints them as they arrive.
-await /tmp/rotel.log "tcp connect 127.0.0.1:9" "$ROTEL"
+[ "$STARTED" = yes ] && await /tmp/rotel.log "tcp connect 127.0.0.1:9" "$ROTEL"
 kill "$ROTEL"
 wait "$ROTEL"
 echo 0 > /sys/kernel/tracing/events/sock/inet_sock_set_state/enable
