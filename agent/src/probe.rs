@@ -35,7 +35,7 @@ static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 pub enum ProbeError {
     /// The kernel is older than the programs need (whatever else failed with it).
     #[error(
-        "tcpstates needs Linux >= {}.{} with BTF; this kernel is {release}",
+        "Linux {release} is too old: tcpstates needs Linux >= {}.{} with BTF",
         MIN_KERNEL.0,
         MIN_KERNEL.1
     )]
