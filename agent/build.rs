@@ -4,7 +4,7 @@
 
 use aya_build::{Package, Toolchain};
 
-/// The nightly whose LLVM matches bpf-linker 0.10.4 (see README, "Toolchain"); xtask's setup
+/// The nightly whose LLVM matches bpf-linker 0.10.4 (see CONTRIBUTING.md, "Toolchain"); xtask's setup
 /// installs the same one from the same file.
 const BPF_TOOLCHAIN: &str = include_str!("../agent-ebpf/bpf-toolchain").trim_ascii_end();
 
