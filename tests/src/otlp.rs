@@ -804,8 +804,13 @@ fn parse_attributes(raw: &[(String, String)], out: &mut Collected) -> BTreeMap<S
     attributes
 }
 
-/// Whether `line` is one of rotel's own log lines (`2026-11-23T04:33:43.655699Z  INFO …`).
+/// Whether `line` is one of rotel's own log lines (`2026-11-23T04:33:43.655699Z  INFO …`), its
+/// colours included (rotel colours them even into a pipe inside the matrix's guests).
 fn is_log_line(line: &str) -> bool {
+    let mut line = line;
+    while let Some(escape) = line.strip_prefix("\x1b[") {
+        line = escape.split_once('m').map_or("", |(_, rest)| rest);
+    }
     let bytes = line.as_bytes();
     bytes.len() > 20
         && bytes[..4].iter().all(u8::is_ascii_digit)
@@ -826,6 +831,14 @@ mod tests {
         }
         parser.finish_span(&mut out);
         out
+    }
+
+    #[test]
+    fn coloured_log_lines_are_log_lines() {
+        assert!(is_log_line(
+            "\x1b[2m2026-12-01T23:58:49.765091Z\x1b[0m \x1b[32m INFO\x1b[0m Shutdown signal received."
+        ));
+        assert!(!is_log_line("     -> error.type: Str(connect_failed)"));
     }
 
     /// Two batches as rotel 0.0.1a15 printed them (trailing spaces included).

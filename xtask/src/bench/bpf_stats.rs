@@ -55,17 +55,7 @@ pub fn bpf_stats(args: &BpfStatsArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     setup::setup()?;
     let loadgen = cargo::build_loadgen()?;
-    let pinning = if args.pin {
-        let cpus = thread::available_parallelism().context("counting CPUs")?;
-        let pinning = Pinning::split(cpus.get())?;
-        println!(
-            "bpf-stats: the load runs on CPU {}, the agent on CPU {}",
-            pinning.load, pinning.observers
-        );
-        Some(pinning)
-    } else {
-        None
-    };
+    let pinning = Pinning::asked(args.pin, "bpf-stats", "the agent")?;
     let others = others::attached_tracers();
     if !others.is_empty() {
         println!(

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 /// Which CPU each side of a pinned bench runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,21 @@ pub struct Pinning {
 }
 
 impl Pinning {
+    /// With `pin`, the split of this machine's CPUs, announced as `what` puts it (`"the load runs
+    /// on CPU 0, {observers} on CPU 1"`); `None` without.
+    pub fn asked(pin: bool, what: &str, observers: &str) -> Result<Option<Self>> {
+        if !pin {
+            return Ok(None);
+        }
+        let cpus = std::thread::available_parallelism().context("counting CPUs")?;
+        let pinning = Self::split(cpus.get())?;
+        println!(
+            "{what}: the load runs on CPU {}, {observers} on CPU {}",
+            pinning.load, pinning.observers
+        );
+        Ok(Some(pinning))
+    }
+
     /// The load on CPU 0, the observers on the machine's last CPU; an error on one CPU.
     pub fn split(cpus: usize) -> Result<Self> {
         if cpus < 2 {

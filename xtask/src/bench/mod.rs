@@ -77,17 +77,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     setup::setup()?;
     cargo::build_agent(Profile::Release)?;
     let loadgen = cargo::build_loadgen()?;
-    let pinning = if args.pin {
-        let cpus = thread::available_parallelism().context("counting CPUs")?;
-        let pinning = Pinning::split(cpus.get())?;
-        println!(
-            "bench: the load runs on CPU {}, tracers and the receiver on CPU {}",
-            pinning.load, pinning.observers
-        );
-        Some(pinning)
-    } else {
-        None
-    };
+    let pinning = Pinning::asked(args.pin, "bench", "tracers and the receiver")?;
     let load_cpu = pinning.map(|p| p.load);
     let observer_cpu = pinning.map(|p| p.observers);
     let receiver = args
