@@ -474,7 +474,7 @@ fn record(ctx: &BtfTracePointContext) {
         remember_listener(sk, &key, owner);
     } else if oldstate == LISTEN && newstate == CLOSE && key.identifies() {
         // Absent for a listener older than the program or kept in its socket storage.
-        let _ = LISTENERS.remove(&key);
+        let _ = LISTENERS.remove(key);
     }
     let create = filter.full_records != 0
         || ((owner_runs || accepted) && (filter.owner_pid != 0 || filter.local_ports != 0));
