@@ -546,12 +546,21 @@ mod tests {
         let summary: Vec<_> = ended
             .iter()
             .map(|(session, end_ns, _, why)| {
-                (session.cookie, session.role, session.start_ns, *end_ns, *why)
+                (
+                    session.cookie,
+                    session.role,
+                    session.start_ns,
+                    *end_ns,
+                    *why,
+                )
             })
             .collect();
         assert_eq!(
             summary,
-            [(3, Role::Accept, 20, 40, None), (1, Role::Listen, 10, 50, None)]
+            [
+                (3, Role::Accept, 20, 40, None),
+                (1, Role::Listen, 10, 50, None)
+            ]
         );
         assert_eq!(
             states(&out),

@@ -133,8 +133,11 @@ impl Traces {
     fn finish(mut self) -> OtlpSummary {
         let now_ns = monotonic_now_ns().unwrap_or(u64::MAX);
         let sink = &self.sink;
-        self.sessions
-            .end_all(now_ns, |cookie| sink.session_ids(cookie), &mut self.completed);
+        self.sessions.end_all(
+            now_ns,
+            |cookie| sink.session_ids(cookie),
+            &mut self.completed,
+        );
         self.export_completed();
         let evictions = self.sessions.evictions();
         OtlpSummary {
