@@ -2,8 +2,10 @@
 //! saw open it, read from `/proc` once and kept in a bounded cache.
 //!
 //! The kernel program reports the process's pid (its tgid in the initial pid namespace), uid and
-//! `comm`, so the `/proc` read here must be the initial pid namespace's: the agent runs in the
-//! host's pid namespace.
+//! `comm`, so the `/proc` read here must be the initial pid namespace's. An agent in a pid
+//! namespace of its own (a container without `hostPID`) would find other processes, or none, at
+//! those pids in its `/proc`: there it reads nothing from `/proc`, and every process is
+//! described by what the kernel program reported (executable name = `comm`, no command line).
 //!
 //! Without root, what `/proc` shows of another user's process is less, and each part degrades
 //! to what is known rather than failing:
@@ -33,6 +35,10 @@ pub const PROC: &str = "/proc";
 /// Longest command line kept, in bytes; longer ones are cut (and an incomplete UTF-8 sequence
 /// at the cut is replaced).
 pub const MAX_COMMAND_LINE: usize = 4096;
+
+/// The inode of the initial pid namespace (`PROC_PID_INIT_INO`), as `/proc/self/ns/pid` names
+/// it: `pid:[4026531836]`.
+const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
 
 /// How many uid → user name lookups are kept.
 const USERS: NonZeroUsize = NonZeroUsize::new(256).expect("256 is not zero");
@@ -68,21 +74,26 @@ pub struct ProcessInfo {
 /// read again. When the cache is full the entry used longest ago is dropped. User names are
 /// cached per uid as well.
 pub struct ProcessTable {
-    root: PathBuf,
+    /// The procfs to read; `None` when it does not show the initial pid namespace's pids.
+    root: Option<PathBuf>,
     processes: LruCache<Key, ProcessInfo>,
     users: LruCache<u32, Option<String>>,
 }
 
 impl ProcessTable {
-    /// A table reading [`PROC`] that keeps at most `capacity` processes.
+    /// A table reading [`PROC`] that keeps at most `capacity` processes, if this process runs
+    /// in the initial pid namespace; otherwise one that reads nothing.
     pub fn new(capacity: NonZeroUsize) -> Self {
-        Self::with_root(PROC, capacity)
+        let host_pids = fs::read_link(Path::new(PROC).join("self/ns/pid"))
+            .is_ok_and(|namespace| namespace.as_os_str() == INITIAL_PID_NAMESPACE);
+        Self::with_root(host_pids.then_some(PROC), capacity)
     }
 
-    /// A table reading a procfs found at `root` that keeps at most `capacity` processes.
-    pub fn with_root(root: impl Into<PathBuf>, capacity: NonZeroUsize) -> Self {
+    /// A table reading a procfs found at `root` (none: nothing is read) that keeps at most
+    /// `capacity` processes.
+    pub fn with_root(root: Option<impl Into<PathBuf>>, capacity: NonZeroUsize) -> Self {
         Self {
-            root: root.into(),
+            root: root.map(Into::into),
             processes: LruCache::new(capacity),
             users: LruCache::new(USERS),
         }
@@ -99,7 +110,15 @@ impl ProcessTable {
         } = self;
         processes.get_or_insert((pid, uid, comm_key(comm)), || {
             let owner = users.get_or_insert(uid, || user_name(uid)).clone();
-            read(&root.join(pid.to_string()), owner, comm)
+            match root {
+                Some(root) => read(&root.join(pid.to_string()), owner, comm),
+                None => ProcessInfo {
+                    executable_name: comm.to_owned(),
+                    command_line: String::new(),
+                    owner,
+                    exited: false,
+                },
+            }
         })
     }
 
@@ -257,7 +276,7 @@ mod tests {
             Some("curl"),
             b"curl\0-s\0https://example.com/\0",
         );
-        let mut table = ProcessTable::with_root(&proc.0, capacity(8));
+        let mut table = ProcessTable::with_root(Some(&proc.0), capacity(8));
         assert_eq!(
             table.get(42, 0, "curl"),
             &ProcessInfo {
@@ -281,7 +300,7 @@ mod tests {
             b"nginx: worker process\0\0\0\0",
         );
         proc.process(8, Some("/opt/my app/bin/serve"), Some("serve"), b"");
-        let mut table = ProcessTable::with_root(&proc.0, capacity(8));
+        let mut table = ProcessTable::with_root(Some(&proc.0), capacity(8));
         let nginx = table.get(7, 0, "nginx").clone();
         assert_eq!(nginx.executable_name, "nginx");
         assert_eq!(nginx.command_line, "nginx: worker process");
@@ -293,7 +312,7 @@ mod tests {
         let proc = TempDir::new();
         proc.process(2, None, Some("kthreadd"), b"");
         proc.process(3, None, None, b"");
-        let mut table = ProcessTable::with_root(&proc.0, capacity(8));
+        let mut table = ProcessTable::with_root(Some(&proc.0), capacity(8));
         let kthreadd = table.get(2, 0, "ignored").clone();
         assert_eq!(kthreadd.executable_name, "kthreadd");
         assert_eq!(kthreadd.command_line, "");
@@ -306,7 +325,7 @@ mod tests {
     #[test]
     fn an_exited_process_is_described_by_what_the_kernel_reported() {
         let proc = TempDir::new();
-        let mut table = ProcessTable::with_root(&proc.0, capacity(8));
+        let mut table = ProcessTable::with_root(Some(&proc.0), capacity(8));
         assert_eq!(
             table.get(1234, u32::MAX, "short-lived"),
             &ProcessInfo {
@@ -328,7 +347,7 @@ mod tests {
         for name in ["cmdline", "comm", "exe"] {
             fs::create_dir_all(dir.join(name)).unwrap();
         }
-        let mut table = ProcessTable::with_root(&proc.0, capacity(8));
+        let mut table = ProcessTable::with_root(Some(&proc.0), capacity(8));
         assert_eq!(
             table.get(77, 0, "reported"),
             &ProcessInfo {
@@ -346,7 +365,7 @@ mod tests {
         let mut cmdline = b"sh\0-c\0".to_vec();
         cmdline.resize(3 * MAX_COMMAND_LINE, b'x');
         proc.process(9, Some("/bin/sh"), Some("sh"), &cmdline);
-        let mut table = ProcessTable::with_root(&proc.0, capacity(8));
+        let mut table = ProcessTable::with_root(Some(&proc.0), capacity(8));
         let line = &table.get(9, 0, "sh").command_line;
         assert_eq!(line.len(), MAX_COMMAND_LINE);
         assert!(line.starts_with("sh -c xxx"));
@@ -356,7 +375,7 @@ mod tests {
     fn reads_once_per_pid_uid_and_comm() {
         let proc = TempDir::new();
         let dir = proc.process(10, Some("/usr/bin/old"), Some("old"), b"old\0");
-        let mut table = ProcessTable::with_root(&proc.0, capacity(8));
+        let mut table = ProcessTable::with_root(Some(&proc.0), capacity(8));
         assert_eq!(table.get(10, 0, "old").command_line, "old");
         fs::write(dir.join("cmdline"), b"new\0").unwrap();
         assert_eq!(table.get(10, 0, "old").command_line, "old", "cached");
@@ -370,7 +389,7 @@ mod tests {
     #[test]
     fn the_cache_is_bounded() {
         let proc = TempDir::new();
-        let mut table = ProcessTable::with_root(&proc.0, capacity(2));
+        let mut table = ProcessTable::with_root(Some(&proc.0), capacity(2));
         for pid in 1..=5 {
             table.get(pid, 0, "gone");
         }
@@ -392,6 +411,18 @@ mod tests {
             std::env::args().collect::<Vec<_>>().join(" ")
         );
         assert_eq!(info.owner, user_name(uid));
+        assert!(!info.exited);
+    }
+
+    #[test]
+    fn without_the_hosts_pids_nothing_is_read_from_proc() {
+        let proc = TempDir::new();
+        // What a container's own /proc shows at a host pid: another process.
+        proc.process(1, Some("/usr/bin/other"), Some("other"), b"other\0--flag\0");
+        let mut table = ProcessTable::with_root(None::<&Path>, capacity(8));
+        let info = table.get(1, 0, "nginx").clone();
+        assert_eq!(info.executable_name, "nginx");
+        assert_eq!(info.command_line, "");
         assert!(!info.exited);
     }
 }
