@@ -27,6 +27,9 @@ pub const MIN_KERNEL: (u32, u32) = (5, 12);
 /// Where the kernel names its release.
 const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 
+/// This process's status, which names its seccomp mode.
+const SELF_STATUS: &str = "/proc/self/status";
+
 /// The compiled kernel program (built by build.rs).
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
@@ -43,6 +46,13 @@ pub enum ProbeError {
         /// The kernel's release, as `uname -r` prints it.
         release: String,
     },
+    /// A seccomp filter refused a BPF call the capabilities allow (container runtimes' default
+    /// profiles allow `bpf()` only with CAP_SYS_ADMIN).
+    #[error(
+        "{0} (this process runs under a seccomp filter that refuses bpf(): give the container \
+         deploy/container/seccomp.json, see deploy/container/README.md)"
+    )]
+    Seccomp(#[source] Box<ProbeError>),
     /// The kernel's BTF is missing or lacks a field the program reads.
     #[error(
         "tcpstates needs the kernel's BTF ({path}) and Linux >= 5.12: {0}",
@@ -98,7 +108,8 @@ fn wakeup_bytes(ring_bytes: u32) -> u32 {
 }
 
 /// Loads the programs configured for `config` and attaches them to `sock:inet_sock_set_state`.
-/// On a kernel older than [`MIN_KERNEL`] any failure is reported as that.
+/// On a kernel older than [`MIN_KERNEL`] any failure is reported as that; a call refused with
+/// EPERM under a seccomp filter says so.
 pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
     load_and_attach(config).map_err(|err| {
         let release = std::fs::read_to_string(OSRELEASE).unwrap_or_default();
@@ -106,9 +117,40 @@ pub fn attach(config: &Config) -> Result<Probe, ProbeError> {
             Some(version) if version < MIN_KERNEL => ProbeError::KernelTooOld {
                 release: release.trim().to_owned(),
             },
+            _ if refused_by_permission(&err) && under_seccomp_filter() => {
+                ProbeError::Seccomp(Box::new(err))
+            }
             _ => err,
         }
     })
+}
+
+/// Whether `err` comes from a call the kernel refused with EPERM.
+fn refused_by_permission(err: &ProbeError) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(err);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Whether this process runs under a seccomp filter (`Seccomp: 2` in its status).
+fn under_seccomp_filter() -> bool {
+    std::fs::read_to_string(SELF_STATUS).is_ok_and(|status| seccomp_filtered(&status))
+}
+
+/// Whether a `/proc/PID/status` text says the process has a seccomp filter.
+fn seccomp_filtered(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Seccomp:"))
+        .is_some_and(|mode| mode.trim() == "2")
 }
 
 /// `(major, minor)` of a kernel release such as `6.1.0-47-cloud-amd64`.
@@ -282,6 +324,35 @@ mod tests {
         assert_eq!(kernel_version("garbage"), None);
         assert!(kernel_version("5.10.0").is_some_and(|v| v < MIN_KERNEL));
         assert!(kernel_version("5.12.0").is_some_and(|v| v >= MIN_KERNEL));
+    }
+
+    #[test]
+    fn a_seccomp_filter_is_mode_2_in_the_status() {
+        assert!(seccomp_filtered(
+            "Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t1\n"
+        ));
+        assert!(!seccomp_filtered("Name:\tx\nSeccomp:\t0\n"));
+        assert!(!seccomp_filtered("Name:\tx\n"));
+    }
+
+    #[test]
+    fn eperm_anywhere_in_the_causes_is_a_refusal() {
+        let refused = ProbeError::Map {
+            name: "COUNTERS",
+            source: MapError::CreateError {
+                name: "COUNTERS".into(),
+                io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+            },
+        };
+        assert!(refused_by_permission(&refused));
+        let other = ProbeError::Map {
+            name: "COUNTERS",
+            source: MapError::CreateError {
+                name: "COUNTERS".into(),
+                io_error: std::io::Error::from_raw_os_error(libc::ENOMEM),
+            },
+        };
+        assert!(!refused_by_permission(&other));
     }
 
     #[test]

@@ -245,6 +245,10 @@ fn under_the_runtime_default_seccomp_profile_the_agent_says_it_cannot_load() {
         last.contains("failed to create map") && last.contains("Operation not permitted"),
         "the error names the refused call; {context}"
     );
+    assert!(
+        last.contains("seccomp filter") && last.contains("deploy/container/seccomp.json"),
+        "the error says a seccomp filter refused it and what to give instead; {context}"
+    );
 }
 
 /// Runs `f` on a thread that has entered the network namespace of process `pid`.
