@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod details;
+pub mod gaps;
 pub mod privileges;
 pub mod probe;
 pub mod process_info;
@@ -19,7 +20,10 @@ pub mod session;
 pub mod sink;
 pub mod tracer;
 
-use std::io::{self, BufWriter};
+use std::{
+    io::{self, BufWriter},
+    num::NonZeroUsize,
+};
 
 use agent_common::correlation::BootId;
 
@@ -27,6 +31,7 @@ use crate::{
     clock::WallClock,
     config::Config,
     details::DetailsCache,
+    gaps::GapTracker,
     privileges::PrivilegeError,
     probe::ProbeError,
     session::SessionTable,
@@ -39,6 +44,8 @@ use crate::{
 
 /// Capacity of the standard-output buffer; it is flushed after every drain of the ring.
 const OUTPUT_BUFFER: usize = 256 << 10;
+/// Most live sockets the gap tracker checks (about 64 bytes each).
+const GAP_TRACKER_SOCKETS: NonZeroUsize = NonZeroUsize::new(1 << 16).expect("non-zero");
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,5 +107,13 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         .transpose()?;
     let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
     let output = sink::output(&config, clock, stdout);
-    Ok(runtime.block_on(tracer::trace(probe, output, journal, traces))?)
+    // A filter on ports, owner, namespace or cgroup can hide a socket's first transitions (an
+    // active open's port is 0 at CLOSE -> SYN_SENT), which the gap tracker must then not count.
+    let filtered = config.local_ports.is_some()
+        || config.remote_ports.is_some()
+        || config.owner_pid.is_some()
+        || config.netns.is_some()
+        || config.cgroup.is_some();
+    let gaps = GapTracker::new(GAP_TRACKER_SOCKETS, !filtered);
+    Ok(runtime.block_on(tracer::trace(probe, output, journal, traces, gaps))?)
 }

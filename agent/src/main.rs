@@ -37,6 +37,24 @@ fn report(summary: &Summary) {
         "tcpstates: {} events written, {}",
         summary.written, summary.counts
     );
+    let gaps = &summary.gaps;
+    if gaps.missing() > 0 {
+        eprintln!(
+            "tcpstates: at least {} transitions missing (inferred; the kernel ran no program for \
+             them): {} chain breaks, {} addresses reused before CLOSE, {} starts not seen",
+            gaps.missing(),
+            gaps.chain_breaks,
+            gaps.reused,
+            gaps.unseen_starts
+        );
+    }
+    if gaps.forgotten > 0 {
+        eprintln!(
+            "tcpstates: {} open sockets no longer checked for missing transitions (gap tracker \
+             full)",
+            gaps.forgotten
+        );
+    }
     if summary.counts.recovered > 0 {
         eprintln!(
             "tcpstates: {} events the kernel skipped for the main program (BPF recursion) \

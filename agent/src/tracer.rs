@@ -20,6 +20,7 @@ use crate::{
     clock::monotonic_now_ns,
     counters::Counts,
     details::DetailsCache,
+    gaps::{GapTracker, Gaps},
     probe::Probe,
     session::{Completed, SessionTable},
     sink::{
@@ -60,6 +61,8 @@ pub struct Summary {
     pub journal_failures: u64,
     /// The kernel counters at the end.
     pub counts: Counts,
+    /// Transitions inferred missing from gaps in sockets' chains of states.
+    pub gaps: Gaps,
     /// With `--otlp`: what became of the spans.
     pub otlp: Option<OtlpSummary>,
 }
@@ -152,6 +155,7 @@ struct Delivery {
     output: Option<Box<dyn Sink>>,
     journal: Option<JournalSink>,
     traces: Option<Traces>,
+    gaps: GapTracker,
     summary: Summary,
     /// The reader of standard output went away: stop quietly.
     closed: bool,
@@ -173,6 +177,7 @@ impl Delivery {
                 self.summary.undecodable += 1;
                 continue;
             };
+            self.gaps.observe(&change);
             if let Some(output) = &mut self.output
                 && !self.closed
             {
@@ -215,12 +220,14 @@ impl Delivery {
 }
 
 /// Traces until SIGINT or SIGTERM (or until standard output is closed), then detaches and
-/// drains what is left. Prints the header and the ready line once tracing has started.
+/// drains what is left. Prints the header and the ready line once tracing has started. `gaps`
+/// checks every change for signs of transitions the kernel never reported.
 pub async fn trace(
     probe: Probe,
     mut output: Option<Box<dyn Sink>>,
     journal: Option<JournalSink>,
     traces: Option<Traces>,
+    gaps: GapTracker,
 ) -> Result<Summary, TraceError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(TraceError::Poll)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(TraceError::Poll)?;
@@ -233,10 +240,12 @@ pub async fn trace(
         output,
         journal,
         traces,
+        gaps,
         summary: Summary::default(),
         closed: false,
     };
     let mut reported = Counts::default();
+    let mut reported_gaps = Gaps::default();
     let mut drain_tick = interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut loss_tick = interval(LOSS_CHECK_INTERVAL);
@@ -263,6 +272,9 @@ pub async fn trace(
                 let counts = counters.read().map_err(TraceError::Counters)?;
                 report_growth(&reported, &counts);
                 reported = counts;
+                let gaps = delivery.gaps.gaps();
+                report_gap_growth(&reported_gaps, &gaps);
+                reported_gaps = gaps;
                 if let Some(traces) = &mut delivery.traces {
                     traces.report_drops();
                 }
@@ -278,6 +290,8 @@ pub async fn trace(
     delivery.drain(events.get_mut())?;
     delivery.summary.counts = counters.read().map_err(TraceError::Counters)?;
     report_growth(&reported, &delivery.summary.counts);
+    delivery.summary.gaps = delivery.gaps.gaps();
+    report_gap_growth(&reported_gaps, &delivery.summary.gaps);
     delivery.summary.otlp = delivery.traces.take().map(Traces::finish);
     Ok(delivery.summary)
 }
@@ -288,6 +302,18 @@ fn report_growth(before: &Counts, now: &Counts) {
         eprintln!(
             "tcpstates: {} more events lost; {now} so far",
             now.lost() - before.lost()
+        );
+    }
+}
+
+/// Says on standard error how many more transitions were inferred missing since the last report.
+fn report_gap_growth(before: &Gaps, now: &Gaps) {
+    if now.missing() > before.missing() {
+        eprintln!(
+            "tcpstates: {} more transitions missing (inferred; the kernel ran no program for \
+             them); {} so far",
+            now.missing() - before.missing(),
+            now.missing()
         );
     }
 }
