@@ -32,6 +32,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
         .env(LINK_EXAMPLE_ENV, example)
         .env(matrix::MATRIX_ENV, matrix)
         .arg("test")
+        // Every test binary runs even after one fails, so a run reports every failure.
+        .arg("--no-fail-fast")
         .args(&args.cargo_args)
         .arg("--");
     let threads_given = args
