@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::soak::SoakArgs;
 use crate::dist::DistArgs;
 use crate::image::ImageArgs;
 use crate::matrix::MatrixArgs;
@@ -47,6 +48,10 @@ pub enum Command {
     /// Measure each kernel program's cost (ns per run, from kernel.bpf_stats_enabled) for one or
     /// more tcpstates binaries, interleaved under the bench's loopback load. Needs root.
     BpfStats(BpfStatsArgs),
+    /// Run one agent for minutes under a steady loopback load (default 2,000 connections/s,
+    /// `--otlp` to rotel), sampling its RSS and CPU; end with events made / written / exported /
+    /// lost side by side. Needs root.
+    Soak(SoakArgs),
     /// Boot Debian's kernels under qemu and run the end-to-end smoke test inside each.
     Matrix(MatrixArgs),
     /// Build the container image (`deploy/container/Containerfile`) offline.

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Lint => lint::lint(),
         Command::Bench(args) => bench::bench(&args),
         Command::BpfStats(args) => bench::bpf_stats::bpf_stats(&args),
+        Command::Soak(args) => bench::soak::soak(&args),
         Command::Matrix(args) => matrix::matrix(&args),
         Command::Image(args) => image::build(&args).map(|reference| println!("{reference}")),
         Command::Dist(args) => dist::dist(&args),

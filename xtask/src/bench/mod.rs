@@ -18,6 +18,7 @@ mod others;
 mod receiver;
 mod report;
 mod scratch;
+pub mod soak;
 mod summary;
 mod tracer;
 

@@ -1,12 +1,13 @@
-//! `loadgen`: opens and closes loopback TCP connections at the machine's highest rate.
+//! `loadgen`: opens and closes loopback TCP connections as fast as it can, or at `--rate`.
 //!
 //! Each connection goes: the client connects, the server accepts and closes first, the client reads
 //! end-of-file and closes. The kernel reports exactly 10 TCP state changes for such a connection
 //! (5 on the client socket, 5 on the server's accepted socket), so a tracer's event count can be
 //! checked against the number of connections printed here.
 //!
-//! The run lasts `--seconds` and stops by itself; every blocking call has a timeout. At the end it
-//! prints one machine-readable line on stdout:
+//! The run lasts `--seconds` and stops by itself; every blocking call has a timeout. With `--rate`
+//! the clients pace themselves to that many connections a second in all (for `cargo xtask soak`)
+//! instead of going as fast as they can. At the end it prints one machine-readable line on stdout:
 //! `connections=N failed=N seconds=F rate=F`.
 
 mod client;
@@ -26,7 +27,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "loadgen",
-    about = "Open and close loopback TCP connections as fast as possible"
+    about = "Open and close loopback TCP connections as fast as possible, or at --rate"
 )]
 struct Args {
     /// Address the server listens on and the clients connect to (must be a loopback address).
@@ -48,6 +49,10 @@ struct Args {
     /// Listen backlog.
     #[arg(long, default_value_t = 4096)]
     backlog: i32,
+    /// Connections a second in all, shared evenly by the clients (0: as fast as possible). A
+    /// client that falls behind catches up by at most one second's worth of its connections.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +75,9 @@ fn run(args: &Args) -> Result<()> {
     if args.clients == 0 || args.acceptors == 0 {
         bail!("--clients and --acceptors must be at least 1");
     }
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a finite number of connections a second, 0 for no limit");
+    }
     let server = server::Server::start(
         SocketAddr::new(args.addr, args.port),
         args.backlog,
@@ -83,9 +91,10 @@ fn run(args: &Args) -> Result<()> {
     let clients = (0..args.clients)
         .map(|i| {
             let stop = Arc::clone(&stop);
+            let pacing = client::Pacing::new(args.rate, args.clients, i, start);
             thread::Builder::new()
                 .name(format!("client-{i}"))
-                .spawn(move || client::run(addr, deadline, &stop))
+                .spawn(move || client::run(addr, deadline, pacing, &stop))
                 .context("spawning a client thread")
         })
         .collect::<Result<Vec<_>>>();
