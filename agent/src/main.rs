@@ -85,8 +85,14 @@ fn report(summary: &Summary) {
         let spans = &otlp.spans;
         eprintln!(
             "tcpstates: OTLP: {} sessions exported in {} spans, {} spans dropped (queue full), \
-             {} failed, {} sessions evicted",
-            spans.exported_sessions, spans.exported, spans.dropped, spans.failed, otlp.evictions
+             {} failed, {} rejected, {} possible duplicates, {} sessions evicted",
+            spans.exported_sessions,
+            spans.exported,
+            spans.dropped,
+            spans.failed,
+            spans.rejected,
+            spans.possible_duplicates,
+            otlp.evictions
         );
     }
     if summary.journal_failures > 0 {

@@ -443,7 +443,8 @@ pub fn parse_summary(line: &str) -> Option<Summary> {
 
 /// The counts of the agent's OTLP account on stderr (after the [`Summary`] line, with `--otlp`),
 /// `tcpstates: OTLP: N sessions exported in M spans, D spans dropped (queue full), F failed,
-/// E sessions evicted`.
+/// R rejected, P possible duplicates, E sessions evicted` (R and P are 0 in the older line
+/// without them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OtlpSummary {
     /// N: sessions exported (root spans the collector accepted).
@@ -454,23 +455,50 @@ pub struct OtlpSummary {
     pub dropped: u64,
     /// F: spans given up on after failed export requests.
     pub failed: u64,
+    /// R: spans the collector rejected with a non-retryable status (not retried).
+    pub rejected: u64,
+    /// P: exported spans sent again after a request that timed out (maybe received twice).
+    pub possible_duplicates: u64,
     /// E: sessions ended early because the session table was full.
     pub evicted: u64,
 }
 
 /// Parses the OTLP account line; `None` if `line` does not have exactly that shape.
 pub fn parse_otlp_summary(line: &str) -> Option<OtlpSummary> {
-    let numbers = numbers_in_shape(
+    let prefix = "tcpstates: OTLP: # sessions exported in # spans, # spans dropped (queue full), \
+                  # failed, ";
+    if let Some(numbers) = numbers_in_shape(
         line,
-        "tcpstates: OTLP: # sessions exported in # spans, # spans dropped (queue full), # failed, \
-         # sessions evicted",
-    )?;
+        &format!("{prefix}# rejected, # possible duplicates, # sessions evicted"),
+    ) && let &[
+        sessions,
+        spans,
+        dropped,
+        failed,
+        rejected,
+        possible_duplicates,
+        evicted,
+    ] = numbers.as_slice()
+    {
+        return Some(OtlpSummary {
+            sessions,
+            spans,
+            dropped,
+            failed,
+            rejected,
+            possible_duplicates,
+            evicted,
+        });
+    }
+    let numbers = numbers_in_shape(line, &format!("{prefix}# sessions evicted"))?;
     match numbers.as_slice() {
         &[sessions, spans, dropped, failed, evicted] => Some(OtlpSummary {
             sessions,
             spans,
             dropped,
             failed,
+            rejected: 0,
+            possible_duplicates: 0,
             evicted,
         }),
         _ => None,
@@ -539,6 +567,22 @@ mod tests {
                 spans: 2003,
                 dropped: 4,
                 failed: 2,
+                rejected: 0,
+                possible_duplicates: 0,
+                evicted: 1,
+            })
+        );
+        let line = "tcpstates: OTLP: 401 sessions exported in 2003 spans, 4 spans dropped \
+                    (queue full), 2 failed, 7 rejected, 5 possible duplicates, 1 sessions evicted";
+        assert_eq!(
+            parse_otlp_summary(line),
+            Some(OtlpSummary {
+                sessions: 401,
+                spans: 2003,
+                dropped: 4,
+                failed: 2,
+                rejected: 7,
+                possible_duplicates: 5,
                 evicted: 1,
             })
         );

@@ -1,30 +1,38 @@
 //! The export side: a bounded queue the event path pushes spans into without ever waiting,
-//! and a thread of its own that batches them and sends them with the OTLP exporter,
-//! retrying while the collector is unreachable. Every span is accounted for: exported,
-//! dropped because the queue was full, or given up on.
+//! and a thread of its own that batches them and sends them with the OTLP exporter.
+//!
+//! Delivery is at least once: a batch is kept (its spans still counted in the queue's bound)
+//! until the collector acknowledges its request, and is sent again after a failure the OTLP
+//! specification calls retryable. A request that timed out may still have been delivered, so
+//! its batch may arrive twice; such spans are counted as possible duplicates. A failure the
+//! specification calls permanent (an HTTP 4xx other than 429, gRPC `INVALID_ARGUMENT`, …) drops
+//! the batch at once, counted as rejected. After exit begins, what is left gets at most
+//! [`FLUSH_DEADLINE`]. Every span is accounted for: exported, dropped because the queue was full,
+//! rejected, or given up on (failed).
 
 use std::{
-    cell::OnceCell,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use opentelemetry::trace::SpanId;
 use opentelemetry_otlp::{
-    SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+    RetryPolicy, SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
 use opentelemetry_sdk::{
     Resource,
-    error::OTelSdkResult,
+    error::{OTelSdkError, OTelSdkResult},
     trace::{SpanData, SpanExporter as _},
 };
 use tokio::{
-    sync::mpsc::{self, error::TrySendError},
-    task::JoinSet,
+    sync::mpsc,
+    task::{self, JoinSet},
+    time::Instant,
 };
 
 use super::{
@@ -40,11 +48,17 @@ const MAX_BATCH: usize = 2048;
 const MAX_IN_FLIGHT: usize = 32;
 /// How long a partial batch waits for more spans.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
-/// First and longest pause between attempts while the collector is unreachable.
-const RETRY_MIN: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-/// After shutdown, how long exporting what is queued may take (retries included).
-const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// First and longest pause before the next attempt while the collector is unreachable. With
+/// the exporter's own retries within a request (at most 0.5 s apart, [`retry_policy`]), a
+/// collector that comes back gets a request within a second.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+/// After shutdown, how long exporting what is queued may take (retries included); then
+/// requests still out are abandoned.
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the runtime may take to stop once the export is over (a name lookup of a
+/// request abandoned at the deadline runs on a blocking thread).
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(200);
 
 /// The exporter could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +77,16 @@ pub enum ExportError {
 /// Counts of what happened to spans, shared with the export thread.
 #[derive(Debug, Default)]
 struct Stats {
+    /// Spans in the queue or held by the export thread until their request is settled.
+    pending: AtomicUsize,
     queued: AtomicU64,
     dropped: AtomicU64,
     exported: AtomicU64,
     exported_sessions: AtomicU64,
     failed: AtomicU64,
     failed_requests: AtomicU64,
+    rejected: AtomicU64,
+    possible_duplicates: AtomicU64,
 }
 
 /// A snapshot of the export counts.
@@ -82,10 +100,15 @@ pub struct ExportCounts {
     pub exported: u64,
     /// Of those, root spans: whole sessions.
     pub exported_sessions: u64,
-    /// Spans given up on after failed requests.
+    /// Spans given up on: still unacknowledged when the exit deadline passed.
     pub failed: u64,
-    /// Export requests that failed (and were retried, or whose spans were given up).
+    /// Export requests that failed (retried, rejected, or abandoned).
     pub failed_requests: u64,
+    /// Spans the collector refused with a non-retryable status: dropped without a retry.
+    pub rejected: u64,
+    /// Of the exported spans, those sent again after a request that timed out: the collector
+    /// may have received them twice.
+    pub possible_duplicates: u64,
 }
 
 impl Stats {
@@ -97,19 +120,28 @@ impl Stats {
             exported_sessions: self.exported_sessions.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             failed_requests: self.failed_requests.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            possible_duplicates: self.possible_duplicates.load(Ordering::Relaxed),
         }
+    }
+
+    /// `spans` held by the export thread are settled: they no longer count in the queue.
+    fn settled(&self, spans: usize) {
+        self.pending.fetch_sub(spans, Ordering::Relaxed);
     }
 }
 
 /// The event path's handle on the export thread.
 pub struct SpanExport {
-    queue: mpsc::Sender<SpanData>,
+    queue: mpsc::UnboundedSender<SpanData>,
+    capacity: usize,
     stats: Arc<Stats>,
     thread: thread::JoinHandle<()>,
 }
 
 impl SpanExport {
-    /// Starts the export thread; at most `capacity` spans wait for it.
+    /// Starts the export thread; at most `capacity` spans wait for it, those it holds until
+    /// their request is acknowledged included.
     pub fn start(
         settings: &ExportSettings,
         resource: Resource,
@@ -125,15 +157,20 @@ impl SpanExport {
             build_exporter(settings)?
         };
         exporter.set_resource(&resource);
-        let (queue, receiver) = mpsc::channel(capacity);
+        let (queue, receiver) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let thread_stats = Arc::clone(&stats);
+        let timeout = settings.timeout;
         let thread = thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || runtime.block_on(export_loop(exporter, receiver, &thread_stats)))
+            .spawn(move || {
+                runtime.block_on(export_loop(exporter, timeout, receiver, &thread_stats));
+                runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            })
             .map_err(ExportError::Thread)?;
         Ok(Self {
             queue,
+            capacity,
             stats,
             thread,
         })
@@ -141,12 +178,15 @@ impl SpanExport {
 
     /// Queues a span, or counts it dropped when the queue is full. Never waits.
     pub fn push(&self, span: SpanData) {
-        match self.queue.try_send(span) {
-            Ok(()) => self.stats.queued.fetch_add(1, Ordering::Relaxed),
-            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed)
-            }
-        };
+        let stats = &self.stats;
+        if stats.pending.fetch_add(1, Ordering::Relaxed) >= self.capacity
+            || self.queue.send(span).is_err()
+        {
+            stats.settled(1);
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.queued.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The counts so far.
@@ -154,8 +194,8 @@ impl SpanExport {
         self.stats.snapshot()
     }
 
-    /// Closes the queue and waits until everything queued is exported or given up on (at most
-    /// about 10 s, `FLUSH_DEADLINE`, while the collector is unreachable).
+    /// Closes the queue and waits until everything queued is exported, rejected or given up
+    /// on: at most [`FLUSH_DEADLINE`] whatever the collector does.
     pub fn finish(self) -> ExportCounts {
         drop(self.queue);
         // A panicking export thread has nothing more to export; its counts stand.
@@ -164,13 +204,21 @@ impl SpanExport {
     }
 }
 
+/// Retries within one request, by the exporter: on the failures the OTLP specification calls
+/// retryable, honouring the collector's Retry-After (HTTP) or RetryInfo (gRPC), within the
+/// request timeout; at most 0.5 s apart otherwise.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::recommended().with_max_delay(Duration::from_millis(500))
+}
+
 fn build_exporter(settings: &ExportSettings) -> Result<SpanExporter, ExportError> {
     tls::install_crypto_provider();
     let exporter = match settings.protocol {
         Protocol::Grpc => {
             let mut builder = SpanExporter::builder()
                 .with_tonic()
-                .with_timeout(settings.timeout);
+                .with_timeout(settings.timeout)
+                .with_retry_policy(retry_policy());
             if settings.secure {
                 builder = builder.with_tls_config(tls::grpc_config(&settings.tls));
             }
@@ -188,7 +236,8 @@ fn build_exporter(settings: &ExportSettings) -> Result<SpanExporter, ExportError
             let mut builder = SpanExporter::builder()
                 .with_http()
                 .with_protocol(protocol)
-                .with_timeout(settings.timeout);
+                .with_timeout(settings.timeout)
+                .with_retry_policy(retry_policy());
             if !settings.tls.is_empty() {
                 builder =
                     builder.with_http_client(tls::http_client(&settings.tls, settings.timeout)?);
@@ -202,10 +251,52 @@ fn build_exporter(settings: &ExportSettings) -> Result<SpanExporter, ExportError
     Ok(exporter?)
 }
 
+/// What a failed export request means for its batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// Worth sending again: the collector was unreachable, overloaded or timed out.
+    Retryable,
+    /// Refused for good, with this status (`HTTP 415`, `gRPC InvalidArgument`).
+    Rejected(String),
+}
+
+/// Classifies a failed export request as the OTLP specification does.
+///
+/// opentelemetry-otlp 0.33 applies that classification to its own retries within a request
+/// but returns the outcome only as text in [`OTelSdkError::InternalFailure`]:
+/// `HTTP export failed with status code: 415`, `HTTP export failed: network error`,
+/// `TonicTracesClient export failed with gRPC code: Unavailable[: cause]` (it keeps the
+/// collector's message out on purpose). So the status is read back from that text, here only.
+/// Anything else (a network error, a timeout) is retryable. `RESOURCE_EXHAUSTED` is retryable
+/// here: the exporter has already failed it at once when the collector gave no RetryInfo, and
+/// the text no longer says which.
+fn classify(err: &OTelSdkError) -> Failure {
+    let OTelSdkError::InternalFailure(text) = err else {
+        return Failure::Retryable;
+    };
+    if let Some(code) = text.strip_prefix("HTTP export failed with status code: ") {
+        return match code.trim().parse::<u16>() {
+            Ok(429 | 502 | 503 | 504) | Err(_) => Failure::Retryable,
+            Ok(code) => Failure::Rejected(format!("HTTP {code}")),
+        };
+    }
+    if let Some((_, rest)) = text.split_once(" export failed with gRPC code: ") {
+        let code = rest.split(':').next().unwrap_or_default().trim();
+        return match code {
+            "Unavailable" | "Cancelled" | "DeadlineExceeded" | "Aborted" | "OutOfRange"
+            | "DataLoss" | "ResourceExhausted" => Failure::Retryable,
+            _ => Failure::Rejected(format!("gRPC {code}")),
+        };
+    }
+    Failure::Retryable
+}
+
 /// A batch of spans and what it holds.
 struct Batch {
     spans: Vec<SpanData>,
     sessions: u64,
+    /// An earlier request with this batch timed out: the collector may have it already.
+    maybe_delivered: bool,
 }
 
 impl Batch {
@@ -214,173 +305,347 @@ impl Batch {
             .iter()
             .filter(|span| span.parent_span_id == SpanId::INVALID)
             .count() as u64;
-        Self { spans, sessions }
+        Self {
+            spans,
+            sessions,
+            maybe_delivered: false,
+        }
     }
 }
 
-/// The export side's state: requests in flight, and whether the collector is answering.
+/// A settled request: its batch, the exporter's answer, and how it went.
+struct Attempt {
+    batch: Batch,
+    result: OTelSdkResult,
+    /// The request ran into the request timeout.
+    timed_out: bool,
+    /// It was sent alone to see whether the collector is back.
+    probe: bool,
+}
+
+/// The export thread's state: the batch being filled, the batches waiting to be sent (the
+/// retried ones first), the requests in flight, and whether the collector is answering.
 struct Exporter<'a> {
     exporter: Arc<SpanExporter>,
+    timeout: Duration,
     stats: &'a Stats,
-    in_flight: JoinSet<(u64, u64, OTelSdkResult)>,
-    /// The last request succeeded: batches go out concurrently, without a copy.
+    filling: Vec<SpanData>,
+    /// When the first span of `filling` came.
+    filling_since: Option<Instant>,
+    waiting: VecDeque<Batch>,
+    in_flight: JoinSet<Attempt>,
+    /// Spans of each request in flight, to account for them if a task is lost.
+    in_flight_spans: HashMap<task::Id, usize>,
+    /// The collector answered the last request settled: batches go out concurrently.
     healthy: bool,
-    /// Failures in a row, for the retry pause.
+    /// Failed probes in a row, for the pause before the next one.
     failures: u32,
+    /// When the next probe may go while the collector is not answering.
+    retry_at: Instant,
+    /// The status of the last rejection reported, to report each new one once.
+    last_rejection: Option<String>,
 }
 
 impl Exporter<'_> {
-    /// Sends `batch` without waiting for the answer, once fewer than [`MAX_IN_FLIGHT`]
-    /// requests are out.
-    async fn send(&mut self, batch: Batch) {
-        while self.in_flight.len() >= MAX_IN_FLIGHT {
-            self.settle_one().await;
+    /// Moves the batch being filled to the waiting ones once it is full, has waited
+    /// [`BATCH_DELAY`], or `now_or_never` (the queue is closed).
+    fn close_batch(&mut self, now_or_never: bool) {
+        let due = self
+            .filling_since
+            .is_some_and(|since| since.elapsed() >= BATCH_DELAY);
+        if !self.filling.is_empty() && (now_or_never || due || self.filling.len() >= MAX_BATCH) {
+            let spans = std::mem::replace(&mut self.filling, Vec::with_capacity(MAX_BATCH));
+            self.waiting.push_back(Batch::new(spans));
+            self.filling_since = None;
         }
-        let exporter = Arc::clone(&self.exporter);
-        let (spans, sessions) = (batch.spans.len() as u64, batch.sessions);
-        self.in_flight
-            .spawn(async move { (spans, sessions, exporter.export(batch.spans).await) });
     }
 
-    /// Sends `batch` and waits for the answer, retrying with growing pauses until it is
-    /// accepted or `give_up` says to stop; returns the batch if it was not accepted.
-    async fn send_until_accepted(
-        &mut self,
-        batch: Batch,
-        give_up: impl Fn() -> bool,
-    ) -> Option<Batch> {
-        self.settle_all().await;
+    /// Sends waiting batches: while the collector answers, up to [`MAX_IN_FLIGHT`] at once;
+    /// otherwise one probe at a time, after the retry pause.
+    fn send_waiting(&mut self) {
         loop {
-            let result = self.exporter.export(batch.spans.clone()).await;
-            let accepted = result.is_ok();
-            self.account(batch.spans.len() as u64, batch.sessions, result, false);
-            if accepted {
-                return None;
+            let may_send = if self.healthy {
+                self.in_flight.len() < MAX_IN_FLIGHT
+            } else {
+                self.in_flight.is_empty() && Instant::now() >= self.retry_at
+            };
+            if !may_send {
+                return;
             }
-            if give_up() {
-                return Some(batch);
-            }
-            tokio::time::sleep(retry_delay(self.failures)).await;
-        }
-    }
-
-    /// Waits for one request in flight and accounts for it.
-    async fn settle_one(&mut self) {
-        if let Some(Ok((spans, sessions, result))) = self.in_flight.join_next().await {
-            self.account(spans, sessions, result, true);
-        }
-    }
-
-    /// Waits for every request in flight.
-    async fn settle_all(&mut self) {
-        while !self.in_flight.is_empty() {
-            self.settle_one().await;
-        }
-    }
-
-    /// Counts a request's outcome; the spans of a failed request that kept no copy are lost.
-    fn account(
-        &mut self,
-        spans: u64,
-        sessions: u64,
-        result: OTelSdkResult,
-        sent_without_copy: bool,
-    ) {
-        match result {
-            Ok(()) => {
-                if self.failures > 0 {
-                    eprintln!("tcpstates: OTLP export recovered");
+            let Some(batch) = self.waiting.pop_front() else {
+                return;
+            };
+            let exporter = Arc::clone(&self.exporter);
+            let (timeout, probe) = (self.timeout, !self.healthy);
+            let spans = batch.spans.len();
+            let handle = self.in_flight.spawn(async move {
+                let started = Instant::now();
+                // The batch is kept until the answer: the request gets a copy.
+                let result = exporter.export(batch.spans.clone()).await;
+                Attempt {
+                    batch,
+                    timed_out: result.is_err() && started.elapsed() >= timeout,
+                    result,
+                    probe,
                 }
-                self.healthy = true;
-                self.failures = 0;
-                self.stats.exported.fetch_add(spans, Ordering::Relaxed);
-                self.stats
-                    .exported_sessions
-                    .fetch_add(sessions, Ordering::Relaxed);
+            });
+            self.in_flight_spans.insert(handle.id(), spans);
+        }
+    }
+
+    /// Accounts for a settled request.
+    fn settle(&mut self, joined: Result<(task::Id, Attempt), task::JoinError>) {
+        let attempt = match joined {
+            Ok((id, attempt)) => {
+                self.in_flight_spans.remove(&id);
+                attempt
             }
             Err(err) => {
-                self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
-                if self.failures == 0 {
-                    eprintln!("tcpstates: OTLP export failing, will retry: {err}");
+                // The request's task panicked: its batch is gone.
+                let spans = self.in_flight_spans.remove(&err.id()).unwrap_or(0);
+                self.stats.failed.fetch_add(spans as u64, Ordering::Relaxed);
+                self.stats.settled(spans);
+                return;
+            }
+        };
+        let Attempt {
+            mut batch,
+            result,
+            timed_out,
+            probe,
+        } = attempt;
+        let spans = batch.spans.len();
+        let stats = self.stats;
+        let err = match result {
+            Ok(()) => {
+                self.answered();
+                stats.exported.fetch_add(spans as u64, Ordering::Relaxed);
+                stats
+                    .exported_sessions
+                    .fetch_add(batch.sessions, Ordering::Relaxed);
+                if batch.maybe_delivered {
+                    stats
+                        .possible_duplicates
+                        .fetch_add(spans as u64, Ordering::Relaxed);
                 }
-                self.failures += 1;
+                stats.settled(spans);
+                return;
+            }
+            Err(err) => err,
+        };
+        stats.failed_requests.fetch_add(1, Ordering::Relaxed);
+        match classify(&err) {
+            Failure::Rejected(status) => {
+                self.answered();
+                if self.last_rejection.as_ref() != Some(&status) {
+                    eprintln!(
+                        "tcpstates: OTLP collector rejected {spans} spans ({status}), not \
+                         retrying rejected requests: {err}"
+                    );
+                    self.last_rejection = Some(status);
+                }
+                stats.rejected.fetch_add(spans as u64, Ordering::Relaxed);
+                stats.settled(spans);
+            }
+            Failure::Retryable => {
+                batch.maybe_delivered |= timed_out;
+                self.waiting.push_front(batch);
+                // Only the first failure and failed probes lengthen the pause: the other
+                // requests that were out when the collector went away fail as well.
+                if self.healthy || probe {
+                    self.failures += 1;
+                    if self.failures == 1 {
+                        eprintln!("tcpstates: OTLP export failing, will retry: {err}");
+                    }
+                    self.retry_at = Instant::now() + retry_delay(self.failures);
+                }
                 self.healthy = false;
-                if sent_without_copy {
-                    eprintln!("tcpstates: {spans} spans of a failed request are lost");
-                    self.stats.failed.fetch_add(spans, Ordering::Relaxed);
-                }
             }
         }
     }
+
+    /// The collector answered: back to concurrent requests, and the pause starts over.
+    fn answered(&mut self) {
+        if self.failures > 0 {
+            eprintln!("tcpstates: OTLP export recovered");
+        }
+        self.healthy = true;
+        self.failures = 0;
+    }
+
+    /// Spans not yet settled: being filled, waiting, or in flight.
+    fn unsettled(&self) -> usize {
+        self.filling.len()
+            + self
+                .waiting
+                .iter()
+                .map(|batch| batch.spans.len())
+                .sum::<usize>()
+            + self.in_flight_spans.values().sum::<usize>()
+    }
+
+    /// Abandons every request in flight and counts every unsettled span failed.
+    fn give_up(&mut self) {
+        self.in_flight.abort_all();
+        let spans = self.unsettled();
+        self.stats.failed.fetch_add(spans as u64, Ordering::Relaxed);
+        self.stats.settled(spans);
+        eprintln!(
+            "tcpstates: OTLP export unfinished {FLUSH_DEADLINE:?} after exit began \
+             (collector unreachable or not answering), {spans} spans not exported"
+        );
+    }
 }
 
-/// Batches and exports until the queue is closed and empty.
+/// Batches and exports until the queue is closed and everything is settled, or
+/// [`FLUSH_DEADLINE`] after it closed.
 ///
-/// While the collector answers, up to [`MAX_IN_FLIGHT`] requests are out at once and a batch
-/// is handed over without a copy. Until the first success, and after a failure, batches go
-/// one at a time with a copy kept so they can be retried, with growing pauses. So a collector
-/// that is down at start loses nothing, and one that goes away loses at most the requests in
-/// flight when it went away; every such loss is counted.
-async fn export_loop(exporter: SpanExporter, mut queue: mpsc::Receiver<SpanData>, stats: &Stats) {
+/// While the collector answers, up to [`MAX_IN_FLIGHT`] requests are out at once, and their
+/// answers are taken as they come. A retryable failure puts the batch back at the head of the
+/// waiting ones; then one request goes at a time, after a pause growing from [`RETRY_MIN`] to
+/// [`RETRY_MAX`], until one succeeds. A rejected batch is dropped and counted.
+async fn export_loop(
+    exporter: SpanExporter,
+    timeout: Duration,
+    mut queue: mpsc::UnboundedReceiver<SpanData>,
+    stats: &Stats,
+) {
     let mut export = Exporter {
         exporter: Arc::new(exporter),
+        timeout,
         stats,
+        filling: Vec::with_capacity(MAX_BATCH),
+        filling_since: None,
+        waiting: VecDeque::new(),
         in_flight: JoinSet::new(),
+        in_flight_spans: HashMap::new(),
+        // Until the first success, one request at a time.
         healthy: false,
         failures: 0,
+        retry_at: Instant::now(),
+        last_rejection: None,
     };
-    let closed_at: OnceCell<Instant> = OnceCell::new();
-    let past_deadline = |queue: &mpsc::Receiver<SpanData>| {
-        queue.is_closed() && closed_at.get_or_init(Instant::now).elapsed() >= FLUSH_DEADLINE
-    };
-    while let Some(batch) = next_batch(&mut queue).await {
-        if past_deadline(&queue) {
-            let waiting = batch.spans.len() as u64 + queue.len() as u64;
-            eprintln!(
-                "tcpstates: OTLP export still behind {FLUSH_DEADLINE:?} after exit began, \
-                 {waiting} spans not exported"
-            );
-            stats.failed.fetch_add(waiting, Ordering::Relaxed);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        export.close_batch(deadline.is_some());
+        export.send_waiting();
+        if deadline.is_some() && export.unsettled() == 0 {
             break;
         }
-        if export.healthy {
-            export.send(batch).await;
-            continue;
-        }
-        if let Some(unsent) = export
-            .send_until_accepted(batch, || past_deadline(&queue))
-            .await
-        {
-            let waiting = unsent.spans.len() as u64 + queue.len() as u64;
-            eprintln!(
-                "tcpstates: OTLP collector unreachable {FLUSH_DEADLINE:?} after exit began, \
-                 {waiting} spans not exported"
-            );
-            stats.failed.fetch_add(waiting, Ordering::Relaxed);
-            break;
+        let batch_due = export.filling_since.map(|since| since + BATCH_DELAY);
+        let probe_due =
+            (!export.healthy && export.in_flight.is_empty() && !export.waiting.is_empty())
+                .then_some(export.retry_at);
+        let room = MAX_BATCH - export.filling.len();
+        tokio::select! {
+            biased;
+            () = sleep_until(deadline) => {
+                export.give_up();
+                break;
+            }
+            Some(joined) = export.in_flight.join_next_with_id() => export.settle(joined),
+            received = queue.recv_many(&mut export.filling, room), if deadline.is_none() && room > 0 => {
+                if received == 0 {
+                    // Exit began: the queue is closed and empty.
+                    deadline = Some(Instant::now() + FLUSH_DEADLINE);
+                } else if export.filling_since.is_none() {
+                    export.filling_since = Some(Instant::now());
+                }
+            }
+            () = sleep_until(batch_due) => {}
+            () = sleep_until(probe_due) => {}
         }
     }
-    export.settle_all().await;
 }
 
-/// Up to [`MAX_BATCH`] spans: what is queued, plus what arrives within [`BATCH_DELAY`] when that
-/// is fewer. `None` once the queue is closed and empty.
-async fn next_batch(queue: &mut mpsc::Receiver<SpanData>) -> Option<Batch> {
-    let mut spans = Vec::with_capacity(MAX_BATCH);
-    if queue.recv_many(&mut spans, MAX_BATCH).await == 0 {
-        return None;
+/// Waits until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-    let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-    while spans.len() < MAX_BATCH {
-        let room = MAX_BATCH - spans.len();
-        match tokio::time::timeout_at(deadline, queue.recv_many(&mut spans, room)).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    Some(Batch::new(spans))
 }
 
+/// The pause after `failures` failed attempts in a row: [`RETRY_MIN`], doubling up to
+/// [`RETRY_MAX`].
 fn retry_delay(failures: u32) -> Duration {
     (RETRY_MIN * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(RETRY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(text: &str) -> Failure {
+        classify(&OTelSdkError::InternalFailure(text.to_owned()))
+    }
+
+    #[test]
+    fn retryable_http_statuses_and_network_errors() {
+        for code in [429, 502, 503, 504] {
+            let text = format!("HTTP export failed with status code: {code}");
+            assert_eq!(failure(&text), Failure::Retryable, "{text}");
+        }
+        assert_eq!(
+            failure("HTTP export failed: network error"),
+            Failure::Retryable
+        );
+        assert_eq!(
+            classify(&OTelSdkError::Timeout(RETRY_MAX)),
+            Failure::Retryable
+        );
+    }
+
+    #[test]
+    fn other_http_statuses_are_rejections() {
+        for code in [400, 401, 403, 404, 413, 415, 500] {
+            let text = format!("HTTP export failed with status code: {code}");
+            assert_eq!(
+                failure(&text),
+                Failure::Rejected(format!("HTTP {code}")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_codes_as_the_otlp_specification_classes_them() {
+        for code in [
+            "Unavailable",
+            "Cancelled",
+            "DeadlineExceeded",
+            "Aborted",
+            "OutOfRange",
+            "DataLoss",
+            "ResourceExhausted",
+        ] {
+            let text =
+                format!("TonicTracesClient export failed with gRPC code: {code}: transport error");
+            assert_eq!(failure(&text), Failure::Retryable, "{text}");
+        }
+        for code in [
+            "InvalidArgument",
+            "PermissionDenied",
+            "Unauthenticated",
+            "Unimplemented",
+            "Internal",
+            "Unknown",
+        ] {
+            let text = format!("TonicTracesClient export failed with gRPC code: {code}");
+            assert_eq!(
+                failure(&text),
+                Failure::Rejected(format!("gRPC {code}")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_pause_grows_to_half_a_second() {
+        assert_eq!(retry_delay(1), RETRY_MIN);
+        assert_eq!(retry_delay(2), RETRY_MIN * 2);
+        assert_eq!(retry_delay(3), RETRY_MIN * 4);
+        assert_eq!(retry_delay(4), RETRY_MAX);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
 }
