@@ -235,9 +235,12 @@ pub struct SessionTable {
     /// next free state-span index, which a continuation's own span takes. As bounded as `open`.
     evicted: LruCache<u64, u32>,
     /// Accepted sockets seen only at their first transition, by address, waiting for the next
-    /// one to tell their own cookie.
-    accepting: HashMap<u64, StateChange>,
+    /// one to tell their own cookie. As bounded as `open`: one whose next transition was lost
+    /// at an address never reused would otherwise stay for ever.
+    accepting: LruCache<u64, StateChange>,
     evictions: u64,
+    /// Evicted sockets pushed out of `evicted` (full) before they showed up again.
+    forgotten: u64,
 }
 
 impl SessionTable {
@@ -247,8 +250,9 @@ impl SessionTable {
             open: LruCache::new(capacity),
             by_address: HashMap::with_capacity(capacity.get()),
             evicted: LruCache::new(capacity),
-            accepting: HashMap::new(),
+            accepting: LruCache::new(capacity),
             evictions: 0,
+            forgotten: 0,
         }
     }
 
@@ -256,6 +260,13 @@ impl SessionTable {
     /// a first transition that carried their listener's cookie (no trace can be theirs).
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// Evicted sessions forgotten (too many evicted at once) before their socket showed up
+    /// again: such a socket's later states start its trace over, so their spans take ids its
+    /// first part's spans already had.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
     }
 
     /// Open sessions.
@@ -277,12 +288,13 @@ impl SessionTable {
         out: &mut Vec<Completed>,
     ) {
         if change.oldstate == TcpState(LISTEN) && change.newstate == TcpState(SYN_RECV) {
-            if let Some(earlier) = self.accepting.insert(change.skaddr, *change) {
+            // Replaced at its address, or the oldest when full: either way never seen again.
+            if let Some((_, earlier)) = self.accepting.push(change.skaddr, *change) {
                 self.apply_first_alone(&earlier, &mut new_ids, out);
             }
             return;
         }
-        if let Some(first) = self.accepting.remove(&change.skaddr) {
+        if let Some(first) = self.accepting.pop(&change.skaddr) {
             let first = StateChange {
                 cookie: change.cookie,
                 ..first
@@ -327,28 +339,27 @@ impl SessionTable {
             && let Some(&stale) = self.by_address.get(&change.skaddr)
             && stale != cookie
         {
-            self.end(stale, change.ts_ns, Incomplete::Evicted, out);
-            self.evictions += 1;
+            // Remembered as evicted ones are: should a late change of it still come (the
+            // stream out of order), it continues its trace instead of starting it over.
+            self.evict(stale, change.ts_ns, out);
         }
+        // Only a socket that was under way can be one evicted earlier; the check keeps the
+        // lookup off the path of every new socket while nothing is evicted. Taken before the
+        // eviction below, which could otherwise push this very socket's entry out of `evicted`.
+        let continues = (!self.evicted.is_empty()
+            && !starts_socket(change.oldstate.0, change.newstate.0)
+            && !self.open.contains(&cookie))
+        .then(|| self.evicted.pop(&cookie))
+        .flatten();
         if !self.open.contains(&cookie)
             && self.open.len() == self.open.cap().get()
             && let Some((&oldest, _)) = self.open.peek_lru()
         {
-            if let Some(next_index) = self.end(oldest, change.ts_ns, Incomplete::Evicted, out) {
-                self.evicted.put(oldest, next_index);
-            }
-            self.evictions += 1;
+            self.evict(oldest, change.ts_ns, out);
         }
         let mut created = false;
-        let evicted = &mut self.evicted;
         let session = self.open.get_or_insert_mut(cookie, || {
             created = true;
-            // Only a socket that was under way can be one evicted earlier; the check keeps the
-            // lookup off the path of every new socket while nothing is evicted.
-            let continues = (!evicted.is_empty()
-                && !starts_socket(change.oldstate.0, change.newstate.0))
-            .then(|| evicted.pop(&cookie))
-            .flatten();
             Session {
                 ids: new_ids(cookie),
                 cookie,
@@ -406,7 +417,7 @@ impl SessionTable {
         mut new_ids: impl FnMut(u64) -> ConnectionIds,
         out: &mut Vec<Completed>,
     ) {
-        for first in std::mem::take(&mut self.accepting).into_values() {
+        while let Some((_, first)) = self.accepting.pop_lru() {
             self.apply_first_alone(&first, &mut new_ids, out);
         }
         while let Some((_, session)) = self.open.pop_lru() {
@@ -414,6 +425,18 @@ impl SessionTable {
         }
         self.by_address.clear();
         self.evicted.clear();
+    }
+
+    /// Ends the open session `cookie` early, counts it, and remembers where its trace is, in
+    /// case its socket shows up again.
+    fn evict(&mut self, cookie: u64, end_ns: u64, out: &mut Vec<Completed>) {
+        if let Some(next_index) = self.end(cookie, end_ns, Incomplete::Evicted, out)
+            && let Some((pushed_out, _)) = self.evicted.push(cookie, next_index)
+            && pushed_out != cookie
+        {
+            self.forgotten += 1;
+        }
+        self.evictions += 1;
     }
 
     /// Ends the open session `cookie` early; returns the next free state-span index of its
@@ -463,6 +486,9 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
     });
     next_index
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

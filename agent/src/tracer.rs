@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{decode::decode, event::RawStateChange};
+use agent_common::{
+    decode::{StateChange, decode},
+    event::RawStateChange,
+};
 use aya::maps::{MapData, MapError, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -165,15 +168,9 @@ impl Delivery {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), TraceError> {
         let mut any = false;
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<RawStateChange>() {
-                self.summary.undecodable += 1;
-                continue;
-            }
-            // SAFETY: the record is at least as long as `RawStateChange`, which is plain old
-            // data; the read copes with any alignment.
-            let raw = unsafe { item.as_ptr().cast::<RawStateChange>().read_unaligned() };
+            let decoded = decode_record(&item);
             drop(item);
-            let Ok(change) = decode(&raw) else {
+            let Some(change) = decoded else {
                 self.summary.undecodable += 1;
                 continue;
             };
@@ -217,6 +214,17 @@ impl Delivery {
             other => other.map_err(TraceError::Output),
         }
     }
+}
+
+/// Decodes one ring buffer record; `None` if it is too short or of an unknown family.
+fn decode_record(item: &[u8]) -> Option<StateChange> {
+    if item.len() < size_of::<RawStateChange>() {
+        return None;
+    }
+    // SAFETY: the record is at least as long as `RawStateChange`, which is plain old data (any
+    // bytes are a valid value); the read copes with any alignment.
+    let raw = unsafe { item.as_ptr().cast::<RawStateChange>().read_unaligned() };
+    decode(&raw).ok()
 }
 
 /// Traces until SIGINT or SIGTERM (or until standard output is closed), then detaches and
@@ -315,5 +323,50 @@ fn report_gap_growth(before: &Gaps, now: &Gaps) {
             now.missing() - before.missing(),
             now.missing()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::state::{AF_INET, AF_INET6};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 1024,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Any bytes the ring buffer could hold, of any length: decoded or refused, never a
+        /// panic, and a decoded record says what its bytes say.
+        #[test]
+        fn any_record_decodes_or_is_refused(
+            bytes in prop::collection::vec(any::<u8>(), 0..2 * size_of::<RawStateChange>()),
+            family in prop_oneof![Just(AF_INET), Just(AF_INET6), any::<u16>()],
+        ) {
+            let mut bytes = bytes;
+            let offset = core::mem::offset_of!(RawStateChange, family);
+            if bytes.len() >= offset + 2 {
+                bytes[offset..offset + 2].copy_from_slice(&family.to_ne_bytes());
+            }
+            let decoded = decode_record(&bytes);
+            if bytes.len() < size_of::<RawStateChange>() {
+                prop_assert!(decoded.is_none());
+            } else {
+                prop_assert_eq!(decoded.is_some(), family == AF_INET || family == AF_INET6);
+                if let Some(change) = decoded {
+                    // SAFETY: as in `decode_record`: long enough, plain old data, unaligned read.
+                    let raw = unsafe { bytes.as_ptr().cast::<RawStateChange>().read_unaligned() };
+                    prop_assert_eq!((change.cookie, change.skaddr), (raw.cookie, raw.skaddr));
+                    prop_assert_eq!((change.oldstate.0, change.newstate.0), (raw.oldstate, raw.newstate));
+                    prop_assert_eq!(change.ip_version(), if family == AF_INET { 4 } else { 6 });
+                    // Printing never panics either, whatever the states and command.
+                    let _ = (change.oldstate.to_string(), change.comm.to_str_lossy());
+                }
+            }
+        }
     }
 }
