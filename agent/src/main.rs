@@ -39,9 +39,14 @@ fn report(summary: &Summary) {
     );
     let gaps = &summary.gaps;
     if gaps.missing() > 0 {
+        // A counted loss leaves a gap too: say so rather than count it twice.
+        let counted = match summary.counts.lost() {
+            0 => String::new(),
+            lost => format!("; some may be among the {lost} lost above"),
+        };
         eprintln!(
             "tcpstates: at least {} transitions missing (inferred; the kernel ran no program for \
-             them): {} chain breaks, {} addresses reused before CLOSE, {} starts not seen",
+             them): {} chain breaks, {} addresses reused before CLOSE, {} starts not seen{counted}",
             gaps.missing(),
             gaps.chain_breaks,
             gaps.reused,
