@@ -402,8 +402,9 @@ fn agent_with_sessions(
 /// A receiver that accepts and never answers: exit after SIGINT takes at most 10 s plus the
 /// ring buffer's drain, and the spans still unacknowledged are counted failed.
 fn exit_within_the_bound(transport: Transport, server_port: u16, first_client: u16) {
-    /// The documented bound (10 s after exit began) and slack for the drain and a busy host.
-    const BOUND: Duration = Duration::from_secs(12);
+    /// The documented bound (10 s after the ring buffer's drain), with slack for the drain,
+    /// the detaching of the programs and a busy host (measured: 10.0–11.1 s).
+    const BOUND: Duration = Duration::from_secs(13);
     let receiver = TestReceiver::start(Answer::Never);
     let (agent, _ns, made) =
         agent_with_sessions(transport, receiver.port, server_port, first_client, 20, &[]);

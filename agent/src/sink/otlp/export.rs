@@ -1,9 +1,11 @@
 //! The export side: a bounded queue the event path pushes spans into without ever waiting,
 //! and a thread of its own that batches them and sends them with the OTLP exporter.
 //!
-//! Delivery is at least once: a batch is kept (its spans still counted in the queue's bound)
-//! until the collector acknowledges its request, and is sent again after a failure the OTLP
-//! specification calls retryable. A request that timed out may still have been delivered, so
+//! Delivery is at least once: a batch is kept until the collector acknowledges its request,
+//! and after a failure the OTLP specification calls retryable it goes back to the head of the
+//! queue, counted in its bound again (new spans are dropped while the queue is over it), to be
+//! sent again. The requests in flight (at most [`MAX_IN_FLIGHT`] batches) are held beyond the
+//! bound, as the batches sent without a copy were before. A request that timed out may still have been delivered, so
 //! its batch may arrive twice; such spans are counted as possible duplicates. A failure the
 //! specification calls permanent (an HTTP 4xx other than 429, gRPC `INVALID_ARGUMENT`, …) drops
 //! the batch at once, counted as rejected. After exit begins, what is left gets at most
@@ -77,7 +79,8 @@ pub enum ExportError {
 /// Counts of what happened to spans, shared with the export thread.
 #[derive(Debug, Default)]
 struct Stats {
-    /// Spans in the queue or held by the export thread until their request is settled.
+    /// Spans in the queue, being batched, or waiting to be sent (again): what `--otlp-queue`
+    /// bounds. Spans in flight are not counted; a failed request's batch counts again.
     pending: AtomicUsize,
     queued: AtomicU64,
     dropped: AtomicU64,
@@ -125,8 +128,8 @@ impl Stats {
         }
     }
 
-    /// `spans` held by the export thread are settled: they no longer count in the queue.
-    fn settled(&self, spans: usize) {
+    /// `spans` left the queue's bound: sent, or given up on.
+    fn unqueued(&self, spans: usize) {
         self.pending.fetch_sub(spans, Ordering::Relaxed);
     }
 }
@@ -140,8 +143,8 @@ pub struct SpanExport {
 }
 
 impl SpanExport {
-    /// Starts the export thread; at most `capacity` spans wait for it, those it holds until
-    /// their request is acknowledged included.
+    /// Starts the export thread; at most `capacity` spans wait for it, those kept to be sent
+    /// again included (those in flight are not).
     pub fn start(
         settings: &ExportSettings,
         resource: Resource,
@@ -182,7 +185,7 @@ impl SpanExport {
         if stats.pending.fetch_add(1, Ordering::Relaxed) >= self.capacity
             || self.queue.send(span).is_err()
         {
-            stats.settled(1);
+            stats.unqueued(1);
             stats.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
             stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -378,6 +381,7 @@ impl Exporter<'_> {
             let exporter = Arc::clone(&self.exporter);
             let (timeout, probe) = (self.timeout, !self.healthy);
             let spans = batch.spans.len();
+            self.stats.unqueued(spans);
             let handle = self.in_flight.spawn(async move {
                 let started = Instant::now();
                 // The batch is kept until the answer: the request gets a copy.
@@ -404,7 +408,6 @@ impl Exporter<'_> {
                 // The request's task panicked: its batch is gone.
                 let spans = self.in_flight_spans.remove(&err.id()).unwrap_or(0);
                 self.stats.failed.fetch_add(spans as u64, Ordering::Relaxed);
-                self.stats.settled(spans);
                 return;
             }
         };
@@ -428,7 +431,6 @@ impl Exporter<'_> {
                         .possible_duplicates
                         .fetch_add(spans as u64, Ordering::Relaxed);
                 }
-                stats.settled(spans);
                 return;
             }
             Err(err) => err,
@@ -445,10 +447,11 @@ impl Exporter<'_> {
                     self.last_rejection = Some(status);
                 }
                 stats.rejected.fetch_add(spans as u64, Ordering::Relaxed);
-                stats.settled(spans);
             }
             Failure::Retryable => {
                 batch.maybe_delivered |= timed_out;
+                // Back in the queue's bound; new spans are dropped while it is over.
+                stats.pending.fetch_add(spans, Ordering::Relaxed);
                 self.waiting.push_front(batch);
                 // Only the first failure and failed probes lengthen the pause: the other
                 // requests that were out when the collector went away fail as well.
@@ -489,7 +492,8 @@ impl Exporter<'_> {
         self.in_flight.abort_all();
         let spans = self.unsettled();
         self.stats.failed.fetch_add(spans as u64, Ordering::Relaxed);
-        self.stats.settled(spans);
+        self.stats
+            .unqueued(spans - self.in_flight_spans.values().sum::<usize>());
         eprintln!(
             "tcpstates: OTLP export unfinished {FLUSH_DEADLINE:?} after exit began \
              (collector unreachable or not answering), {spans} spans not exported"
