@@ -1,32 +1,70 @@
-//! Inferred loss on a clean run: thousands of real connections (orderly closes from either end,
-//! resets, refused connects), whose sockets the kernel reuses the addresses of again and again,
-//! leave no gap in any socket's chain of states, so the agent infers nothing missing: the gap
-//! tracker's rules have no false positive on what the kernel really reports.
+//! Inferred loss against the real kernel: thousands of real connections (orderly closes from
+//! either end, `shutdown()` then `close()`, resets, refused connects), whose sockets the kernel
+//! gives the addresses of earlier ones again and again.
 //!
-//! The bound is exact (0), not statistical: every rule counts only what a complete stream
-//! cannot show (a transition not continuing its socket's last state, a new socket at the address
-//! of one whose CLOSE was not seen), and a run this size loses nothing the kernel counts either
-//! (asserted), nor, in thousands of runs of the other tests, anything uncounted (the known
-//! uncounted loss, about 2 per million transitions, needs the maximum loopback rate across
-//! every CPU; this run is one thread). The agent watches only the test's namespace, so the
-//! host's own traffic cannot add to the count.
+//! The bound that holds, and why: the agent's inferred count never exceeds the gaps its own
+//! output shows when read independently (every socket of the test is closed before the agent
+//! stops, so every life on the test's ports must run unbroken from a first transition to CLOSE):
+//! each rule of the gap tracker counts only what such a reading also sees, so a clean run infers
+//! exactly 0. The kernel's own uncounted loss (the server's FIN_WAIT1 -> FIN_WAIT2 /
+//! FIN_WAIT2 -> CLOSE pair, measured at about 7 in 100,000 connections; docs/known-issues.md)
+//! can make a run unclean; the test then still requires the inferred count to be no more than
+//! what the output shows missing, and says what it saw. The agent watches only the test's
+//! namespace, so the host's own traffic cannot add to either count.
 
 use std::io::Read as _;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
+use std::time::Duration;
 
 use integration_tests::agent::{Agent, EVENT_TIMEOUT, parse_summary};
+use integration_tests::events::{Event, Format, Layout, on_port, sessions};
 use integration_tests::netns::Netns;
 
 /// Connections made (each also followed by a refused connect).
 const CONNECTIONS: u32 = 1_000;
 
-/// The agent's inferred-loss line, if it printed one.
-fn gap_lines(stderr: &[String]) -> Vec<&String> {
-    stderr
+/// The agent's final count of transitions inferred missing: the first number of its
+/// `at least N transitions missing (inferred; …)` line, 0 without one (it prints none for 0).
+fn inferred(stderr: &[String]) -> u64 {
+    let lines: Vec<&String> = stderr
         .iter()
-        .filter(|line| line.contains("transitions missing") || line.contains("no longer checked"))
-        .collect()
+        .filter(|line| line.starts_with("tcpstates: at least ") && line.contains("(inferred;"))
+        .collect();
+    assert!(lines.len() <= 1, "one final inferred account: {lines:?}");
+    lines.first().map_or(0, |line| {
+        line["tcpstates: at least ".len()..]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count: {line:?}"))
+    })
+}
+
+/// Gaps the printed events on `ports` show, read without the agent's tracker: socket lives (by
+/// address, split at CLOSE) must start with a first transition, chain each transition's old
+/// state to the previous new state, and end at CLOSE (every socket is closed by then). Each
+/// gap hides at least one transition.
+fn visible_gaps(events: &[Event], ports: &[u16]) -> u64 {
+    let ours: Vec<Event> = ports
+        .iter()
+        .flat_map(|&port| on_port(events, port))
+        .collect();
+    let mut gaps = 0;
+    for life in sessions(&ours) {
+        let first = life[0].transition();
+        if first.0 != "CLOSE" && first != ("LISTEN", "SYN_RECV") {
+            gaps += 1;
+        }
+        gaps += life
+            .windows(2)
+            .filter(|pair| pair[1].oldstate != pair[0].newstate)
+            .count() as u64;
+        if life.last().is_some_and(|event| event.newstate != "CLOSE") {
+            gaps += 1;
+        }
+    }
+    gaps
 }
 
 /// Connects to `listener` and closes the connection: orderly from the client or the server, or
@@ -104,14 +142,23 @@ fn clean_run(server: SocketAddr, refused: SocketAddr) {
         "{summary:?}\n{context}"
     );
     assert_eq!(summary.lost, 0, "{context}");
+    let events = Format::Text(Layout::default()).events(&finished.stdout);
+    let visible = visible_gaps(&events, &[server.port(), refused.port()]);
+    let inferred = inferred(&finished.stderr);
     assert!(
-        gap_lines(&finished.stderr).is_empty(),
-        "a clean run infers nothing missing:\n{context}"
+        inferred <= visible,
+        "inferred {inferred} missing, the output shows {visible} gaps:\n{context}"
     );
+    if visible > 0 {
+        eprintln!(
+            "the kernel lost transitions in this run: {visible} gaps seen in the output, \
+             {inferred} inferred by the agent"
+        );
+    }
 }
 
 #[test]
-fn a_clean_ipv4_run_infers_no_missing_transition() {
+fn an_ipv4_run_infers_no_gap_its_output_does_not_show() {
     clean_run(
         "127.0.0.1:19001".parse().expect("address"),
         "127.0.0.1:19002".parse().expect("address"),
@@ -119,9 +166,80 @@ fn a_clean_ipv4_run_infers_no_missing_transition() {
 }
 
 #[test]
-fn a_clean_ipv6_run_infers_no_missing_transition() {
+fn an_ipv6_run_infers_no_gap_its_output_does_not_show() {
     clean_run(
         "[::1]:19003".parse().expect("address"),
         "[::1]:19004".parse().expect("address"),
+    );
+}
+
+/// Losses the agent does cause, to see the inference work end to end: the agent is stopped
+/// (SIGSTOP) while connections are made, so its smallest ring buffer fills and the kernel drops
+/// (and counts) the rest. A connection opened before (its first transitions delivered) is
+/// half-closed while nothing gets through and finished once the agent has resumed and drained
+/// the ring: both its sockets' chains break, which the agent infers, never more than its output
+/// shows, saying some may be among those the kernel counted.
+#[test]
+fn transitions_dropped_by_a_full_ring_buffer_are_inferred() {
+    let server: SocketAddr = "127.0.0.1:19005".parse().expect("address");
+    let refused: SocketAddr = "127.0.0.1:19006".parse().expect("address");
+    let held: SocketAddr = "127.0.0.1:19007".parse().expect("address");
+    let ns = Netns::create();
+    let path = format!("/run/netns/{}", ns.name());
+    let agent = Agent::start(&["--netns", &path, "--ring-buffer-mib", "1"]);
+    let pid = libc::pid_t::try_from(agent.pid()).expect("pid");
+    let (held_listener, client, accepted) = ns.run(|| {
+        let listener = TcpListener::bind(held).expect("listen");
+        let client = TcpStream::connect(held).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        (listener, client, accepted)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: a signal to the agent this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    ns.run(|| {
+        let listener = TcpListener::bind(server).expect("listen");
+        for round in 0..CONNECTIONS * 2 {
+            one_connection(&listener, server, round);
+            assert!(
+                TcpStream::connect(refused).is_err(),
+                "nothing listens there"
+            );
+        }
+    });
+    // Dropped: ESTABLISHED -> FIN_WAIT1 -> FIN_WAIT2, ESTABLISHED -> CLOSE_WAIT.
+    accepted.shutdown(Shutdown::Write).expect("shutdown");
+    let mut buf = [0u8; 1];
+    assert_eq!((&client).read(&mut buf).expect("read FIN"), 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    // Delivered: CLOSE_WAIT -> LAST_ACK -> CLOSE, FIN_WAIT2 -> CLOSE.
+    drop(accepted);
+    drop(client);
+    drop(held_listener);
+    ns.await_no_tcp_sockets(EVENT_TIMEOUT);
+    let finished = agent.stop(libc::SIGINT);
+    let context = finished.stderr.join("\n");
+    assert_eq!(finished.code(), 0, "{context}");
+    let summary = finished
+        .stderr
+        .iter()
+        .find_map(|line| parse_summary(line))
+        .unwrap_or_else(|| panic!("no account line:\n{context}"));
+    assert!(summary.ring_buffer_full > 0, "the ring filled:\n{context}");
+    let events = Format::Text(Layout::default()).events(&finished.stdout);
+    let visible = visible_gaps(&events, &[server.port(), refused.port(), held.port()]);
+    let inferred = inferred(&finished.stderr);
+    assert!(
+        inferred >= 2 && inferred <= visible,
+        "inferred {inferred}, the output shows {visible} gaps:\n{context}"
+    );
+    assert!(
+        finished
+            .stderr
+            .iter()
+            .any(|line| line.contains("(inferred;") && line.contains("lost above")),
+        "{context}"
     );
 }
