@@ -8,7 +8,11 @@
 //! early (and counted), so a flood of half-seen sockets cannot grow it. An evicted socket that
 //! lives on continues its trace when it shows up again: its later states hang under a span of
 //! their own below the first part's root, whose id is the next state-span id, so no two spans of
-//! the trace share an id.
+//! the trace share an id. A stale session ended by address reuse is remembered the same way, in
+//! case a late change of it still comes. As many evicted sessions are remembered as the table
+//! holds open; one forgotten before its socket returns starts its trace over (counted,
+//! [`SessionTable::forgotten`]). `agent/src/session/props.rs` checks these bounds on generated
+//! streams.
 //!
 //! An accepted socket's session begins at its second transition: at its first (LISTEN →
 //! SYN_RECV) some kernels (Debian's 6.1 and 6.12, see the kernel matrix) still show the new socket with
