@@ -36,6 +36,9 @@ use crate::{
 /// How often the ring buffer is drained when the kernel has not woken us (it only does when
 /// the buffer fills past its wake-up mark): the bound on how late a line can appear.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Most records delivered before the loop looks at its signals and timers again: under a load
+/// faster than the output, SIGINT and SIGTERM are still seen within one batch.
+const DRAIN_BATCH: usize = 4096;
 /// How often the loss counters are checked.
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -165,9 +168,15 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), TraceError> {
+    /// Delivers what the ring holds, at most `limit` records; returns whether it stopped at the
+    /// limit with records left.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> Result<bool, TraceError> {
         let mut any = false;
-        while let Some(item) = ring.next() {
+        let mut left = limit;
+        while left > 0
+            && let Some(item) = ring.next()
+        {
+            left -= 1;
             let decoded = decode_record(&item);
             drop(item);
             let Some(change) = decoded else {
@@ -202,7 +211,7 @@ impl Delivery {
             let flushed = output.flush();
             self.output_result(flushed)?;
         }
-        Ok(())
+        Ok(left == 0)
     }
 
     fn output_result(&mut self, result: io::Result<()>) -> Result<(), TraceError> {
@@ -272,10 +281,15 @@ pub async fn trace(
         tokio::select! {
             readable = events.readable_mut() => {
                 let mut guard = readable.map_err(TraceError::Poll)?;
-                delivery.drain(guard.get_inner_mut())?;
-                guard.clear_ready();
+                // Left ready while records remain, so the loop comes back for them after
+                // looking at the signals: a load faster than the output never starves them.
+                if !delivery.drain(guard.get_inner_mut(), DRAIN_BATCH)? {
+                    guard.clear_ready();
+                }
             }
-            _ = drain_tick.tick() => delivery.drain(events.get_mut())?,
+            _ = drain_tick.tick() => {
+                delivery.drain(events.get_mut(), DRAIN_BATCH)?;
+            }
             _ = loss_tick.tick() => {
                 let counts = counters.read().map_err(TraceError::Counters)?;
                 report_growth(&reported, &counts);
@@ -295,7 +309,8 @@ pub async fn trace(
         }
     }
     attachment.detach();
-    delivery.drain(events.get_mut())?;
+    // Detached, the ring holds a bounded number of records: deliver them all.
+    delivery.drain(events.get_mut(), usize::MAX)?;
     delivery.summary.counts = counters.read().map_err(TraceError::Counters)?;
     report_growth(&reported, &delivery.summary.counts);
     delivery.summary.gaps = delivery.gaps.gaps();

@@ -382,3 +382,26 @@ fn set_linger_zero(stream: &TcpStream) {
     };
     assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
 }
+
+/// Opens and closes connections to `server`, whose listener it binds itself in the calling
+/// thread's network namespace, one after the other as fast as it can, until `stop` is set or
+/// `limit` has passed; returns how many it made.
+pub fn connect_until(
+    server: SocketAddr,
+    stop: &std::sync::atomic::AtomicBool,
+    limit: Duration,
+) -> u64 {
+    let listener = std::net::TcpListener::bind(server)
+        .unwrap_or_else(|e| panic!("bind the load's listener {server}: {e}"));
+    let deadline = std::time::Instant::now() + limit;
+    let mut made = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+        let client = std::net::TcpStream::connect(server)
+            .unwrap_or_else(|e| panic!("connect to the load's listener {server}: {e}"));
+        let (accepted, _) = listener.accept().expect("accept a load connection");
+        drop(client);
+        drop(accepted);
+        made += 1;
+    }
+    made
+}
