@@ -391,6 +391,15 @@ impl Finished {
         })
     }
 
+    /// The account among the stderr lines (see [`parse_summary`]; lines about what was
+    /// recovered or inferred may follow it); panics unless there is one.
+    pub fn summary(&self) -> Summary {
+        self.stderr
+            .iter()
+            .find_map(|line| parse_summary(line))
+            .unwrap_or_else(|| panic!("no account on stderr:\n{}", self.stderr.join("\n")))
+    }
+
     /// The OTLP account among the stderr lines (see [`parse_otlp_summary`]); panics unless
     /// there is exactly one such line.
     pub fn otlp_summary(&self) -> OtlpSummary {

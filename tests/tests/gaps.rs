@@ -17,7 +17,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
-use integration_tests::agent::{Agent, EVENT_TIMEOUT, parse_summary};
+use integration_tests::agent::{Agent, EVENT_TIMEOUT};
 use integration_tests::events::{Event, Format, Layout, on_port, sessions};
 use integration_tests::netns::Netns;
 
@@ -131,11 +131,7 @@ fn clean_run(server: SocketAddr, refused: SocketAddr) {
     let finished = agent.stop(libc::SIGINT);
     let context = finished.stderr.join("\n");
     assert_eq!(finished.code(), 0, "{context}");
-    let summary = finished
-        .stderr
-        .iter()
-        .find_map(|line| parse_summary(line))
-        .unwrap_or_else(|| panic!("no account line:\n{context}"));
+    let summary = finished.summary();
     // Each round: at least 3 + 3 transitions of the connection, 2 of the refused connect.
     assert!(
         summary.written >= u64::from(CONNECTIONS) * 8,
@@ -222,11 +218,7 @@ fn transitions_dropped_by_a_full_ring_buffer_are_inferred() {
     let finished = agent.stop(libc::SIGINT);
     let context = finished.stderr.join("\n");
     assert_eq!(finished.code(), 0, "{context}");
-    let summary = finished
-        .stderr
-        .iter()
-        .find_map(|line| parse_summary(line))
-        .unwrap_or_else(|| panic!("no account line:\n{context}"));
+    let summary = finished.summary();
     assert!(summary.ring_buffer_full > 0, "the ring filled:\n{context}");
     let events = Format::Text(Layout::default()).events(&finished.stdout);
     let visible = visible_gaps(&events, &[server.port(), refused.port(), held.port()]);

@@ -106,12 +106,7 @@ fn sigint_ends_an_overloaded_agent_promptly_and_counts_what_it_dropped() {
     });
     let context = finished.stderr.join("\n");
     assert_eq!(finished.code(), 0, "{context}");
-    // The account's first line; lines about what was recovered or inferred may follow.
-    let summary = finished
-        .stderr
-        .iter()
-        .find_map(|line| parse_summary(line))
-        .unwrap_or_else(|| panic!("no account on stderr: {context}"));
+    let summary = finished.summary();
     assert!(
         summary.ring_buffer_full > 0,
         "a stopped agent's full ring drops records, and says so: {context}"
