@@ -1,6 +1,7 @@
 //! The agent's exit summary: `tcpstates: N events written, M lost (A ring buffer full,
 //! B BPF recursion)`, and with `--otlp` `tcpstates: OTLP: S sessions exported in
-//! P spans, D spans dropped (queue full), F failed, E sessions evicted`.
+//! P spans, D spans dropped (queue full), F failed, R rejected, U possible duplicates,
+//! E sessions evicted` (R and U absent from older agents' lines).
 
 /// Event counts from the agent's summary line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,7 +64,12 @@ impl OtlpSummary {
         let (spans, rest) = rest.split_once(" spans, ")?;
         let (dropped, rest) = rest.split_once(" spans dropped (queue full), ")?;
         let (failed, rest) = rest.split_once(" failed, ")?;
-        let evicted = rest.strip_suffix(" sessions evicted")?;
+        // `R rejected, U possible duplicates, ` stands here in newer agents' lines.
+        let evicted = rest
+            .rsplit(", ")
+            .next()?
+            .trim_end()
+            .strip_suffix(" sessions evicted")?;
         Some(Self {
             sessions: sessions.parse().ok()?,
             spans: spans.parse().ok()?,
@@ -130,6 +136,9 @@ mod tests {
                 evicted: 1
             })
         );
+        let newer = "tcpstates: OTLP: 1520 sessions exported in 9120 spans, 3 spans dropped \
+                     (queue full), 2 failed, 4 rejected, 5 possible duplicates, 1 sessions evicted";
+        assert_eq!(OtlpSummary::parse(newer), OtlpSummary::parse(line));
         let events = "tcpstates: 5 events written, 0 lost (0 ring buffer full, 0 BPF recursion)";
         assert_eq!(OtlpSummary::parse(events), None);
         assert_eq!(Summary::parse(line), None);
