@@ -436,8 +436,12 @@ fn syscalls_after_exec(trace: &str, binary: &Path) -> BTreeSet<String> {
     trace[start..]
         .lines()
         .filter_map(|line| {
-            // `PID name(args) = result`; `PID <... name resumed>`, `--- SIG…`, `+++ exited` skipped.
-            let call = line.split_once(' ').map_or(line, |(_, rest)| rest);
+            // `PID name(args) = result`, the pid padded to five columns (`5690  brk(…)`);
+            // `PID <... name resumed>`, `--- SIG…`, `+++ exited` skipped.
+            let call = line
+                .split_once(' ')
+                .map_or(line, |(_, rest)| rest)
+                .trim_start();
             let name = call.split_once('(')?.0;
             (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
                 .then(|| name.to_owned())
@@ -486,4 +490,17 @@ fn unit_syscall_allow_list(settings: &BTreeMap<String, Vec<String>>) -> BTreeSet
     }
     assert!(allowed.contains("bpf"), "bpf allowed: {allowed:?}");
     allowed
+}
+
+#[test]
+fn strace_lines_are_read_whatever_the_width_of_their_pid() {
+    let trace = "5690  execve(\"/bin/x\", [\"x\"], 0x0 /* 1 var */) = 0\n\
+                 5690  brk(NULL)                         = 0x56370a1b9000\n\
+                 12345 bpf(BPF_MAP_CREATE, {}, 72) = 3\n\
+                 12345 <... openat resumed>) = 4\n\
+                 --- SIGTERM {si_signo=SIGTERM} ---\n";
+    assert_eq!(
+        syscalls_after_exec(trace, Path::new("/bin/x")),
+        BTreeSet::from(["brk", "bpf"].map(str::to_owned))
+    );
 }
