@@ -13,7 +13,7 @@ use super::summary::{OtlpSummary, Summary};
 
 /// The state changes the kernel reports for each load-generator connection: the client's, then
 /// the server's accepted socket's.
-const CONNECTION_TRANSITIONS: [&str; 10] = [
+pub(super) const CONNECTION_TRANSITIONS: [&str; 10] = [
     "CLOSE->SYN_SENT",
     "SYN_SENT->ESTABLISHED",
     "ESTABLISHED->CLOSE_WAIT",
@@ -26,7 +26,7 @@ const CONNECTION_TRANSITIONS: [&str; 10] = [
     "FIN_WAIT2->CLOSE",
 ];
 /// The state changes of the load generator's listener, once per run.
-const LISTENER_TRANSITIONS: [&str; 2] = ["CLOSE->LISTEN", "LISTEN->CLOSE"];
+pub(super) const LISTENER_TRANSITIONS: [&str; 2] = ["CLOSE->LISTEN", "LISTEN->CLOSE"];
 
 /// State changes the kernel reports per load-generator connection (5 per side).
 pub const EVENTS_PER_CONNECTION: u64 = CONNECTION_TRANSITIONS.len() as u64;

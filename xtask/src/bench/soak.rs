@@ -50,7 +50,9 @@ use super::count::{self, LineCounts};
 use super::load::{self, LoadResult};
 use super::netns::Netns;
 use super::receiver::Receiver;
-use super::report::{self, EVENTS_PER_CONNECTION, LISTENER_EVENTS};
+use super::report::{
+    self, CONNECTION_TRANSITIONS, EVENTS_PER_CONNECTION, LISTENER_EVENTS, LISTENER_TRANSITIONS,
+};
 use super::scratch::Scratch;
 use super::summary::Summary;
 use super::tracer::{Readiness, Running};
@@ -76,21 +78,6 @@ const LISTENER_SESSIONS: u64 = 1;
 /// What the agent's running accounts contain besides the bench's [`RUNNING_ACCOUNTS`]: `N more
 /// transitions missing (inferred; …); M so far`. The table shows the totals.
 const RUNNING_TOTAL: &str = " so far";
-/// The state changes of each load-generator connection, as the bench's report lists them.
-const CONNECTION_TRANSITIONS: [&str; 10] = [
-    "CLOSE->SYN_SENT",
-    "SYN_SENT->ESTABLISHED",
-    "ESTABLISHED->CLOSE_WAIT",
-    "CLOSE_WAIT->LAST_ACK",
-    "LAST_ACK->CLOSE",
-    "LISTEN->SYN_RECV",
-    "SYN_RECV->ESTABLISHED",
-    "ESTABLISHED->FIN_WAIT1",
-    "FIN_WAIT1->FIN_WAIT2",
-    "FIN_WAIT2->CLOSE",
-];
-/// The state changes of the load generator's listener, once per run.
-const LISTENER_TRANSITIONS: [&str; 2] = ["CLOSE->LISTEN", "LISTEN->CLOSE"];
 /// What the table's columns mean, printed under it.
 const LEGEND: &str = "made = 10 state changes per connection + 2 for the listener (sessions: 2 + 1); \
     written, lost reported, lost inferred, exported = the agent's exit account; printed = output \
