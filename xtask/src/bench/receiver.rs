@@ -138,7 +138,7 @@ fn listening(port: u16) -> bool {
 }
 
 /// Clock ticks per second, the unit of /proc/PID/stat's times.
-fn clock_ticks() -> u64 {
+pub(super) fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
@@ -146,7 +146,7 @@ fn clock_ticks() -> u64 {
 
 /// `utime + stime` (fields 14 and 15) of a /proc/PID/stat line, at `ticks` per second. The
 /// fields are counted after the `)` that ends the command name, which may hold spaces.
-fn cpu_of_stat(stat: &str, ticks: u64) -> Option<Duration> {
+pub(super) fn cpu_of_stat(stat: &str, ticks: u64) -> Option<Duration> {
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;

@@ -49,7 +49,7 @@ use clap::Args;
 use super::count::{self, LineCounts};
 use super::load::{self, LoadResult};
 use super::netns::Netns;
-use super::receiver::Receiver;
+use super::receiver::{Receiver, clock_ticks, cpu_of_stat};
 use super::report::{
     self, CONNECTION_TRANSITIONS, EVENTS_PER_CONNECTION, LISTENER_EVENTS, LISTENER_TRANSITIONS,
 };
@@ -83,8 +83,6 @@ const LEGEND: &str = "made = 10 state changes per connection + 2 for the listene
     written, lost reported, lost inferred, exported = the agent's exit account; printed = output \
     lines with the load's port; missing unexplained = made - written - lost reported (sessions: \
     made - exported); lost inferred is shown, not subtracted";
-/// Clock ticks per second assumed if `sysconf` does not say.
-const DEFAULT_CLOCK_TICKS: u64 = 100;
 
 /// Options of `soak`.
 #[derive(Debug, Args)]
@@ -586,28 +584,6 @@ fn vm_rss_kib(status: &str) -> Option<u64> {
     })
 }
 
-/// `utime + stime` (fields 14 and 15) of a /proc/PID/stat line, at `ticks` per second; the
-/// fields are counted after the `)` that ends the command name, which may hold spaces.
-fn cpu_of_stat(stat: &str, ticks: u64) -> Option<Duration> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_secs_f64(
-        (utime + stime) as f64 / ticks as f64,
-    ))
-}
-
-/// Clock ticks per second, the unit of /proc/PID/stat's times.
-fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks)
-        .ok()
-        .filter(|&t| t > 0)
-        .unwrap_or(DEFAULT_CLOCK_TICKS)
-}
-
 /// The number of the agent's final account of events inferred missing (a `tcpstates: ` line with
 /// the word `inferred`, not a running account ending `so far`): its first whole number. `None`
 /// for any other line.
@@ -701,14 +677,6 @@ mod tests {
         let status = "Name:\ttcpstates\nVmPeak:\t  200000 kB\nVmRSS:\t   45312 kB\nThreads:\t4\n";
         assert_eq!(vm_rss_kib(status), Some(45_312));
         assert_eq!(vm_rss_kib("Name:\tkthreadd\nThreads:\t1\n"), None);
-    }
-
-    #[test]
-    fn reads_utime_and_stime_after_the_command_name() {
-        let stat = "4242 (tcp states) S 1 4242 4242 0 -1 4194560 2200 0 0 0 150 50 0 0 20 0 \
-                    9 0 12345 1000000 3000 18446744073709551615";
-        assert_eq!(cpu_of_stat(stat, 100), Some(Duration::from_secs(2)));
-        assert_eq!(cpu_of_stat("4242 (tcpstates) S 1", 100), None);
     }
 
     #[test]
