@@ -4,8 +4,7 @@
 //! The kernel counts what its programs could not deliver (ring buffer full, BPF recursion), but
 //! not a state change for which it ran no program at all. Such a loss still leaves a mark in the
 //! stream, and [`GapTracker`] — fed every decoded change, with or without `--otlp` — counts
-//! the marks it can prove, each as *at least one* missing transition (how many are missing
-//! cannot be known):
+//! the marks it can prove, the *gaps*, each hiding at least one transition:
 //!
 //! - **chain break**: a transition whose old state is not the new state of the socket's previous
 //!   transition. A self-transition (FIN_WAIT1 → FIN_WAIT1: `shutdown()` then `close()`) chains.
@@ -20,6 +19,13 @@
 //!   transition was never delivered. This check is off when a filter may hide a socket's
 //!   first transitions (`--local-port` drops an active open's CLOSE → SYN_SENT, whose port is
 //!   still 0) and once the tracker has forgotten a socket.
+//!
+//! How many transitions a gap hides is counted as the length of the shortest *orderly* path
+//! between the states on either side of it ([`orderly_path`]): the way sockets go when nothing
+//! aborts them. The loss seen under load (a server socket's FIN_WAIT1 → FIN_WAIT2 and
+//! FIN_WAIT2 → CLOSE, lost together) is counted as exactly those two. A socket that was in
+//! fact reset in the gap went a shorter way, so the count is an estimate; the number of gaps is
+//! the proven lower bound, and both are reported.
 //!
 //! What it cannot prove it does not count: a socket first seen mid-way without a timed previous
 //! state may have been opened before the agent started — the cookie does not tell, since the
@@ -37,7 +43,10 @@ use std::num::NonZeroUsize;
 
 use agent_common::{
     decode::{StateChange, TcpState},
-    state::{CLOSE, LISTEN, SYN_RECV, starts_socket},
+    state::{
+        CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
+        SYN_SENT, starts_socket,
+    },
 };
 use lru::LruCache;
 
@@ -52,8 +61,7 @@ struct Socket {
     accepting: bool,
 }
 
-/// Counts of inferred missing transitions, by cause. Each is a lower bound: every gap hides at
-/// least one transition.
+/// Gaps in sockets' chains of states, by cause, and the transitions they hide.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Gaps {
     /// Transitions whose old state is not the socket's previous new state.
@@ -62,16 +70,86 @@ pub struct Gaps {
     pub reused: u64,
     /// Sockets first seen mid-way whose previous transition the kernel program ran for.
     pub unseen_starts: u64,
+    /// Transitions the gaps hide, each gap counted as the orderly path across it.
+    pub transitions: u64,
     /// Sockets forgotten while open because the tracker was full (not a loss: their later
     /// transitions are no longer checked).
     pub forgotten: u64,
 }
 
 impl Gaps {
-    /// Transitions missing, at least.
-    pub fn missing(&self) -> u64 {
+    /// Gaps seen: each hides at least one transition.
+    pub fn count(&self) -> u64 {
         self.chain_breaks + self.reused + self.unseen_starts
     }
+
+    /// Transitions missing, estimated: each gap counted as the orderly path across it.
+    pub fn missing(&self) -> u64 {
+        self.transitions
+    }
+
+    /// Of the transitions missing, those beyond `counted` the kernel reported lost: as the
+    /// kernel's counted losses leave gaps too, the ones it ran no program for.
+    pub fn uncounted(&self, counted: u64) -> u64 {
+        self.transitions.saturating_sub(counted)
+    }
+}
+
+/// Where a socket's life may begin, before its first transition.
+const NEW: usize = 0;
+
+/// The transitions sockets make when nothing aborts them, as `(old, new)`; [`NEW`] stands for a
+/// socket not yet born. A reset (ESTABLISHED, FIN_WAIT1 or CLOSE_WAIT → CLOSE) is left out:
+/// with it every gap before CLOSE would count one.
+const ORDERLY: [(usize, u32); 18] = [
+    (NEW, SYN_SENT),
+    (NEW, LISTEN),
+    (NEW, SYN_RECV),
+    (CLOSE as usize, SYN_SENT),
+    (CLOSE as usize, LISTEN),
+    (LISTEN as usize, CLOSE),
+    (SYN_SENT as usize, ESTABLISHED),
+    (SYN_SENT as usize, CLOSE),
+    (SYN_RECV as usize, ESTABLISHED),
+    (SYN_RECV as usize, CLOSE),
+    (ESTABLISHED as usize, FIN_WAIT1),
+    (ESTABLISHED as usize, CLOSE_WAIT),
+    (FIN_WAIT1 as usize, FIN_WAIT2),
+    (FIN_WAIT1 as usize, CLOSING),
+    (FIN_WAIT2 as usize, CLOSE),
+    (CLOSING as usize, CLOSE),
+    (CLOSE_WAIT as usize, LAST_ACK),
+    (LAST_ACK as usize, CLOSE),
+];
+
+/// The number of transitions on the shortest orderly path from state `from` ([`NEW`] for a
+/// socket not yet born) to state `to`; 1 when there is none (a gap hides at least one).
+fn orderly_path(from: usize, to: TcpState) -> u64 {
+    const STATES: usize = 16;
+    let to = to.0 as usize;
+    if from == to || from >= STATES || to >= STATES {
+        return 1;
+    }
+    let mut distance = [u64::MAX; STATES];
+    distance[from] = 0;
+    let mut frontier = vec![from];
+    while !frontier.is_empty() {
+        let mut next = Vec::new();
+        for state in frontier {
+            for &(old, new) in &ORDERLY {
+                let new = new as usize;
+                if old == state && distance[new] == u64::MAX {
+                    distance[new] = distance[state] + 1;
+                    if new == to {
+                        return distance[new];
+                    }
+                    next.push(new);
+                }
+            }
+        }
+        frontier = next;
+    }
+    1
 }
 
 /// Per-socket last state, by kernel address, bounded.
@@ -122,16 +200,19 @@ impl GapTracker {
                 } else {
                     self.gaps.reused += 1;
                 }
+                self.gaps.transitions += orderly_path(socket.state.0 as usize, TcpState(CLOSE));
             }
             Some(socket) if socket.cookie == change.cookie || socket.accepting => {
                 if old != socket.state {
                     self.gaps.chain_breaks += 1;
+                    self.gaps.transitions += orderly_path(socket.state.0 as usize, old);
                 }
             }
-            Some(_) => {
+            Some(socket) => {
                 // Another socket took the address mid-way: the old one's CLOSE and the new
                 // one's start are both missing; the start is counted as the rule below says.
                 self.gaps.reused += 1;
+                self.gaps.transitions += orderly_path(socket.state.0 as usize, TcpState(CLOSE));
                 self.check_unseen_start(change);
             }
             None if first => {}
@@ -156,6 +237,7 @@ impl GapTracker {
     fn check_unseen_start(&mut self, change: &StateChange) {
         if self.check_starts && self.gaps.forgotten == 0 && change.span_ns != 0 {
             self.gaps.unseen_starts += 1;
+            self.gaps.transitions += orderly_path(NEW, change.oldstate);
         }
     }
 }
@@ -167,7 +249,7 @@ mod tests {
     use agent_common::{
         decode::Comm,
         event::COMM_LEN,
-        state::{CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, SYN_SENT},
+        state::{CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, SYN_SENT, TIME_WAIT},
     };
 
     use super::*;
@@ -257,10 +339,15 @@ mod tests {
             tracker.gaps(),
             Gaps {
                 reused: 1,
+                transitions: 2,
                 ..Gaps::default()
             }
         );
-        assert_eq!(tracker.gaps().missing(), 1);
+        assert_eq!((tracker.gaps().count(), tracker.gaps().missing()), (1, 2));
+        // Of them, those the kernel did not report lost.
+        assert_eq!(tracker.gaps().uncounted(0), 2);
+        assert_eq!(tracker.gaps().uncounted(1), 1);
+        assert_eq!(tracker.gaps().uncounted(5), 0);
     }
 
     #[test]
@@ -270,8 +357,16 @@ mod tests {
             tracker.gaps(),
             Gaps {
                 chain_breaks: 1,
+                transitions: 1,
                 ..Gaps::default()
             }
+        );
+        // Two in a row: the server's ESTABLISHED -> FIN_WAIT1 and FIN_WAIT1 -> FIN_WAIT2; its
+        // chain resumes at FIN_WAIT2 -> CLOSE.
+        let tracker = run(&connection(&[5, 7]));
+        assert_eq!(
+            (tracker.gaps().chain_breaks, tracker.gaps().missing()),
+            (1, 2)
         );
     }
 
@@ -298,8 +393,16 @@ mod tests {
             tracker.gaps(),
             Gaps {
                 unseen_starts: 1,
+                transitions: 1,
                 ..Gaps::default()
             }
+        );
+        // First seen at ESTABLISHED -> FIN_WAIT1: its open and its handshake are missing.
+        assert_eq!(
+            run(&[change(6, 66, ESTABLISHED, FIN_WAIT1)])
+                .gaps()
+                .missing(),
+            2
         );
         // With a filter that may hide first transitions the check is off.
         let mut filtered = GapTracker::new(NonZeroUsize::new(4).expect("non-zero"), false);
@@ -349,5 +452,25 @@ mod tests {
             change(2, 33, LISTEN, SYN_RECV),
         ]);
         assert_eq!(tracker.gaps().reused, 1);
+        // Its SYN_RECV -> CLOSE (a handshake its listener dropped).
+        assert_eq!(tracker.gaps().missing(), 1);
+    }
+
+    #[test]
+    fn a_gap_counts_the_orderly_path_across_it() {
+        let path = |from: u32, to: u32| orderly_path(from as usize, TcpState(to));
+        assert_eq!(path(FIN_WAIT1, CLOSE), 2);
+        assert_eq!(path(ESTABLISHED, CLOSE), 3);
+        assert_eq!(path(CLOSE_WAIT, CLOSE), 2);
+        assert_eq!(path(LAST_ACK, CLOSE), 1);
+        assert_eq!(path(SYN_SENT, CLOSE), 1);
+        assert_eq!(path(SYN_SENT, FIN_WAIT2), 3);
+        assert_eq!(path(LISTEN, CLOSE), 1);
+        assert_eq!(orderly_path(NEW, TcpState(ESTABLISHED)), 2);
+        assert_eq!(orderly_path(NEW, TcpState(CLOSE_WAIT)), 3);
+        // No orderly way back, or a state the kernel does not define: at least one.
+        assert_eq!(path(TIME_WAIT, CLOSE), 1);
+        assert_eq!(path(CLOSE, 99), 1);
+        assert_eq!(path(99, CLOSE), 1);
     }
 }

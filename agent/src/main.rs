@@ -38,16 +38,22 @@ fn report(summary: &Summary) {
         summary.written, summary.counts
     );
     let gaps = &summary.gaps;
-    if gaps.missing() > 0 {
-        // A counted loss leaves a gap too: say so rather than count it twice.
-        let counted = match summary.counts.lost() {
-            0 => String::new(),
-            lost => format!("; some may be among the {lost} lost above"),
+    if gaps.count() > 0 {
+        // A counted loss leaves a gap too: only what is beyond it is the kernel's silent loss.
+        let silent = match summary.counts.lost() {
+            0 => "the kernel ran no program for them".to_owned(),
+            lost if lost >= gaps.missing() => "the events lost above may account for them".into(),
+            lost => format!(
+                "the events lost above account for up to {lost} of them, the kernel ran no \
+                 program for the other {}",
+                gaps.uncounted(lost)
+            ),
         };
         eprintln!(
-            "tcpstates: at least {} transitions missing (inferred; the kernel ran no program for \
-             them): {} chain breaks, {} addresses reused before CLOSE, {} starts not seen{counted}",
+            "tcpstates: {} transitions missing in {} gaps (inferred: {} chain breaks, {} \
+             addresses reused before CLOSE, {} starts not seen): {silent}",
             gaps.missing(),
+            gaps.count(),
             gaps.chain_breaks,
             gaps.reused,
             gaps.unseen_starts

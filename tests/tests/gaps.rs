@@ -24,20 +24,19 @@ use integration_tests::netns::Netns;
 /// Connections made (each also followed by a refused connect).
 const CONNECTIONS: u32 = 1_000;
 
-/// The agent's final count of transitions inferred missing: the first number of its
-/// `at least N transitions missing (inferred; …)` line, 0 without one (it prints none for 0).
+/// The agent's final count of gaps inferred: the `G` of its `tcpstates: N transitions missing
+/// in G gaps (inferred: …)` line, 0 without one (it prints none for 0).
 fn inferred(stderr: &[String]) -> u64 {
     let lines: Vec<&String> = stderr
         .iter()
-        .filter(|line| line.starts_with("tcpstates: at least ") && line.contains("(inferred;"))
+        .filter(|line| line.starts_with("tcpstates: ") && line.contains(" gaps (inferred: "))
         .collect();
     assert!(lines.len() <= 1, "one final inferred account: {lines:?}");
     lines.first().map_or(0, |line| {
-        line["tcpstates: at least ".len()..]
-            .split(' ')
-            .next()
+        line.split_once(" transitions missing in ")
+            .and_then(|(_, rest)| rest.split(' ').next())
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("a count: {line:?}"))
+            .unwrap_or_else(|| panic!("a count of gaps: {line:?}"))
     })
 }
 
@@ -231,7 +230,7 @@ fn transitions_dropped_by_a_full_ring_buffer_are_inferred() {
         finished
             .stderr
             .iter()
-            .any(|line| line.contains("(inferred;") && line.contains("lost above")),
+            .any(|line| line.contains("(inferred:") && line.contains("lost above")),
         "{context}"
     );
 }

@@ -24,11 +24,12 @@
 //! - exported: the sessions the agent's OTLP line says were exported;
 //! - lost reported: what the agent's account says it lost (and, for sessions, spans dropped at
 //!   the export queue or failed);
-//! - lost inferred: the transitions the agent infers it never received (`at least N transitions
-//!   missing (inferred; …)`), shown beside the others, not subtracted; `n/a` if it printed no
-//!   such line (it prints none when it inferred none, and older agents never do);
-//! - missing unexplained: made − written − lost reported (sessions: made − exported), which a
-//!   complete account makes 0.
+//! - lost inferred: the transitions the agent infers it never received (`N transitions missing in
+//!   G gaps (inferred: …)`), and of them those beyond the lost reported (the kernel's counted
+//!   losses leave gaps too): the silent loss; `n/a` if it printed no such line (it prints none
+//!   when it inferred none, and older agents never do);
+//! - missing unexplained: made − written − lost reported − the silent loss (sessions: made −
+//!   exported), which a complete account makes 0.
 //!
 //! Then the transitions printed more or fewer times than made, by name, and the agent's RSS
 //! (idle, then min and max under load) and CPU (mean over the load, the samples' range, rotel's).
@@ -81,8 +82,8 @@ const RUNNING_TOTAL: &str = " so far";
 /// What the table's columns mean, printed under it.
 const LEGEND: &str = "made = 10 state changes per connection + 2 for the listener (sessions: 2 + 1); \
     written, lost reported, lost inferred, exported = the agent's exit account; printed = output \
-    lines with the load's port; missing unexplained = made - written - lost reported (sessions: \
-    made - exported); lost inferred is shown, not subtracted";
+    lines with the load's port; lost inferred (silent) = inferred beyond lost reported; missing \
+    unexplained = made - written - lost reported - silent (sessions: made - exported)";
 
 /// Options of `soak`.
 #[derive(Debug, Args)]
@@ -423,9 +424,23 @@ impl Account {
                     s.recursion
                 )
             }),
-            self.inferred.map_or("n/a".into(), thousands),
+            match (self.inferred, self.summary) {
+                (Some(inferred), Some(s)) => format!(
+                    "{} ({} silent)",
+                    thousands(inferred),
+                    thousands(inferred.saturating_sub(s.lost))
+                ),
+                (Some(inferred), None) => thousands(inferred),
+                (None, _) => "n/a".into(),
+            },
             self.summary.map_or("?".into(), |s| {
-                signed(i128::from(made) - i128::from(s.written) - i128::from(s.lost))
+                let silent = self.inferred.unwrap_or(0).saturating_sub(s.lost);
+                signed(
+                    i128::from(made)
+                        - i128::from(s.written)
+                        - i128::from(s.lost)
+                        - i128::from(silent),
+                )
             }),
         ];
         let mut rows = vec![(String::new(), header), ("events".into(), events)];
@@ -689,10 +704,11 @@ mod tests {
         );
         assert_eq!(
             parse_inferred(
-                "tcpstates: at least 7 transitions missing (inferred; the kernel ran no program \
-                 for them): 5 chain breaks, 2 addresses reused before CLOSE, 0 starts not seen"
+                "tcpstates: 9 transitions missing in 7 gaps (inferred: 5 chain breaks, 2 \
+                 addresses reused before CLOSE, 0 starts not seen): the kernel ran no program \
+                 for them"
             ),
-            Some(7)
+            Some(9)
         );
         assert_eq!(
             parse_inferred(
@@ -819,6 +835,19 @@ mod tests {
                 "+3"
             ]
         );
+        // Inferred beyond the reported: the kernel's silent loss, which completes the account.
+        let mut inferred = account(Some(summary), None);
+        inferred.inferred = Some(6);
+        let table = report::render(&inferred.rows());
+        let events: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .expect("events row")
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(events[6..], ["6 (2 silent)", "+1"]);
         assert_eq!(
             rows[2],
             [
