@@ -1,15 +1,17 @@
 //! `--otlp` against collectors that fail: a real rotel (see `integration_tests::otlp`) killed
 //! and restarted under a steady load, and receivers this file controls: one that accepts and
-//! never answers, one that refuses every request for good (HTTP 415), one that is unavailable
-//! for a while (HTTP 503, with Retry-After).
+//! never answers, one that refuses every request for good (HTTP 415, saying why), one that is
+//! unavailable for a while (HTTP 503, with Retry-After), one that accepts every request but
+//! rejects one span of each (partial success).
 //!
 //! What must hold: every span the agent made is exported, dropped (queue full), failed or
 //! rejected, and the account says which; a collector that comes and goes loses nothing
 //! (batches are kept until acknowledged and sent again); exit after SIGINT takes at most the
 //! documented 10 s (plus the ring buffer's drain) whatever the collector does; a permanent
-//! rejection is not retried and is reported with its status; a 503 is retried.
+//! rejection is not retried and is reported with its status and the receiver's message; a 503
+//! is retried; spans a partial success rejects are counted rejected, with its message.
 //!
-//! The tests' sessions use ports 28060..28067 (servers), 28400..28419 and 28500..28999
+//! The tests' sessions use ports 28060..28068 (servers), 28400..28439 and 28500..28999
 //! (clients), each agent filtering (`-L`) on exactly its own.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use prost::Message as _;
 
 use integration_tests::agent::{self, Agent, EVENT_TIMEOUT, Finished};
 use integration_tests::netns::Netns;
@@ -197,14 +201,42 @@ fn http_collector_restarts_lose_nothing() {
 enum Answer {
     /// Reads everything, answers nothing.
     Never,
-    /// Every request with this status line, e.g. `415 Unsupported Media Type`.
-    Always(&'static str),
+    /// Every request with this status line, e.g. `415 Unsupported Media Type`, and a
+    /// `google.rpc.Status` body with this message, as the OTLP specification asks.
+    Always(&'static str, &'static str),
+    /// Every request `200 OK` with a partial success: one span rejected, with this message.
+    RejectOneSpan(&'static str),
     /// `503 Service Unavailable` (with `Retry-After: 1` if `retry_after`) until a request body
     /// has come `times` times, then `200 OK`.
     UnavailableUntilSeen { times: usize, retry_after: bool },
     /// The first time a body comes, `200 OK` only after this long (past the agent's request
     /// timeout: the request was delivered, the agent does not know it); at once after that.
     LateFirst(Duration),
+}
+
+/// `google.rpc.Status`: an OTLP/HTTP error response's body.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// `opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportTraceServiceResponse {
+    #[prost(message, optional, tag = "1")]
+    partial_success: Option<ExportTracePartialSuccess>,
+}
+
+/// `opentelemetry.proto.collector.trace.v1.ExportTracePartialSuccess`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportTracePartialSuccess {
+    #[prost(int64, tag = "1")]
+    rejected_spans: i64,
+    #[prost(string, tag = "2")]
+    error_message: String,
 }
 
 /// A request a [`TestReceiver`] got: when, and its body.
@@ -350,7 +382,52 @@ fn serve(
                               content-length: 0\r\n\r\n";
             let response = match answer {
                 Answer::Never => unreachable!("not parsed"),
-                Answer::Always(status) => format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n"),
+                Answer::Always(status, message) => {
+                    let body = RpcStatus {
+                        code: 3,
+                        message: message.into(),
+                    }
+                    .encode_to_vec();
+                    if stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\n\
+                                 content-length: {}\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| stream.write_all(&body))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Answer::RejectOneSpan(message) => {
+                    let body = ExportTraceServiceResponse {
+                        partial_success: Some(ExportTracePartialSuccess {
+                            rejected_spans: 1,
+                            error_message: message.into(),
+                        }),
+                    }
+                    .encode_to_vec();
+                    if stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\n\
+                                 content-length: {}\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| stream.write_all(&body))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 Answer::UnavailableUntilSeen { times, retry_after } if seen < times => format!(
                     "HTTP/1.1 503 Service Unavailable\r\n{}content-length: 0\r\n\r\n",
                     if retry_after {
@@ -448,8 +525,11 @@ fn grpc_exit_within_the_bound_when_the_receiver_never_answers() {
 }
 
 #[test]
-fn http_415_is_rejected_at_once_and_reported_with_its_status() {
-    let receiver = TestReceiver::start(Answer::Always("415 Unsupported Media Type"));
+fn http_415_is_rejected_at_once_and_reported_with_its_status_and_message() {
+    let receiver = TestReceiver::start(Answer::Always(
+        "415 Unsupported Media Type",
+        "tcpstates test: protobuf only",
+    ));
     let (agent, _ns, made) =
         agent_with_sessions(Transport::Http, receiver.port, 28064, 28540, 20, &[]);
     let line = agent.await_stderr("a rejection", ARRIVAL_TIMEOUT, |lines| {
@@ -458,7 +538,10 @@ fn http_415_is_rejected_at_once_and_reported_with_its_status() {
             .find(|line| line.starts_with("tcpstates: OTLP collector rejected "))
             .cloned()
     });
-    assert!(line.contains("(HTTP 415)"), "{line}");
+    assert!(
+        line.contains("(HTTP 415: tcpstates test: protobuf only)"),
+        "{line}"
+    );
     let signalled = Instant::now();
     let finished = agent.stop_within(libc::SIGINT, Duration::from_secs(60));
     let took = signalled.elapsed();
@@ -608,5 +691,29 @@ fn a_request_that_timed_out_is_sent_again_and_counted_as_possible_duplicates() {
         seen.values().all(|&times| times == 2),
         "each batch delivered twice: {:?}; {context}",
         seen.values().collect::<Vec<_>>()
+    );
+}
+
+/// A receiver that accepts every request but rejects one span of each (partial success): the
+/// agent counts those spans rejected, not exported, says why once, and does not send them again.
+#[test]
+fn spans_a_partial_success_rejects_are_counted_rejected_with_the_message() {
+    let answer = Answer::RejectOneSpan("tcpstates test: one span too old");
+    let (summary, context, requests, made) = against(answer, &[], 28068, 28420);
+    assert!(!requests.is_empty(), "{context}");
+    assert_eq!(
+        (summary.rejected, summary.spans, summary.failed),
+        (requests.len() as u64, made - requests.len() as u64, 0),
+        "one span of each request rejected: {} requests; {context}",
+        requests.len()
+    );
+    let reports: Vec<&str> = context
+        .lines()
+        .filter(|line| line.contains("(partial success): tcpstates test: one span too old"))
+        .collect();
+    assert_eq!(reports.len(), 1, "reported once: {context}");
+    assert!(
+        times_seen(&requests).values().all(|&times| times == 1),
+        "nothing sent again: {context}"
     );
 }

@@ -36,8 +36,11 @@ use tokio::{
     task::{self, JoinSet},
     time::Instant,
 };
+use tracing::Instrument as _;
+use tracing_subscriber::{Registry, layer::SubscriberExt as _};
 
 use super::{
+    answers::{Answer, Answers, REQUEST_SPAN},
     settings::{ExportSettings, Protocol},
     tls,
 };
@@ -167,7 +170,17 @@ impl SpanExport {
         let thread = thread::Builder::new()
             .name("otlp-export".into())
             .spawn(move || {
-                runtime.block_on(export_loop(exporter, timeout, receiver, &thread_stats));
+                // The collector's messages, read from the exporter's events on this thread.
+                let answers = Answers::default();
+                let _events =
+                    tracing::subscriber::set_default(Registry::default().with(answers.layer()));
+                runtime.block_on(export_loop(
+                    exporter,
+                    timeout,
+                    receiver,
+                    &thread_stats,
+                    answers,
+                ));
                 runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
             })
             .map_err(ExportError::Thread)?;
@@ -324,6 +337,8 @@ struct Attempt {
     timed_out: bool,
     /// It was sent alone to see whether the collector is back.
     probe: bool,
+    /// Its number, under which [`Answers`] files what the collector said.
+    request: u64,
 }
 
 /// The export thread's state: the batch being filled, the batches waiting to be sent (the
@@ -347,6 +362,12 @@ struct Exporter<'a> {
     retry_at: Instant,
     /// The status of the last rejection reported, to report each new one once.
     last_rejection: Option<String>,
+    /// The message of the last partial success reported, likewise.
+    last_partial: Option<String>,
+    /// What the collector said about each request in flight.
+    answers: Answers,
+    /// The number of the next request.
+    next_request: u64,
 }
 
 impl Exporter<'_> {
@@ -380,19 +401,26 @@ impl Exporter<'_> {
             };
             let exporter = Arc::clone(&self.exporter);
             let (timeout, probe) = (self.timeout, !self.healthy);
+            let request = self.next_request;
+            self.next_request += 1;
             let spans = batch.spans.len();
             self.stats.unqueued(spans);
-            let handle = self.in_flight.spawn(async move {
-                let started = Instant::now();
-                // The batch is kept until the answer: the request gets a copy.
-                let result = exporter.export(batch.spans.clone()).await;
-                Attempt {
-                    batch,
-                    timed_out: result.is_err() && started.elapsed() >= timeout,
-                    result,
-                    probe,
+            let span = tracing::debug_span!(target: "tcpstates", REQUEST_SPAN, request);
+            let handle = self.in_flight.spawn(
+                async move {
+                    let started = Instant::now();
+                    // The batch is kept until the answer: the request gets a copy.
+                    let result = exporter.export(batch.spans.clone()).await;
+                    Attempt {
+                        batch,
+                        timed_out: result.is_err() && started.elapsed() >= timeout,
+                        result,
+                        probe,
+                        request,
+                    }
                 }
-            });
+                .instrument(span),
+            );
             self.in_flight_spans.insert(handle.id(), spans);
         }
     }
@@ -416,13 +444,19 @@ impl Exporter<'_> {
             result,
             timed_out,
             probe,
+            request,
         } = attempt;
         let spans = batch.spans.len();
         let stats = self.stats;
+        let answer = self.answers.take(request);
         let err = match result {
             Ok(()) => {
                 self.answered();
-                stats.exported.fetch_add(spans as u64, Ordering::Relaxed);
+                let rejected = self.partially_rejected(spans, answer);
+                stats.rejected.fetch_add(rejected, Ordering::Relaxed);
+                stats
+                    .exported
+                    .fetch_add(spans as u64 - rejected, Ordering::Relaxed);
                 stats
                     .exported_sessions
                     .fetch_add(batch.sessions, Ordering::Relaxed);
@@ -440,9 +474,12 @@ impl Exporter<'_> {
             Failure::Rejected(status) => {
                 self.answered();
                 if self.last_rejection.as_ref() != Some(&status) {
+                    let said = answer
+                        .message
+                        .map_or_else(String::new, |message| format!(": {message}"));
                     eprintln!(
-                        "tcpstates: OTLP collector rejected {spans} spans ({status}), not \
-                         retrying rejected requests: {err}"
+                        "tcpstates: OTLP collector rejected {spans} spans ({status}{said}), not \
+                         retrying rejected requests"
                     );
                     self.last_rejection = Some(status);
                 }
@@ -458,13 +495,31 @@ impl Exporter<'_> {
                 if self.healthy || probe {
                     self.failures += 1;
                     if self.failures == 1 {
-                        eprintln!("tcpstates: OTLP export failing, will retry: {err}");
+                        let said = answer
+                            .message
+                            .map_or_else(String::new, |message| format!(" ({message})"));
+                        eprintln!("tcpstates: OTLP export failing, will retry: {err}{said}");
                     }
                     self.retry_at = Instant::now() + retry_delay(self.failures);
                 }
                 self.healthy = false;
             }
         }
+    }
+
+    /// Of an accepted request's `spans`, those the collector said it rejected (partial
+    /// success), reported when its message is new.
+    fn partially_rejected(&mut self, spans: usize, answer: Answer) -> u64 {
+        let rejected = answer.rejected_spans.min(spans as u64);
+        if rejected > 0 && self.last_partial != answer.message {
+            eprintln!(
+                "tcpstates: OTLP collector accepted a request but rejected {rejected} of its \
+                 {spans} spans (partial success): {}",
+                answer.message.as_deref().unwrap_or("no reason given")
+            );
+            self.last_partial = answer.message;
+        }
+        rejected
     }
 
     /// The collector answered: back to concurrent requests, and the pause starts over.
@@ -490,6 +545,7 @@ impl Exporter<'_> {
     /// Abandons every request in flight and counts every unsettled span failed.
     fn give_up(&mut self) {
         self.in_flight.abort_all();
+        self.answers.clear();
         let spans = self.unsettled();
         self.stats.failed.fetch_add(spans as u64, Ordering::Relaxed);
         self.stats
@@ -513,6 +569,7 @@ async fn export_loop(
     timeout: Duration,
     mut queue: mpsc::UnboundedReceiver<SpanData>,
     stats: &Stats,
+    answers: Answers,
 ) {
     let mut export = Exporter {
         exporter: Arc::new(exporter),
@@ -528,6 +585,9 @@ async fn export_loop(
         failures: 0,
         retry_at: Instant::now(),
         last_rejection: None,
+        last_partial: None,
+        answers,
+        next_request: 0,
     };
     let mut deadline: Option<Instant> = None;
     loop {

@@ -4,6 +4,7 @@
 //! those into spans ([`spans`]) and hands them to the export thread ([`export`]), configured
 //! from the command line and the standard `OTEL_*` variables ([`settings`], [`tls`]).
 
+pub mod answers;
 pub mod export;
 pub mod settings;
 pub mod spans;
