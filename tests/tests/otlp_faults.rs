@@ -2,7 +2,8 @@
 //! and restarted under a steady load, and receivers this file controls: one that accepts and
 //! never answers, one that refuses every request for good (HTTP 415, saying why), one that is
 //! unavailable for a while (HTTP 503, with Retry-After), one that accepts every request but
-//! rejects one span of each (partial success).
+//! rejects one span of each (partial success); and over gRPC (HTTP/2, h2) one that refuses
+//! every request (`INVALID_ARGUMENT` with a message) and one answering partial successes.
 //!
 //! What must hold: every span the agent made is exported, dropped (queue full), failed or
 //! rejected, and the account says which; a collector that comes and goes loses nothing
@@ -11,7 +12,7 @@
 //! rejection is not retried and is reported with its status and the receiver's message; a 503
 //! is retried; spans a partial success rejects are counted rejected, with its message.
 //!
-//! The tests' sessions use ports 28060..28068 (servers), 28400..28439 and 28500..28999
+//! The tests' sessions use ports 28060..28070 (servers), 28400..28479 and 28500..28999
 //! (clients), each agent filtering (`-L`) on exactly its own.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -715,5 +716,158 @@ fn spans_a_partial_success_rejects_are_counted_rejected_with_the_message() {
     assert!(
         times_seen(&requests).values().all(|&times| times == 1),
         "nothing sent again: {context}"
+    );
+}
+
+/// How a [`grpc_receiver`] answers every export request.
+#[derive(Debug, Clone, Copy)]
+enum GrpcAnswer {
+    /// `grpc-status: 3` (`INVALID_ARGUMENT`) with this `grpc-message`.
+    InvalidArgument(&'static str),
+    /// Success, with a partial success rejecting one span for this reason.
+    RejectOneSpan(&'static str),
+}
+
+/// An OTLP/gRPC receiver on a loopback port answering every export request as `answer` says,
+/// on a thread of its own, for at most [`RECEIVER_LIFETIME`]; returns its port and the number
+/// of requests it has answered.
+fn grpc_receiver(answer: GrpcAnswer) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("address").port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let serve = async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            while let Ok((socket, _)) = listener.accept().await {
+                let requests = counted.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, respond))) = connection.accept().await {
+                        // Answered on a task of its own: the connection must go on being
+                        // polled for the request's body to arrive.
+                        tokio::spawn(answer_grpc(request, respond, answer, requests.clone()));
+                    }
+                });
+            }
+        };
+        runtime.block_on(async {
+            let _ = tokio::time::timeout(RECEIVER_LIFETIME, serve).await;
+        });
+    });
+    (port, requests)
+}
+
+/// Reads an export request whole, as a collector does, counts it, and answers as `answer` says.
+async fn answer_grpc(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    answer: GrpcAnswer,
+    requests: Arc<AtomicUsize>,
+) {
+    let mut body = request.into_body();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    requests.fetch_add(1, Ordering::Relaxed);
+    let head = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc");
+    let message = match answer {
+        GrpcAnswer::InvalidArgument(message) => {
+            // Trailers only: the status in the response's one header block.
+            let head = head
+                .header("grpc-status", "3")
+                .header("grpc-message", message.replace(' ', "%20"))
+                .body(())
+                .expect("response head");
+            let _ = respond.send_response(head, true);
+            return;
+        }
+        GrpcAnswer::RejectOneSpan(reason) => ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 1,
+                error_message: reason.into(),
+            }),
+        }
+        .encode_to_vec(),
+    };
+    let Ok(mut body) = respond.send_response(head.body(()).expect("response head"), false) else {
+        return;
+    };
+    // One gRPC message: not compressed, its length, the response.
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("short").to_be_bytes());
+    frame.extend_from_slice(&message);
+    let _ = body.send_data(bytes::Bytes::from(frame), false);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = body.send_trailers(trailers);
+}
+
+/// A gRPC receiver refusing every request with `INVALID_ARGUMENT`: rejected at once, not
+/// retried, reported with the code and the receiver's message.
+#[test]
+fn grpc_invalid_argument_is_rejected_at_once_with_the_message() {
+    let (port, requests) = grpc_receiver(GrpcAnswer::InvalidArgument("tcpstates test: bad spans"));
+    let (agent, _ns, made) = agent_with_sessions(Transport::Grpc, port, 28069, 28440, 20, &[]);
+    let line = agent.await_stderr("a rejection", ARRIVAL_TIMEOUT, |lines| {
+        lines
+            .iter()
+            .find(|line| line.starts_with("tcpstates: OTLP collector rejected "))
+            .cloned()
+    });
+    assert!(
+        line.contains("(gRPC InvalidArgument: tcpstates test: bad spans)"),
+        "{line}"
+    );
+    let finished = agent.stop_within(libc::SIGINT, Duration::from_secs(60));
+    let (summary, context) = account(&finished, made);
+    assert_eq!(
+        (
+            summary.spans,
+            summary.failed,
+            summary.rejected + summary.dropped
+        ),
+        (0, 0, made),
+        "{context}"
+    );
+    assert!(requests.load(Ordering::Relaxed) > 0, "{context}");
+    assert!(
+        !context.contains("will retry"),
+        "a permanent refusal is not retried: {context}"
+    );
+}
+
+/// A gRPC receiver accepting every request with a partial success rejecting one span: those
+/// spans counted rejected, the reason said once.
+#[test]
+fn grpc_partial_success_is_counted_rejected_with_the_message() {
+    let (port, requests) = grpc_receiver(GrpcAnswer::RejectOneSpan("tcpstates test: too old"));
+    let (agent, _ns, made) = agent_with_sessions(Transport::Grpc, port, 28070, 28460, 20, &[]);
+    let finished = agent.stop_within(libc::SIGINT, Duration::from_secs(60));
+    let (summary, context) = account(&finished, made);
+    let requests = requests.load(Ordering::Relaxed) as u64;
+    assert!(requests > 0, "{context}");
+    assert_eq!(
+        (summary.rejected, summary.spans, summary.failed),
+        (requests, made - requests, 0),
+        "one span of each of {requests} requests rejected: {context}"
+    );
+    assert_eq!(
+        context
+            .lines()
+            .filter(|line| line.contains("(partial success): tcpstates test: too old"))
+            .count(),
+        1,
+        "reported once: {context}"
     );
 }
