@@ -109,8 +109,9 @@ pub struct Cli {
     /// early (counted).
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
-    /// With --otlp: most spans waiting for the exporter; beyond it spans are dropped (counted).
-    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    /// With --otlp: most spans held for the exporter (waiting, being sent, or kept to be sent
+    /// again until the collector acknowledges them); beyond it spans are dropped (counted).
+    #[arg(long, value_name = "N", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1..))]
     pub otlp_queue: u32,
     /// Size of the kernel-to-user ring buffer, in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]

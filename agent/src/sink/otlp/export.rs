@@ -2,11 +2,10 @@
 //! and a thread of its own that batches them and sends them with the OTLP exporter.
 //!
 //! Delivery is at least once: a batch is kept until the collector acknowledges its request,
+//! counted in the queue's bound until then (new spans are dropped while the queue is full),
 //! and after a failure the OTLP specification calls retryable it goes back to the head of the
-//! queue, counted in its bound again (new spans are dropped while the queue is over it), to be
-//! sent again. The requests in flight (at most [`MAX_IN_FLIGHT`] batches) are held beyond the
-//! bound, as the batches sent without a copy were before. A request that timed out may still have been delivered, so
-//! its batch may arrive twice; such spans are counted as possible duplicates. A failure the
+//! queue to be sent again. A request that timed out may still have been delivered, so its
+//! batch may arrive twice; such spans are counted as possible duplicates. A failure the
 //! specification calls permanent (an HTTP 4xx other than 429, gRPC `INVALID_ARGUMENT`, …) drops
 //! the batch at once, counted as rejected. After exit begins, what is left gets at most
 //! [`FLUSH_DEADLINE`]. Every span is accounted for: exported, dropped because the queue was full,
@@ -82,8 +81,8 @@ pub enum ExportError {
 /// Counts of what happened to spans, shared with the export thread.
 #[derive(Debug, Default)]
 struct Stats {
-    /// Spans in the queue, being batched, or waiting to be sent (again): what `--otlp-queue`
-    /// bounds. Spans in flight are not counted; a failed request's batch counts again.
+    /// Spans in the queue, being batched, waiting to be sent (again) or in flight: every span
+    /// not yet settled, what `--otlp-queue` bounds.
     pending: AtomicUsize,
     queued: AtomicU64,
     dropped: AtomicU64,
@@ -404,7 +403,6 @@ impl Exporter<'_> {
             let request = self.next_request;
             self.next_request += 1;
             let spans = batch.spans.len();
-            self.stats.unqueued(spans);
             let span = tracing::debug_span!(target: "tcpstates", REQUEST_SPAN, request);
             let handle = self.in_flight.spawn(
                 async move {
@@ -436,6 +434,7 @@ impl Exporter<'_> {
                 // The request's task panicked: its batch is gone.
                 let spans = self.in_flight_spans.remove(&err.id()).unwrap_or(0);
                 self.stats.failed.fetch_add(spans as u64, Ordering::Relaxed);
+                self.stats.unqueued(spans);
                 return;
             }
         };
@@ -449,6 +448,10 @@ impl Exporter<'_> {
         let spans = batch.spans.len();
         let stats = self.stats;
         let answer = self.answers.take(request);
+        if !matches!(&result, Err(err) if classify(err) == Failure::Retryable) {
+            // Settled for good: out of the queue's bound.
+            stats.unqueued(spans);
+        }
         let err = match result {
             Ok(()) => {
                 self.answered();
@@ -487,8 +490,7 @@ impl Exporter<'_> {
             }
             Failure::Retryable => {
                 batch.maybe_delivered |= timed_out;
-                // Back in the queue's bound; new spans are dropped while it is over.
-                stats.pending.fetch_add(spans, Ordering::Relaxed);
+                // Still in the queue's bound, first to go again.
                 self.waiting.push_front(batch);
                 // Only the first failure and failed probes lengthen the pause: the other
                 // requests that were out when the collector went away fail as well.
@@ -548,8 +550,7 @@ impl Exporter<'_> {
         self.answers.clear();
         let spans = self.unsettled();
         self.stats.failed.fetch_add(spans as u64, Ordering::Relaxed);
-        self.stats
-            .unqueued(spans - self.in_flight_spans.values().sum::<usize>());
+        self.stats.unqueued(spans);
         eprintln!(
             "tcpstates: OTLP export unfinished {FLUSH_DEADLINE:?} after exit began \
              (collector unreachable or not answering), {spans} spans not exported"
