@@ -28,42 +28,40 @@ const POLL: Duration = Duration::from_millis(20);
 pub struct Receiver {
     child: Child,
     grpc: u16,
+    http: u16,
+    cpu: Option<usize>,
+    /// Whether `child` runs (not between [`Self::kill`] and [`Self::restart`]).
+    running: bool,
 }
 
 impl Receiver {
     /// Starts rotel on two free loopback ports, on `cpu` only if given, and waits until both
     /// accept connections.
     pub fn start(cpu: Option<usize>) -> Result<Self> {
-        let program = agent_binary()?;
         let (grpc, http) = (free_port()?, free_port()?);
-        let mut cmd = Command::new(&program);
-        cpus::pin_to(&mut cmd, cpu);
-        cmd.arg("start")
-            .arg("--otlp-grpc-endpoint")
-            .arg(format!("127.0.0.1:{grpc}"))
-            .arg("--otlp-http-endpoint")
-            .arg(format!("127.0.0.1:{http}"))
-            .args(["--exporter", "blackhole"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let line = process::describe(&cmd);
-        println!("bench: OTLP receiver: {line}");
-        let child = cmd.spawn().with_context(|| format!("starting `{line}`"))?;
-        let mut receiver = Self { child, grpc };
-        let deadline = Instant::now() + START_STOP_TIMEOUT;
-        while !(listening(grpc) && listening(http)) {
-            if let Some(status) = receiver.child.try_wait()? {
-                bail!("rotel exited at start ({status})");
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "rotel does not listen on ports {grpc} and {http} after {START_STOP_TIMEOUT:?}"
-                );
-            }
-            thread::sleep(POLL);
-        }
-        Ok(receiver)
+        let child = spawn(cpu, grpc, http)?;
+        Ok(Self {
+            child,
+            grpc,
+            http,
+            cpu,
+            running: true,
+        })
+    }
+
+    /// Kills rotel at once (SIGKILL: a collector that crashes), as a collector restart begins.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("killing rotel")?;
+        self.running = false;
+        self.child.wait().context("reaping rotel")?;
+        Ok(())
+    }
+
+    /// Starts rotel again, on the same ports, after [`Self::kill`].
+    pub fn restart(&mut self) -> Result<()> {
+        self.child = spawn(self.cpu, self.grpc, self.http)?;
+        self.running = true;
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT` of its OTLP/gRPC listener, for `tcpstates --otlp`.
@@ -79,8 +77,44 @@ impl Receiver {
     }
 }
 
+/// Starts rotel on `grpc` and `http`, on `cpu` only if given, and waits until both ports accept
+/// connections.
+fn spawn(cpu: Option<usize>, grpc: u16, http: u16) -> Result<Child> {
+    let program = agent_binary()?;
+    let mut cmd = Command::new(&program);
+    cpus::pin_to(&mut cmd, cpu);
+    cmd.arg("start")
+        .arg("--otlp-grpc-endpoint")
+        .arg(format!("127.0.0.1:{grpc}"))
+        .arg("--otlp-http-endpoint")
+        .arg(format!("127.0.0.1:{http}"))
+        .args(["--exporter", "blackhole"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let line = process::describe(&cmd);
+    println!("bench: OTLP receiver: {line}");
+    let mut child = cmd.spawn().with_context(|| format!("starting `{line}`"))?;
+    let deadline = Instant::now() + START_STOP_TIMEOUT;
+    while !(listening(grpc) && listening(http)) {
+        if let Some(status) = child.try_wait()? {
+            bail!("rotel exited at start ({status})");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("rotel does not listen on ports {grpc} and {http} after {START_STOP_TIMEOUT:?}");
+        }
+        thread::sleep(POLL);
+    }
+    Ok(child)
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
+        if !self.running {
+            return;
+        }
         let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
             return;
         };

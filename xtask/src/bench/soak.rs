@@ -95,7 +95,8 @@ const LEGEND: &str = "made = 10 state changes per connection + 2 for the listene
                   far. At the end: events and sessions made / written / printed / exported / \
                   lost reported / lost inferred / missing unexplained, RSS min/max and CPU. It \
                   reports, never asserts.\n\n\
-                  Example: cargo xtask soak --minutes 10"
+                  Example: cargo xtask soak --minutes 10 (and with a collector that crashes \
+                  every 5 s: --minutes 2 --flap 5)"
 )]
 pub struct SoakArgs {
     /// Length of the load, in minutes.
@@ -113,6 +114,10 @@ pub struct SoakArgs {
     /// Do not export: the agent only prints its text.
     #[arg(long, overrides_with = "otlp")]
     pub no_otlp: bool,
+    /// Flap the collector: kill rotel (SIGKILL) every SECONDS and start it again on the same
+    /// ports SECONDS later, for the whole load (it is up half the time).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "no_otlp", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub flap: Option<u64>,
 }
 
 impl SoakArgs {
@@ -170,7 +175,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
         || "tcpstates (version unknown)".into(),
         |v| v.trim().to_owned(),
     );
-    let receiver = args.exports().then(|| Receiver::start(None)).transpose()?;
+    let mut receiver = args.exports().then(|| Receiver::start(None)).transpose()?;
     let others = others::attached_tracers();
     if !others.is_empty() {
         println!(
@@ -217,7 +222,11 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     tracer.wait_ready(Readiness::StderrLine(READY_LINE))?;
     let pid = tracer.pid();
     let idle = sample(pid)?;
-    let receiver_start = receiver.as_ref().map(Receiver::cpu).transpose()?;
+    // A flapping rotel's CPU cannot be followed across its restarts.
+    let receiver_start = match (&receiver, args.flap) {
+        (Some(receiver), None) => Some(receiver.cpu()?),
+        _ => None,
+    };
     println!(
         "soak: {} min at {} connections/s on port {} in network namespace {NETNS}; agent idle: \
          RSS {}",
@@ -228,12 +237,16 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     );
 
     let mut samples = Samples::default();
+    let mut flaps = Flaps::new(args.flap.map(Duration::from_secs));
     let load = thread::scope(|scope| -> Result<LoadResult> {
         let load = scope.spawn(|| run_load(&netns, &loadgen, args));
         let (mut last, mut receiver_last) = (idle, receiver_start);
         let mut next = idle.at + SAMPLE_EVERY;
         while !load.is_finished() {
             thread::sleep(POLL);
+            if let Some(receiver) = &mut receiver {
+                flaps.step(receiver)?;
+            }
             if interrupt::check().is_err() || Instant::now() < next {
                 continue;
             }
@@ -274,11 +287,15 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     });
     interrupt::check()?;
     let load = load?;
+    if let Some(receiver) = &mut receiver {
+        flaps.end(receiver)?;
+    }
     thread::sleep(DRAIN);
     let closing: u64 = netns.tcp_sockets()?.values().sum();
     let before_stop = sample(pid)?;
     samples.add_rss(before_stop.rss_kib);
     let receiver_cpu = match (&receiver, receiver_start) {
+        _ if args.flap.is_some() => None,
         (Some(receiver), Some(start)) => Some(receiver.cpu()?.saturating_sub(start)),
         _ => None,
     };
@@ -323,10 +340,13 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
         args.minutes,
         args.rate,
         args.port,
-        if account.exports {
-            ", --otlp to rotel (blackhole)"
-        } else {
-            ""
+        match (account.exports, args.flap) {
+            (true, Some(period)) => format!(
+                ", --otlp to rotel (blackhole) killed every {period} s and restarted {period} s \
+                 later"
+            ),
+            (true, None) => ", --otlp to rotel (blackhole)".into(),
+            (false, _) => String::new(),
         }
     );
     println!(
@@ -381,6 +401,59 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--flap`: the collector killed and started again in turn, every `period`.
+struct Flaps {
+    period: Option<Duration>,
+    next: Instant,
+    down: bool,
+    kills: u32,
+}
+
+impl Flaps {
+    fn new(period: Option<Duration>) -> Self {
+        Self {
+            period,
+            next: Instant::now() + period.unwrap_or_default(),
+            down: false,
+            kills: 0,
+        }
+    }
+
+    /// Kills or restarts `receiver` when its time has come.
+    fn step(&mut self, receiver: &mut Receiver) -> Result<()> {
+        let Some(period) = self.period else {
+            return Ok(());
+        };
+        if Instant::now() < self.next {
+            return Ok(());
+        }
+        if self.down {
+            receiver.restart()?;
+        } else {
+            receiver.kill()?;
+            self.kills += 1;
+        }
+        self.down = !self.down;
+        self.next += period;
+        Ok(())
+    }
+
+    /// Leaves `receiver` up for the agent's last exports, and says how often it was killed.
+    fn end(&mut self, receiver: &mut Receiver) -> Result<()> {
+        if self.down {
+            receiver.restart()?;
+            self.down = false;
+        }
+        if let Some(period) = self.period {
+            println!(
+                "soak: the collector was killed {} times, down {period:?} each time",
+                self.kills
+            );
+        }
+        Ok(())
+    }
 }
 
 /// What the load made and what the agent accounted for.
