@@ -11,10 +11,20 @@ use lru::LruCache;
 
 use crate::{
     cgroup::{CgroupPaths, container_id},
-    process_info::ProcessTable,
+    process_info::{ProcessInfo, ProcessTable},
     session::Context,
-    sink::otlp::spans::SessionDetails,
 };
+
+/// What user space found out about a session's owner and location, for its root span.
+#[derive(Clone, Debug, Default)]
+pub struct SessionDetails<'a> {
+    /// The owner process, as read from /proc when the session began.
+    pub process: Option<&'a ProcessInfo>,
+    /// The socket's cgroup path, relative to the cgroup2 mount.
+    pub cgroup_path: Option<&'a str>,
+    /// The container id found in that path.
+    pub container_id: Option<&'a str>,
+}
 
 /// A cgroup's path and the container id in it.
 #[derive(Clone, Debug, Default)]
@@ -50,32 +60,41 @@ impl DetailsCache {
             self.processes
                 .get(owner.pid, change.uid, &owner.comm.to_str_lossy());
         }
-        self.cgroup(change.cgroup_id);
+        cgroup(&mut self.cgroups, &mut self.cgroup_paths, change.cgroup_id);
     }
 
     /// The details of a session with `context` (from the caches, or read now).
     pub fn describe(&mut self, context: &Context) -> SessionDetails<'_> {
-        let cgroup = self.cgroup(context.cgroup_id).clone();
-        let process = context.owner.as_ref().map(|owner| {
-            self.processes
-                .get(owner.pid, context.uid, &owner.comm.to_str_lossy())
-        });
+        let Self {
+            processes,
+            cgroup_paths,
+            cgroups,
+        } = self;
+        let cgroup = cgroup(cgroups, cgroup_paths, context.cgroup_id);
+        let process = context
+            .owner
+            .as_ref()
+            .map(|owner| processes.get(owner.pid, context.uid, &owner.comm.to_str_lossy()));
         SessionDetails {
             process,
-            cgroup_path: cgroup.path,
-            container_id: cgroup.container_id,
+            cgroup_path: cgroup.path.as_deref(),
+            container_id: cgroup.container_id.as_deref(),
         }
     }
+}
 
-    fn cgroup(&mut self, id: u64) -> &CgroupInfo {
-        let paths = &mut self.cgroup_paths;
-        self.cgroups.get_or_insert(id, || {
-            let path = paths
-                .as_mut()
-                .and_then(|paths| paths.path(id))
-                .map(str::to_owned);
-            let container_id = path.as_deref().and_then(container_id);
-            CgroupInfo { path, container_id }
-        })
-    }
+/// The description of cgroup `id`, cached in `cgroups` or read through `paths` now.
+fn cgroup<'a>(
+    cgroups: &'a mut LruCache<u64, CgroupInfo>,
+    paths: &mut Option<CgroupPaths>,
+    id: u64,
+) -> &'a CgroupInfo {
+    cgroups.get_or_insert(id, || {
+        let path = paths
+            .as_mut()
+            .and_then(|paths| paths.path(id))
+            .map(str::to_owned);
+        let container_id = path.as_deref().and_then(container_id);
+        CgroupInfo { path, container_id }
+    })
 }

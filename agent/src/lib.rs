@@ -1,8 +1,9 @@
 //! tcpstates: trace TCP session state changes with durations.
 //!
 //! Data flows one way: the kernel program (`agent-ebpf`) → the ring buffer → [`tracer`]
-//! (decoding with `agent_common::decode`) → [`sink`]s. [`run`] wires them from a
-//! [`config::Config`].
+//! (decoding with `agent_common::decode`) → the per-event [`sink`]s, and the session stage
+//! ([`session::stage`]: identity, timing, enrichment) → the per-session sinks. [`run`] wires
+//! them from a [`config::Config`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod btf;
@@ -34,12 +35,13 @@ use crate::{
     gaps::GapTracker,
     privileges::PrivilegeError,
     probe::ProbeError,
-    session::SessionTable,
+    session::{SessionTable, stage::SessionStage},
     sink::{
+        Sink,
         journal::{JournalSink, JournalUnavailable},
         otlp::{OtlpSink, export::ExportError},
     },
-    tracer::{Summary, TraceError, Traces},
+    tracer::{Summary, TraceError},
 };
 
 /// Capacity of the standard-output buffer; it is flushed after every drain of the ring.
@@ -92,21 +94,24 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         .map_err(Error::Runtime)?;
     let probe = probe::attach(&config)?;
     let clock = WallClock::now().map_err(Error::Clock)?;
-    let traces = config
+    let sessions = config
         .otlp
         .as_ref()
         .map(|otlp| {
             let boot_id = BootId::read().map_err(Error::BootId)?;
-            let sink = OtlpSink::start(&otlp.export, clock, boot_id, otlp.queue_capacity)?;
-            Ok::<_, Error>(Traces::new(
-                SessionTable::new(otlp.max_sessions),
+            let sink = OtlpSink::start(&otlp.export, clock, otlp.queue_capacity)?;
+            Ok::<_, Error>(SessionStage::new(
+                SessionTable::new(otlp.max_sessions, boot_id),
                 DetailsCache::new(otlp.max_sessions),
-                sink,
+                vec![Box::new(sink)],
             ))
         })
         .transpose()?;
     let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
-    let output = sink::output(&config, clock, stdout);
+    let sinks: Vec<Box<dyn Sink>> = sink::output(&config, clock, stdout)
+        .into_iter()
+        .chain(journal.map(|journal| Box::new(journal) as Box<dyn Sink>))
+        .collect();
     // A filter on ports, owner, namespace or cgroup can hide a socket's first transitions (an
     // active open's port is 0 at CLOSE -> SYN_SENT), which the gap tracker must then not count.
     let filtered = config.local_ports.is_some()
@@ -115,5 +120,5 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         || config.netns.is_some()
         || config.cgroup.is_some();
     let gaps = GapTracker::new(GAP_TRACKER_SOCKETS, !filtered);
-    Ok(runtime.block_on(tracer::trace(probe, output, journal, traces, gaps))?)
+    Ok(runtime.block_on(tracer::trace(probe, sinks, sessions, gaps))?)
 }

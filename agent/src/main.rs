@@ -4,7 +4,7 @@
 use std::{error::Error, process::ExitCode};
 
 use clap::Parser as _;
-use tcpstates::{cli::Cli, config::Config, tracer::Summary};
+use tcpstates::{cli::Cli, config::Config, sink::SessionSinkAccount, tracer::Summary};
 
 /// jemalloc instead of glibc's allocator: with `--otlp` every span is built on the event thread
 /// and freed on the export thread, which glibc's arenas handle poorly.
@@ -92,25 +92,25 @@ fn report(summary: &Summary) {
             summary.undecodable
         );
     }
-    if let Some(otlp) = &summary.otlp {
-        let spans = &otlp.spans;
-        eprintln!(
-            "tcpstates: OTLP: {} sessions exported in {} spans, {} spans dropped (queue full), \
-             {} failed, {} rejected, {} possible duplicates, {} sessions evicted",
-            spans.exported_sessions,
-            spans.exported,
-            spans.dropped,
-            spans.failed,
-            spans.rejected,
-            spans.possible_duplicates,
-            otlp.evictions
-        );
+    if let Some(sessions) = &summary.sessions {
+        for account in &sessions.sinks {
+            match account {
+                SessionSinkAccount::Otlp(spans) => eprintln!(
+                    "tcpstates: OTLP: {} sessions exported in {} spans, {} spans dropped (queue \
+                     full), {} failed, {} rejected, {} possible duplicates, {} sessions evicted",
+                    spans.exported_sessions,
+                    spans.exported,
+                    spans.dropped,
+                    spans.failed,
+                    spans.rejected,
+                    spans.possible_duplicates,
+                    sessions.evictions
+                ),
+            }
+        }
     }
-    if summary.journal_failures > 0 {
-        eprintln!(
-            "tcpstates: {} journal entries could not be sent",
-            summary.journal_failures
-        );
+    for report in &summary.sink_reports {
+        eprintln!("tcpstates: {report}");
     }
 }
 

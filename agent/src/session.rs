@@ -22,7 +22,7 @@
 use std::{collections::HashMap, net::IpAddr, num::NonZeroUsize};
 
 use agent_common::{
-    correlation::ConnectionIds,
+    correlation::{BootId, ConnectionIds},
     decode::{Comm, Owner, StateChange, TcpState},
     state::{CLOSE, ESTABLISHED, LISTEN, SYN_RECV, SYN_SENT, starts_socket},
 };
@@ -197,37 +197,45 @@ impl Session {
     }
 }
 
-/// A span-shaped record of something that finished: one state of a session, or a session.
+/// A session left a state: one state span.
+#[derive(Clone, Debug)]
+pub struct StateEnded {
+    /// The session's trace identifiers.
+    pub ids: ConnectionIds,
+    /// Which of the trace's state spans this is: 0 for the first.
+    pub index: u32,
+    /// The span it belongs under: its session's ([`Session::span_id`]).
+    pub parent_span_id: [u8; 8],
+    /// The state left.
+    pub state: TcpState,
+    /// Kernel time the state was entered.
+    pub start_ns: u64,
+    /// Kernel time it was left.
+    pub end_ns: u64,
+    /// The state was still current when the session was ended early.
+    pub incomplete: Option<Incomplete>,
+}
+
+/// A session ended: closed, or ended early (evicted, or at shutdown).
+#[derive(Clone, Debug)]
+pub struct SessionEnded {
+    /// The session.
+    pub session: Session,
+    /// Kernel time of its CLOSE (or of its early end).
+    pub end_ns: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Set when it was ended before its CLOSE was seen.
+    pub incomplete: Option<Incomplete>,
+}
+
+/// Something that finished, in the order it did: one state of a session, or a session.
 #[derive(Clone, Debug)]
 pub enum Completed {
     /// The session left a state.
-    State {
-        /// The session's trace identifiers.
-        ids: ConnectionIds,
-        /// Which of the trace's state spans this is: 0 for the first.
-        index: u32,
-        /// The span it belongs under: its session's ([`Session::span_id`]).
-        parent_span_id: [u8; 8],
-        /// The state left.
-        state: TcpState,
-        /// Kernel time the state was entered.
-        start_ns: u64,
-        /// Kernel time it was left.
-        end_ns: u64,
-        /// The state was still current when the session was ended early.
-        incomplete: Option<Incomplete>,
-    },
+    State(StateEnded),
     /// The session ended.
-    Session {
-        /// The session.
-        session: Session,
-        /// Kernel time of its CLOSE (or of its early end).
-        end_ns: u64,
-        /// How it ended.
-        outcome: Outcome,
-        /// Set when it was ended before its CLOSE was seen.
-        incomplete: Option<Incomplete>,
-    },
+    Session(SessionEnded),
 }
 
 /// Open sessions, keyed by socket cookie, bounded.
@@ -245,11 +253,14 @@ pub struct SessionTable {
     evictions: u64,
     /// Evicted sockets pushed out of `evicted` (full) before they showed up again.
     forgotten: u64,
+    /// The host's boot id: with a socket's cookie, its trace's ids.
+    boot_id: BootId,
 }
 
 impl SessionTable {
-    /// A table holding at most `capacity` open sessions.
-    pub fn new(capacity: NonZeroUsize) -> Self {
+    /// A table holding at most `capacity` open sessions, whose trace ids derive from
+    /// `boot_id` and each socket's cookie.
+    pub fn new(capacity: NonZeroUsize, boot_id: BootId) -> Self {
         Self {
             open: LruCache::new(capacity),
             by_address: HashMap::with_capacity(capacity.get()),
@@ -257,6 +268,7 @@ impl SessionTable {
             accepting: LruCache::new(capacity),
             evictions: 0,
             forgotten: 0,
+            boot_id,
         }
     }
 
@@ -283,18 +295,12 @@ impl SessionTable {
         self.open.is_empty()
     }
 
-    /// Applies one state change; what it completes is appended to `out`. `new_ids` is called
-    /// with the socket's cookie once for each new session.
-    pub fn observe(
-        &mut self,
-        change: &StateChange,
-        mut new_ids: impl FnMut(u64) -> ConnectionIds,
-        out: &mut Vec<Completed>,
-    ) {
+    /// Applies one state change; what it completes is appended to `out`.
+    pub fn observe(&mut self, change: &StateChange, out: &mut Vec<Completed>) {
         if change.oldstate == TcpState(LISTEN) && change.newstate == TcpState(SYN_RECV) {
             // Replaced at its address, or the oldest when full: either way never seen again.
             if let Some((_, earlier)) = self.accepting.push(change.skaddr, *change) {
-                self.apply_first_alone(&earlier, &mut new_ids, out);
+                self.apply_first_alone(&earlier, out);
             }
             return;
         }
@@ -303,20 +309,15 @@ impl SessionTable {
                 cookie: change.cookie,
                 ..first
             };
-            self.apply(&first, &mut new_ids, out);
+            self.apply(&first, out);
         }
-        self.apply(change, &mut new_ids, out);
+        self.apply(change, out);
     }
 
     /// Applies the first transition of an accepted socket never seen again: under the cookie it
     /// carried, unless that cookie is another open socket's (its listener's), in which case it
     /// cannot be given a trace of its own and is counted with the evictions.
-    fn apply_first_alone(
-        &mut self,
-        first: &StateChange,
-        new_ids: impl FnMut(u64) -> ConnectionIds,
-        out: &mut Vec<Completed>,
-    ) {
+    fn apply_first_alone(&mut self, first: &StateChange, out: &mut Vec<Completed>) {
         let borrowed = self
             .open
             .peek(&first.cookie)
@@ -324,18 +325,12 @@ impl SessionTable {
         if borrowed {
             self.evictions += 1;
         } else {
-            self.apply(first, new_ids, out);
+            self.apply(first, out);
         }
     }
 
     /// [`Self::observe`] for a change whose cookie is its socket's own.
-    fn apply(
-        &mut self,
-        change: &StateChange,
-        new_ids: impl FnMut(u64) -> ConnectionIds,
-        out: &mut Vec<Completed>,
-    ) {
-        let mut new_ids = new_ids;
+    fn apply(&mut self, change: &StateChange, out: &mut Vec<Completed>) {
         let cookie = change.cookie;
         // A socket's first transition at the address of a session whose CLOSE was lost ends that
         // stale session here.
@@ -365,7 +360,7 @@ impl SessionTable {
         let session = self.open.get_or_insert_mut(cookie, || {
             created = true;
             Session {
-                ids: new_ids(cookie),
+                ids: ConnectionIds::new(&self.boot_id, cookie),
                 cookie,
                 skaddr: change.skaddr,
                 context: Context::of(change),
@@ -388,7 +383,7 @@ impl SessionTable {
             session.context.owner = change.owner;
         }
         if let Some(start_ns) = session.state_since_ns {
-            out.push(Completed::State {
+            out.push(Completed::State(StateEnded {
                 ids: session.ids,
                 index: session.states_done,
                 parent_span_id: session.span_id(),
@@ -396,7 +391,7 @@ impl SessionTable {
                 start_ns,
                 end_ns: change.ts_ns,
                 incomplete: None,
-            });
+            }));
             session.states_done += 1;
         }
         session.state = change.newstate;
@@ -404,25 +399,20 @@ impl SessionTable {
         if change.newstate == TcpState(CLOSE)
             && let Some(session) = self.remove(cookie)
         {
-            out.push(Completed::Session {
+            out.push(Completed::Session(SessionEnded {
                 session,
                 end_ns: change.ts_ns,
                 outcome: Outcome::of_last(change),
                 incomplete: None,
-            });
+            }));
         }
     }
 
     /// Ends every open session at `now_ns` (tracing is stopping), accepted sockets seen only at
-    /// their first transition included; `new_ids` as for [`Self::observe`].
-    pub fn end_all(
-        &mut self,
-        now_ns: u64,
-        mut new_ids: impl FnMut(u64) -> ConnectionIds,
-        out: &mut Vec<Completed>,
-    ) {
+    /// their first transition included.
+    pub fn end_all(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
         while let Some((_, first)) = self.accepting.pop_lru() {
-            self.apply_first_alone(&first, &mut new_ids, out);
+            self.apply_first_alone(&first, out);
         }
         while let Some((_, session)) = self.open.pop_lru() {
             end_early(session, now_ns, Incomplete::Shutdown, out);
@@ -471,7 +461,7 @@ impl SessionTable {
 fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Completed>) -> u32 {
     let mut next_index = session.states_done;
     if let Some(start_ns) = session.state_since_ns {
-        out.push(Completed::State {
+        out.push(Completed::State(StateEnded {
             ids: session.ids,
             index: next_index,
             parent_span_id: session.span_id(),
@@ -479,17 +469,19 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
             start_ns,
             end_ns: end_ns.max(start_ns),
             incomplete: Some(why),
-        });
+        }));
         next_index += 1;
     }
-    out.push(Completed::Session {
+    out.push(Completed::Session(SessionEnded {
         end_ns: end_ns.max(session.start_ns),
         session,
         outcome: Outcome::Normal,
         incomplete: Some(why),
-    });
+    }));
     next_index
 }
+
+pub mod stage;
 
 #[cfg(test)]
 mod props;
@@ -534,17 +526,15 @@ mod tests {
         StateChange { cookie, ..change }
     }
 
-    /// Feeds `changes` to a table of `capacity`; returns what completed.
-    /// The trace ids of the tests' sessions.
-    fn ids(cookie: u64) -> ConnectionIds {
-        ConnectionIds::new(&BootId([7; 16]), cookie)
-    }
+    /// The boot id of the tests' traces.
+    const BOOT_ID: BootId = BootId([7; 16]);
 
+    /// Feeds `changes` to a table of `capacity`; returns what completed.
     fn run(capacity: usize, changes: &[StateChange]) -> (SessionTable, Vec<Completed>) {
-        let mut table = SessionTable::new(NonZeroUsize::new(capacity).expect("non-zero"));
+        let mut table = SessionTable::new(NonZeroUsize::new(capacity).expect("non-zero"), BOOT_ID);
         let mut out = Vec::new();
         for change in changes {
-            table.observe(change, ids, &mut out);
+            table.observe(change, &mut out);
         }
         (table, out)
     }
@@ -607,7 +597,7 @@ mod tests {
 
     #[test]
     fn an_accepted_socket_seen_only_at_its_first_transition_ends_with_the_rest() {
-        let mut table = SessionTable::new(NonZeroUsize::new(8).expect("non-zero"));
+        let mut table = SessionTable::new(NonZeroUsize::new(8).expect("non-zero"), BOOT_ID);
         let mut out = Vec::new();
         for change in [
             change(1, 10, CLOSE, LISTEN, 80),
@@ -619,10 +609,10 @@ mod tests {
                 ..change(4, 30, LISTEN, SYN_RECV, 80)
             },
         ] {
-            table.observe(&change, ids, &mut out);
+            table.observe(&change, &mut out);
         }
         assert!(out.is_empty(), "nothing ends before the end");
-        table.end_all(99, ids, &mut out);
+        table.end_all(99, &mut out);
         let mut summary: Vec<_> = sessions(&out)
             .iter()
             .map(|(session, end_ns, _, why)| (session.cookie, session.role, *end_ns, *why))
@@ -641,13 +631,13 @@ mod tests {
     fn states(out: &[Completed]) -> Vec<(String, u64, u64)> {
         out.iter()
             .filter_map(|c| match c {
-                Completed::State {
+                Completed::State(StateEnded {
                     state,
                     start_ns,
                     end_ns,
                     ..
-                } => Some((state.to_string(), *start_ns, *end_ns)),
-                Completed::Session { .. } => None,
+                }) => Some((state.to_string(), *start_ns, *end_ns)),
+                Completed::Session(SessionEnded { .. }) => None,
             })
             .collect()
     }
@@ -655,13 +645,13 @@ mod tests {
     fn sessions(out: &[Completed]) -> Vec<(&Session, u64, Outcome, Option<Incomplete>)> {
         out.iter()
             .filter_map(|c| match c {
-                Completed::Session {
+                Completed::Session(SessionEnded {
                     session,
                     end_ns,
                     outcome,
                     incomplete,
-                } => Some((session, *end_ns, *outcome, *incomplete)),
-                Completed::State { .. } => None,
+                }) => Some((session, *end_ns, *outcome, *incomplete)),
+                Completed::State(StateEnded { .. }) => None,
             })
             .collect()
     }
@@ -701,7 +691,7 @@ mod tests {
             "filled in from later events"
         );
         assert!(
-            matches!(out.last(), Some(Completed::Session { .. })),
+            matches!(out.last(), Some(Completed::Session(SessionEnded { .. }))),
             "root last"
         );
     }
@@ -734,7 +724,7 @@ mod tests {
         assert_eq!(table.len(), 2);
         let mut out = Vec::new();
         let mut table = table;
-        table.end_all(99, ids, &mut out);
+        table.end_all(99, &mut out);
         let roles: Vec<_> = sessions(&out)
             .iter()
             .map(|s| (s.0.role, s.1, s.3))
@@ -817,18 +807,20 @@ mod tests {
     fn spans_of(ids: &ConnectionIds, out: &[Completed]) -> Vec<([u8; 8], [u8; 8], Option<u32>)> {
         out.iter()
             .filter_map(|c| match c {
-                Completed::State {
+                Completed::State(StateEnded {
                     ids: of,
                     index,
                     parent_span_id,
                     ..
-                } => {
+                }) => {
                     (of == ids).then(|| (ids.state_span_id(*index), *parent_span_id, Some(*index)))
                 }
-                Completed::Session { session, .. } => (session.ids == *ids).then(|| {
-                    let parent = session.parent_span_id().unwrap_or([0; 8]);
-                    (session.span_id(), parent, None)
-                }),
+                Completed::Session(SessionEnded { session, .. }) => {
+                    (session.ids == *ids).then(|| {
+                        let parent = session.parent_span_id().unwrap_or([0; 8]);
+                        (session.span_id(), parent, None)
+                    })
+                }
             })
             .collect()
     }
@@ -921,8 +913,8 @@ mod tests {
         let indexes: Vec<u32> = out
             .iter()
             .filter_map(|c| match c {
-                Completed::State { index, .. } => Some(*index),
-                Completed::Session { .. } => None,
+                Completed::State(StateEnded { index, .. }) => Some(*index),
+                Completed::Session(SessionEnded { .. }) => None,
             })
             .collect();
         assert_eq!(indexes, [0, 0], "each session numbers its own states");

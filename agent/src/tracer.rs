@@ -1,6 +1,6 @@
-//! The event loop: drain the ring buffer, decode each record, hand it to the sinks; report
-//! every loss as it happens; on SIGINT or SIGTERM detach, drain what is left and account for
-//! every event.
+//! The event loop: drain the ring buffer, decode each record, hand it to the gap tracker, the
+//! per-event sinks and the session stage; report every loss as it happens; on SIGINT or SIGTERM
+//! detach, drain what is left and account for every event.
 
 use std::{
     io::{self, ErrorKind},
@@ -22,15 +22,10 @@ use tokio::{
 use crate::{
     clock::monotonic_now_ns,
     counters::Counts,
-    details::DetailsCache,
     gaps::{GapTracker, Gaps},
     probe::Probe,
-    session::{Completed, SessionTable},
-    sink::{
-        Sink,
-        journal::JournalSink,
-        otlp::{OtlpSink, export::ExportCounts, spans::SessionDetails},
-    },
+    session::stage::{SessionStage, SessionsSummary},
+    sink::Sink,
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us (it only does when
@@ -57,110 +52,26 @@ pub enum TraceError {
 }
 
 /// The account of a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Events handed to the output.
     pub written: u64,
     /// Records that could not be decoded (too short or of an unknown family).
     pub undecodable: u64,
-    /// Journal entries that could not be sent.
-    pub journal_failures: u64,
     /// The kernel counters at the end.
     pub counts: Counts,
     /// Transitions inferred missing from gaps in sockets' chains of states.
     pub gaps: Gaps,
-    /// With `--otlp`: what became of the spans.
-    pub otlp: Option<OtlpSummary>,
-}
-
-/// The account of the OTLP export.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OtlpSummary {
-    /// Span counts.
-    pub spans: ExportCounts,
-    /// Sessions ended early because the session table was full (or their CLOSE was lost).
-    pub evictions: u64,
-}
-
-/// Session tracking and the OTLP sink it feeds.
-pub struct Traces {
-    sessions: SessionTable,
-    details: DetailsCache,
-    sink: OtlpSink,
-    completed: Vec<Completed>,
-    reported: ExportCounts,
-}
-
-impl Traces {
-    /// Tracks sessions in `sessions`, describes their owners and locations with `details`, and
-    /// exports them through `sink`.
-    pub fn new(sessions: SessionTable, details: DetailsCache, sink: OtlpSink) -> Self {
-        Self {
-            sessions,
-            details,
-            sink,
-            completed: Vec::new(),
-            reported: ExportCounts::default(),
-        }
-    }
-
-    fn observe(&mut self, change: &agent_common::decode::StateChange) {
-        self.details.learn(change);
-        let sink = &self.sink;
-        self.sessions.observe(
-            change,
-            |cookie| sink.session_ids(cookie),
-            &mut self.completed,
-        );
-        self.export_completed();
-    }
-
-    fn export_completed(&mut self) {
-        for completed in self.completed.drain(..) {
-            let details = match &completed {
-                Completed::Session { session, .. } => self.details.describe(&session.context),
-                Completed::State { .. } => SessionDetails::default(),
-            };
-            self.sink.export(&completed, details);
-        }
-    }
-
-    /// Says on standard error how many more spans were dropped since the last report.
-    fn report_drops(&mut self) {
-        let counts = self.sink.counts();
-        if counts.dropped > self.reported.dropped {
-            eprintln!(
-                "tcpstates: {} more spans dropped (OTLP queue full); {} so far",
-                counts.dropped - self.reported.dropped,
-                counts.dropped
-            );
-        }
-        self.reported = counts;
-    }
-
-    /// Ends every open session now, exports what is queued and accounts for it.
-    fn finish(mut self) -> OtlpSummary {
-        let now_ns = monotonic_now_ns().unwrap_or(u64::MAX);
-        let sink = &self.sink;
-        self.sessions.end_all(
-            now_ns,
-            |cookie| sink.session_ids(cookie),
-            &mut self.completed,
-        );
-        self.export_completed();
-        let evictions = self.sessions.evictions();
-        OtlpSummary {
-            spans: self.sink.finish(),
-            evictions,
-        }
-    }
+    /// What the per-event sinks had to say.
+    pub sink_reports: Vec<String>,
+    /// With per-session sinks: the session stage's account and theirs.
+    pub sessions: Option<SessionsSummary>,
 }
 
 /// Where decoded events go, and what happened to them.
 struct Delivery {
-    output: Option<Box<dyn Sink>>,
-    journal: Option<JournalSink>,
-    traces: Option<Traces>,
+    sinks: Vec<Box<dyn Sink>>,
+    sessions: Option<SessionStage>,
     gaps: GapTracker,
     summary: Summary,
     /// The reader of standard output went away: stop quietly.
@@ -184,44 +95,36 @@ impl Delivery {
                 continue;
             };
             self.gaps.observe(&change);
-            if let Some(output) = &mut self.output
-                && !self.closed
-            {
-                let written = output.write(&change);
-                self.output_result(written)?;
-            }
-            if let Some(traces) = &mut self.traces {
-                traces.observe(&change);
-            }
-            if let Some(journal) = &mut self.journal
-                && let Err(err) = journal.write(&change)
-            {
-                if self.summary.journal_failures == 0 {
-                    eprintln!("tcpstates: cannot log to the journal: {err}");
+            for sink in &mut self.sinks {
+                if !self.closed {
+                    let written = sink.write(&change);
+                    output_result(&mut self.closed, written)?;
                 }
-                self.summary.journal_failures += 1;
+            }
+            if let Some(sessions) = &mut self.sessions {
+                sessions.observe(&change);
             }
             self.summary.written += 1;
             any = true;
         }
-        if let Some(output) = &mut self.output
-            && any
-            && !self.closed
-        {
-            let flushed = output.flush();
-            self.output_result(flushed)?;
+        if any && !self.closed {
+            for sink in &mut self.sinks {
+                let flushed = sink.flush();
+                output_result(&mut self.closed, flushed)?;
+            }
         }
         Ok(left == 0)
     }
+}
 
-    fn output_result(&mut self, result: io::Result<()>) -> Result<(), TraceError> {
-        match result {
-            Err(err) if err.kind() == ErrorKind::BrokenPipe => {
-                self.closed = true;
-                Ok(())
-            }
-            other => other.map_err(TraceError::Output),
+/// Passes on a sink's error, but for a closed pipe, which sets `closed`: the reader went away.
+fn output_result(closed: &mut bool, result: io::Result<()>) -> Result<(), TraceError> {
+    match result {
+        Err(err) if err.kind() == ErrorKind::BrokenPipe => {
+            *closed = true;
+            Ok(())
         }
+        other => other.map_err(TraceError::Output),
     }
 }
 
@@ -238,25 +141,24 @@ fn decode_record(item: &[u8]) -> Option<StateChange> {
 
 /// Traces until SIGINT or SIGTERM (or until standard output is closed), then detaches and
 /// drains what is left. Prints the header and the ready line once tracing has started. `gaps`
-/// checks every change for signs of transitions the kernel never reported.
+/// checks every change for signs of transitions the kernel never reported; `sinks` get every
+/// change, `sessions` turns them into sessions for its own sinks.
 pub async fn trace(
     probe: Probe,
-    mut output: Option<Box<dyn Sink>>,
-    journal: Option<JournalSink>,
-    traces: Option<Traces>,
+    mut sinks: Vec<Box<dyn Sink>>,
+    sessions: Option<SessionStage>,
     gaps: GapTracker,
 ) -> Result<Summary, TraceError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(TraceError::Poll)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(TraceError::Poll)?;
-    if let Some(output) = &mut output {
-        output.start().map_err(TraceError::Output)?;
+    for sink in &mut sinks {
+        sink.start().map_err(TraceError::Output)?;
     }
     eprintln!("Tracing TCP state changes. Hit Ctrl-C to end.");
 
     let mut delivery = Delivery {
-        output,
-        journal,
-        traces,
+        sinks,
+        sessions,
         gaps,
         summary: Summary::default(),
         closed: false,
@@ -297,8 +199,8 @@ pub async fn trace(
                 let gaps = delivery.gaps.gaps();
                 report_gap_growth(&reported_gaps, &gaps);
                 reported_gaps = gaps;
-                if let Some(traces) = &mut delivery.traces {
-                    traces.report_drops();
+                if let Some(sessions) = &mut delivery.sessions {
+                    sessions.report_growth();
                 }
             }
             _ = interrupt.recv() => break,
@@ -315,7 +217,13 @@ pub async fn trace(
     report_growth(&reported, &delivery.summary.counts);
     delivery.summary.gaps = delivery.gaps.gaps();
     report_gap_growth(&reported_gaps, &delivery.summary.gaps);
-    delivery.summary.otlp = delivery.traces.take().map(Traces::finish);
+    delivery.summary.sink_reports = delivery
+        .sinks
+        .iter()
+        .filter_map(|sink| sink.report())
+        .collect();
+    let now_ns = monotonic_now_ns().unwrap_or(u64::MAX);
+    delivery.summary.sessions = delivery.sessions.take().map(|stage| stage.finish(now_ns));
     Ok(delivery.summary)
 }
 

@@ -33,9 +33,8 @@ use crate::gaps::GapTracker;
 /// Cases per property: enough to hit every branch, bounded in time.
 const CASES: u32 = 256;
 
-fn ids(cookie: u64) -> ConnectionIds {
-    ConnectionIds::new(&BootId([9; 16]), cookie)
-}
+/// The boot id of the generated sessions' traces.
+const BOOT_ID: BootId = BootId([9; 16]);
 
 fn change(skaddr: u64, cookie: u64, ts_ns: u64, old: u32, new: u32) -> StateChange {
     StateChange {
@@ -63,8 +62,12 @@ fn change(skaddr: u64, cookie: u64, ts_ns: u64, old: u32, new: u32) -> StateChan
 /// Every span id a completion takes, with its trace id.
 fn span_key(completed: &Completed) -> ([u8; 16], [u8; 8]) {
     match completed {
-        Completed::State { ids, index, .. } => (ids.trace_id, ids.state_span_id(*index)),
-        Completed::Session { session, .. } => (session.ids.trace_id, session.span_id()),
+        Completed::State(StateEnded { ids, index, .. }) => {
+            (ids.trace_id, ids.state_span_id(*index))
+        }
+        Completed::Session(SessionEnded { session, .. }) => {
+            (session.ids.trace_id, session.span_id())
+        }
     }
 }
 
@@ -297,14 +300,14 @@ proptest! {
         capacity in 1..6usize,
     ) {
         let capacity = NonZeroUsize::new(capacity).expect("non-zero");
-        let mut table = SessionTable::new(capacity);
+        let mut table = SessionTable::new(capacity, BOOT_ID);
         let mut gaps = GapTracker::new(capacity, true);
         let mut out = Vec::new();
         let mut ts = 0;
         for &(skaddr, cookie, old, new, dt) in &stream {
             ts += dt;
             let change = change(skaddr, cookie, ts, old, new);
-            table.observe(&change, ids, &mut out);
+            table.observe(&change, &mut out);
             gaps.observe(&change);
             prop_assert!(table.open.len() <= capacity.get());
             prop_assert!(table.by_address.len() <= capacity.get());
@@ -312,7 +315,7 @@ proptest! {
             prop_assert!(table.accepting.len() <= capacity.get());
             prop_assert!(gaps.len() <= capacity.get());
         }
-        table.end_all(ts + 1, ids, &mut out);
+        table.end_all(ts + 1, &mut out);
         prop_assert!(table.is_empty() && table.accepting.is_empty());
     }
 
@@ -325,12 +328,12 @@ proptest! {
     ) {
         let stream = realistic(&kinds, &steps, &drops, addresses);
         let mut gaps = GapTracker::new(NonZeroUsize::new(64).expect("non-zero"), true);
-        let mut table = SessionTable::new(NonZeroUsize::new(64).expect("non-zero"));
+        let mut table = SessionTable::new(NonZeroUsize::new(64).expect("non-zero"), BOOT_ID);
         let mut out = Vec::new();
         for (change, kept) in &stream.changes {
             if *kept {
                 gaps.observe(change);
-                table.observe(change, ids, &mut out);
+                table.observe(change, &mut out);
             }
         }
         let dropped = stream.changes.iter().filter(|(_, kept)| !kept).count() as u64;
@@ -366,14 +369,14 @@ proptest! {
         let stream = realistic(&kinds, &steps, &[], addresses);
         let (changes, repeated) = perturb(stream.changes.iter().map(|(change, _)| *change).collect(), &ops);
         let capacity = NonZeroUsize::new(capacity).expect("non-zero");
-        let mut table = SessionTable::new(capacity);
+        let mut table = SessionTable::new(capacity, BOOT_ID);
         let mut out = Vec::new();
         for change in &changes {
-            table.observe(change, ids, &mut out);
+            table.observe(change, &mut out);
             prop_assert!(table.open.len() <= capacity.get());
             prop_assert!(table.accepting.len() <= capacity.get());
         }
-        table.end_all(u64::MAX, ids, &mut out);
+        table.end_all(u64::MAX, &mut out);
         // Two bounds: an evicted socket forgotten (more evicted at once than the table holds)
         // before it shows up again starts its trace over, and so does a change repeated after
         // its socket's CLOSE (the kernel repeats none).

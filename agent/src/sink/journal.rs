@@ -1,9 +1,11 @@
 //! `-Y`: each state change also logged to the systemd journal, with bcc's structured fields.
 
-use std::{net::IpAddr, path::Path};
+use std::{io, net::IpAddr, path::Path};
 
 use agent_common::decode::StateChange;
 use libsystemd::logging::{self, Priority};
+
+use super::Sink;
 
 /// The journal's native-protocol socket.
 pub const SOCKET: &str = "/run/systemd/journal/socket";
@@ -13,10 +15,13 @@ pub const SOCKET: &str = "/run/systemd/journal/socket";
 #[error("-Y needs the systemd journal, but {SOCKET} does not exist (is systemd-journald running?)")]
 pub struct JournalUnavailable;
 
-/// Sends state changes to the journal.
+/// Sends state changes to the journal. An entry the journal does not take is counted, the first
+/// failure said on standard error, and tracing goes on.
 pub struct JournalSink {
     /// Whether to send `OBJECT_COMM`; as root, journald fills it in from `OBJECT_PID` itself.
     send_comm: bool,
+    /// Entries that could not be sent.
+    failures: u64,
 }
 
 impl JournalSink {
@@ -27,14 +32,26 @@ impl JournalSink {
         }
         Ok(Self {
             send_comm: !nix::unistd::geteuid().is_root(),
+            failures: 0,
         })
     }
+}
 
-    /// Sends one change.
-    pub fn write(&mut self, change: &StateChange) -> Result<(), libsystemd::errors::SdError> {
+impl Sink for JournalSink {
+    fn write(&mut self, change: &StateChange) -> io::Result<()> {
         let fields = fields(change, self.send_comm);
         let message = message(change);
-        logging::journal_send(Priority::Notice, &message, fields.into_iter())
+        if let Err(err) = logging::journal_send(Priority::Notice, &message, fields.into_iter()) {
+            if self.failures == 0 {
+                eprintln!("tcpstates: cannot log to the journal: {err}");
+            }
+            self.failures += 1;
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> Option<String> {
+        (self.failures > 0).then(|| format!("{} journal entries could not be sent", self.failures))
     }
 }
 

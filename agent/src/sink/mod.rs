@@ -1,7 +1,11 @@
-//! Sinks: where decoded state changes go. A sink formats and writes; it never parses.
+//! Sinks: where decoded state changes and sessions go. A sink formats and writes; it never
+//! parses, and never calls back upstream.
 //!
-//! Standard output gets one of [`table`], [`csv`] or [`json`] (or nothing, with `-q`);
-//! [`journal`] can be added beside it with `-Y`, and [`otlp`] with `--otlp`.
+//! Two kinds, each behind one trait: per-event sinks ([`Sink`]) get every state change as it
+//! is decoded — standard output gets one of [`table`], [`csv`] or [`json`] (or nothing, with
+//! `-q`), and [`journal`] can be added beside it with `-Y`; per-session sinks ([`SessionSink`])
+//! get what the session stage ([`crate::session::stage`]) hands on — each state a session left
+//! and each session's end — [`otlp`] with `--otlp`.
 
 pub mod csv;
 pub mod journal;
@@ -17,16 +21,48 @@ use chrono::Local;
 use crate::{
     clock::WallClock,
     config::{Config, Format},
+    details::SessionDetails,
+    session::{SessionEnded, StateEnded},
+    sink::otlp::export::ExportCounts,
 };
 
-/// A destination for state changes.
+/// A destination for state changes, one by one.
 pub trait Sink {
     /// Writes what precedes the first change, such as a header.
-    fn start(&mut self) -> io::Result<()>;
-    /// Writes one change.
+    fn start(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Writes one change. An error stops tracing, but for a closed pipe (the reader went
+    /// away), which stops this sink only.
     fn write(&mut self, change: &StateChange) -> io::Result<()>;
     /// Pushes out whatever is buffered.
-    fn flush(&mut self) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Its line in the exit account, if it has anything to say.
+    fn report(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A destination for sessions: what the session stage hands on.
+pub trait SessionSink {
+    /// A session left a state.
+    fn state_ended(&mut self, state: &StateEnded);
+    /// A session ended (closed, evicted, or at shutdown); `details` describe its owner and
+    /// where its socket lives.
+    fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>);
+    /// Says on standard error what went wrong since it was last asked (called every second).
+    fn report_growth(&mut self);
+    /// Delivers what it still holds (within its own deadline) and returns its account.
+    fn finish(self: Box<Self>) -> SessionSinkAccount;
+}
+
+/// The exit account of a [`SessionSink`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionSinkAccount {
+    /// `--otlp`: what became of the spans.
+    Otlp(ExportCounts),
 }
 
 /// The standard-output sink that `config` asks for, writing to `out`; none with `-q`.

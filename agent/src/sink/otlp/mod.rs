@@ -1,8 +1,9 @@
 //! `--otlp`: every TCP socket session becomes one OpenTelemetry trace, exported over OTLP.
 //!
-//! [`crate::session`] turns state changes into completed states and sessions; this sink turns
-//! those into spans ([`spans`]) and hands them to the export thread ([`export`]), configured
-//! from the command line and the standard `OTEL_*` variables ([`settings`], [`tls`]).
+//! A [`SessionSink`]: the session stage ([`crate::session::stage`]) hands it each state a
+//! session left and each session's end; it turns them into spans ([`spans`]) and hands those to
+//! the export thread ([`export`]), configured from the command line and the standard `OTEL_*`
+//! variables ([`settings`], [`tls`]).
 
 pub mod answers;
 pub mod export;
@@ -10,29 +11,32 @@ pub mod settings;
 pub mod spans;
 pub mod tls;
 
-use agent_common::correlation::{BootId, ConnectionIds};
-
 use self::{
     export::{ExportCounts, ExportError, SpanExport},
     settings::ExportSettings,
-    spans::{SessionDetails, SpanFactory},
+    spans::SpanFactory,
 };
-use crate::{clock::WallClock, session::Completed};
+use super::{SessionSink, SessionSinkAccount};
+use crate::{
+    clock::WallClock,
+    details::SessionDetails,
+    session::{SessionEnded, StateEnded},
+};
 
-/// Sends completed sessions and states as spans.
+/// Sends the states and sessions that ended as spans.
 pub struct OtlpSink {
     factory: SpanFactory,
     export: SpanExport,
-    boot_id: BootId,
+    /// The counts at the last report.
+    reported: ExportCounts,
 }
 
 impl OtlpSink {
-    /// Starts exporting with `settings`; at most `queue_capacity` spans wait for the exporter.
-    /// Trace ids are derived from `boot_id` and each socket's cookie.
+    /// Starts exporting with `settings`; at most `queue_capacity` spans are held for the
+    /// exporter.
     pub fn start(
         settings: &ExportSettings,
         clock: WallClock,
-        boot_id: BootId,
         queue_capacity: usize,
     ) -> Result<Self, ExportError> {
         let host_name = nix::unistd::gethostname()
@@ -42,28 +46,34 @@ impl OtlpSink {
         Ok(Self {
             factory: SpanFactory::new(clock),
             export: SpanExport::start(settings, resource, queue_capacity)?,
-            boot_id,
+            reported: ExportCounts::default(),
         })
     }
+}
 
-    /// The identifiers of the trace of the socket with `cookie`.
-    pub fn session_ids(&self, cookie: u64) -> ConnectionIds {
-        ConnectionIds::new(&self.boot_id, cookie)
+impl SessionSink for OtlpSink {
+    fn state_ended(&mut self, state: &StateEnded) {
+        self.export.push(self.factory.state_span(state));
     }
 
-    /// Queues the span of a completed state or session (never waits); `details` describe a
-    /// session's owner and location.
-    pub fn export(&self, completed: &Completed, details: SessionDetails<'_>) {
-        self.export.push(self.factory.span(completed, details));
+    fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>) {
+        self.export
+            .push(self.factory.session_span(session, details));
     }
 
-    /// What happened to the spans so far.
-    pub fn counts(&self) -> ExportCounts {
-        self.export.counts()
+    fn report_growth(&mut self) {
+        let counts = self.export.counts();
+        if counts.dropped > self.reported.dropped {
+            eprintln!(
+                "tcpstates: {} more spans dropped (OTLP queue full); {} so far",
+                counts.dropped - self.reported.dropped,
+                counts.dropped
+            );
+        }
+        self.reported = counts;
     }
 
-    /// Exports everything queued (or gives up on it) and returns the final counts.
-    pub fn finish(self) -> ExportCounts {
-        self.export.finish()
+    fn finish(self: Box<Self>) -> SessionSinkAccount {
+        SessionSinkAccount::Otlp(self.export.finish())
     }
 }

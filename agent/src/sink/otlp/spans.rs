@@ -22,8 +22,8 @@ use opentelemetry_semantic_conventions::attribute::{
 
 use crate::{
     clock::WallClock,
-    process_info::ProcessInfo,
-    session::{Completed, Endpoints, Incomplete, Outcome, Role, Session},
+    details::SessionDetails,
+    session::{Endpoints, Incomplete, Outcome, Role, Session, SessionEnded, StateEnded},
 };
 
 /// Vendor attribute: kernel address of the socket, hex.
@@ -50,17 +50,6 @@ pub const INCOMPLETE: &str = "tcpstates.session.incomplete";
 /// Vendor attribute: why it was ended early (`shutdown` or `evicted`).
 pub const END_REASON: &str = "tcpstates.session.end_reason";
 
-/// What user space found out about a session's owner and location, for its root span.
-#[derive(Clone, Debug, Default)]
-pub struct SessionDetails<'a> {
-    /// The owner process, as read from /proc when the session began.
-    pub process: Option<&'a ProcessInfo>,
-    /// The socket's cgroup path, relative to the cgroup2 mount.
-    pub cgroup_path: Option<String>,
-    /// The container id found in that path.
-    pub container_id: Option<String>,
-}
-
 /// Builds spans for one exporter.
 pub struct SpanFactory {
     clock: WallClock,
@@ -76,76 +65,76 @@ impl SpanFactory {
         Self { clock, scope }
     }
 
-    /// The span of a completed state or session; `details` describe a session's owner and
-    /// location (they are not used for a state).
-    pub fn span(&self, completed: &Completed, details: SessionDetails<'_>) -> SpanData {
-        match completed {
-            Completed::State {
-                ids,
-                index,
-                parent_span_id,
-                state,
-                start_ns,
-                end_ns,
-                incomplete,
-            } => {
-                // The connection's attributes are the root's: a state span carries only its
-                // state, which keeps the many state spans cheap to build and export.
-                let mut attributes = Vec::with_capacity(1);
-                if let Some(value) = connection_state(*state) {
-                    attributes.push(KeyValue::new(NETWORK_CONNECTION_STATE, value));
-                }
-                push_incomplete(&mut attributes, *incomplete);
-                let name = match state.name() {
-                    Some(name) => Cow::Borrowed(name),
-                    None => Cow::Owned(state.to_string()),
-                };
-                self.data(
-                    ids,
-                    SpanId::from_bytes(ids.state_span_id(*index)),
-                    SpanId::from_bytes(*parent_span_id),
-                    SpanKind::Internal,
-                    name,
-                    (*start_ns, *end_ns),
-                    attributes,
-                    Status::Unset,
-                )
-            }
-            Completed::Session {
-                session,
-                end_ns,
-                outcome,
-                incomplete,
-            } => {
-                let mut attributes = session_attributes(session);
-                push_context(&mut attributes, session, details);
-                let status = match outcome {
-                    Outcome::Normal => Status::Unset,
-                    Outcome::ConnectFailed => {
-                        attributes.push(KeyValue::new(ERROR_TYPE, "connect_failed"));
-                        Status::error("connect refused or timed out: SYN_SENT -> CLOSE")
-                    }
-                    Outcome::Reset => {
-                        attributes.push(KeyValue::new(ERROR_TYPE, "connection_reset"));
-                        Status::error("connection reset: straight to CLOSE")
-                    }
-                };
-                push_incomplete(&mut attributes, *incomplete);
-                let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
-                self.data(
-                    &session.ids,
-                    SpanId::from_bytes(session.span_id()),
-                    session
-                        .parent_span_id()
-                        .map_or(SpanId::INVALID, SpanId::from_bytes),
-                    kind,
-                    Cow::Owned(name),
-                    (session.start_ns, *end_ns),
-                    attributes,
-                    status,
-                )
-            }
+    /// The span of a state a session left.
+    pub fn state_span(&self, ended: &StateEnded) -> SpanData {
+        let StateEnded {
+            ids,
+            index,
+            parent_span_id,
+            state,
+            start_ns,
+            end_ns,
+            incomplete,
+        } = ended;
+        // The connection's attributes are the root's: a state span carries only its state,
+        // which keeps the many state spans cheap to build and export.
+        let mut attributes = Vec::with_capacity(1);
+        if let Some(value) = connection_state(*state) {
+            attributes.push(KeyValue::new(NETWORK_CONNECTION_STATE, value));
         }
+        push_incomplete(&mut attributes, *incomplete);
+        let name = match state.name() {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(state.to_string()),
+        };
+        self.data(
+            ids,
+            SpanId::from_bytes(ids.state_span_id(*index)),
+            SpanId::from_bytes(*parent_span_id),
+            SpanKind::Internal,
+            name,
+            (*start_ns, *end_ns),
+            attributes,
+            Status::Unset,
+        )
+    }
+
+    /// The span of a session that ended (its trace's root, or a continuation's span);
+    /// `details` describe its owner and location.
+    pub fn session_span(&self, ended: &SessionEnded, details: &SessionDetails<'_>) -> SpanData {
+        let SessionEnded {
+            session,
+            end_ns,
+            outcome,
+            incomplete,
+        } = ended;
+        let mut attributes = session_attributes(session);
+        push_context(&mut attributes, session, details);
+        let status = match outcome {
+            Outcome::Normal => Status::Unset,
+            Outcome::ConnectFailed => {
+                attributes.push(KeyValue::new(ERROR_TYPE, "connect_failed"));
+                Status::error("connect refused or timed out: SYN_SENT -> CLOSE")
+            }
+            Outcome::Reset => {
+                attributes.push(KeyValue::new(ERROR_TYPE, "connection_reset"));
+                Status::error("connection reset: straight to CLOSE")
+            }
+        };
+        push_incomplete(&mut attributes, *incomplete);
+        let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
+        self.data(
+            &session.ids,
+            SpanId::from_bytes(session.span_id()),
+            session
+                .parent_span_id()
+                .map_or(SpanId::INVALID, SpanId::from_bytes),
+            kind,
+            Cow::Owned(name),
+            (session.start_ns, *end_ns),
+            attributes,
+            status,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -238,7 +227,7 @@ fn session_attributes(session: &Session) -> Vec<KeyValue> {
 }
 
 /// The owner's `process.*` attributes (only when it is known) and the socket's location.
-fn push_context(attributes: &mut Vec<KeyValue>, session: &Session, details: SessionDetails<'_>) {
+fn push_context(attributes: &mut Vec<KeyValue>, session: &Session, details: &SessionDetails<'_>) {
     let context = &session.context;
     attributes.push(KeyValue::new(OWNER_KNOWN, context.owner.is_some()));
     if let Some(owner) = &context.owner {
@@ -272,10 +261,10 @@ fn push_context(attributes: &mut Vec<KeyValue>, session: &Session, details: Sess
         KeyValue::new(CGROUP_ID, context.cgroup_id as i64),
     ]);
     if let Some(path) = details.cgroup_path {
-        attributes.push(KeyValue::new(CGROUP_PATH, path));
+        attributes.push(KeyValue::new(CGROUP_PATH, path.to_owned()));
     }
     if let Some(id) = details.container_id {
-        attributes.push(KeyValue::new(CONTAINER_ID, id));
+        attributes.push(KeyValue::new(CONTAINER_ID, id.to_owned()));
     }
 }
 
@@ -323,6 +312,7 @@ mod tests {
     use opentelemetry::Value;
 
     use super::*;
+    use crate::process_info::ProcessInfo;
     use crate::session::Context;
 
     fn session(role: Role) -> Session {
@@ -372,7 +362,7 @@ mod tests {
     #[test]
     fn a_state_span_lasts_exactly_the_kernel_delta() {
         let ids = session(Role::Connect).ids;
-        let completed = Completed::State {
+        let span = factory().state_span(&StateEnded {
             ids,
             index: 1,
             parent_span_id: ids.root_span_id,
@@ -380,8 +370,7 @@ mod tests {
             start_ns: 1_234_567,
             end_ns: 201_234_568,
             incomplete: None,
-        };
-        let span = factory().span(&completed, SessionDetails::default());
+        });
         assert_eq!(span.name, "ESTABLISHED");
         assert_eq!(span.span_kind, SpanKind::Internal);
         assert_eq!(
@@ -412,14 +401,14 @@ mod tests {
             ..session(Role::Unknown)
         };
         let ids = session.ids;
-        let span = factory().span(
-            &Completed::Session {
+        let span = factory().session_span(
+            &SessionEnded {
                 session,
                 end_ns: 2_000_000,
                 outcome: Outcome::Normal,
                 incomplete: None,
             },
-            SessionDetails::default(),
+            &SessionDetails::default(),
         );
         assert_eq!(span.name, "tcp session");
         assert_eq!(
@@ -436,14 +425,14 @@ mod tests {
     #[test]
     fn root_spans_are_named_and_kinded_by_role() {
         let root = |role| {
-            factory().span(
-                &Completed::Session {
+            factory().session_span(
+                &SessionEnded {
                     session: session(role),
                     end_ns: 2_000_000,
                     outcome: Outcome::Normal,
                     incomplete: None,
                 },
-                SessionDetails::default(),
+                &SessionDetails::default(),
             )
         };
         let connect = root(Role::Connect);
@@ -501,16 +490,16 @@ mod tests {
         };
         let details = SessionDetails {
             process: Some(&process),
-            cgroup_path: Some("/system.slice/docker-ab.scope".into()),
-            container_id: Some("ab".into()),
+            cgroup_path: Some("/system.slice/docker-ab.scope"),
+            container_id: Some("ab"),
         };
-        let completed = Completed::Session {
+        let completed = SessionEnded {
             session: session(Role::Connect),
             end_ns: 2_000_000,
             outcome: Outcome::Normal,
             incomplete: None,
         };
-        let root = factory().span(&completed, details);
+        let root = factory().session_span(&completed, &details);
         assert_eq!(attr(&root, OWNER_KNOWN), Some(Value::Bool(true)));
         assert_eq!(attr(&root, PROCESS_PID), Some(Value::I64(4242)));
         assert_eq!(
@@ -529,14 +518,14 @@ mod tests {
 
         let mut orphan = session(Role::Accept);
         orphan.context.owner = None;
-        let root = factory().span(
-            &Completed::Session {
+        let root = factory().session_span(
+            &SessionEnded {
                 session: orphan,
                 end_ns: 2_000_000,
                 outcome: Outcome::Normal,
                 incomplete: None,
             },
-            SessionDetails::default(),
+            &SessionDetails::default(),
         );
         assert_eq!(attr(&root, OWNER_KNOWN), Some(Value::Bool(false)));
         assert_eq!(attr(&root, PROCESS_PID), None, "never a guess");
@@ -546,14 +535,14 @@ mod tests {
     #[test]
     fn abnormal_ends_are_errors_and_early_ends_are_marked() {
         let end = |outcome, incomplete| {
-            factory().span(
-                &Completed::Session {
+            factory().session_span(
+                &SessionEnded {
                     session: session(Role::Connect),
                     end_ns: 2_000_000,
                     outcome,
                     incomplete,
                 },
-                SessionDetails::default(),
+                &SessionDetails::default(),
             )
         };
         let refused = end(Outcome::ConnectFailed, None);

@@ -1,0 +1,273 @@
+//! The session stage: between decoding and the per-session sinks.
+//!
+//! It owns what a session is — its identity (the trace ids, from the host's boot id and the
+//! socket's cookie, computed by the [`SessionTable`] alone), its timing (each state from the
+//! kernel's timestamps), and its enrichment (the owner's process and the socket's cgroup, read
+//! by the [`DetailsCache`] when the session begins) — and hands each of its sinks every state a
+//! session left and every session's end (closed, evicted, or at shutdown). The sinks only
+//! format and deliver; nothing they do reaches back into the stage.
+
+use agent_common::decode::StateChange;
+
+use super::{Completed, SessionTable};
+use crate::{
+    details::DetailsCache,
+    sink::{SessionSink, SessionSinkAccount},
+};
+
+/// The account of the session stage at exit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionsSummary {
+    /// Sessions ended early because the session table was full (or their CLOSE was lost).
+    pub evictions: u64,
+    /// Each sink's own account, in the order the sinks were given.
+    pub sinks: Vec<SessionSinkAccount>,
+}
+
+/// Sessions, made from state changes and handed to sinks.
+pub struct SessionStage {
+    table: SessionTable,
+    details: DetailsCache,
+    sinks: Vec<Box<dyn SessionSink>>,
+    /// What the table completed and the sinks have not yet had.
+    completed: Vec<Completed>,
+}
+
+impl SessionStage {
+    /// Sessions tracked in `table`, described by `details`, handed to `sinks`.
+    pub fn new(
+        table: SessionTable,
+        details: DetailsCache,
+        sinks: Vec<Box<dyn SessionSink>>,
+    ) -> Self {
+        Self {
+            table,
+            details,
+            sinks,
+            completed: Vec::new(),
+        }
+    }
+
+    /// Applies one state change and hands on what it completes.
+    pub fn observe(&mut self, change: &StateChange) {
+        self.details.learn(change);
+        self.table.observe(change, &mut self.completed);
+        self.hand_on();
+    }
+
+    /// Has each sink say what went wrong since it was last asked.
+    pub fn report_growth(&mut self) {
+        for sink in &mut self.sinks {
+            sink.report_growth();
+        }
+    }
+
+    /// Ends every open session at `now_ns` (tracing is stopping), hands them on, and lets each
+    /// sink finish.
+    pub fn finish(mut self, now_ns: u64) -> SessionsSummary {
+        self.table.end_all(now_ns, &mut self.completed);
+        self.hand_on();
+        SessionsSummary {
+            evictions: self.table.evictions(),
+            sinks: self.sinks.into_iter().map(|sink| sink.finish()).collect(),
+        }
+    }
+
+    fn hand_on(&mut self) {
+        for completed in self.completed.drain(..) {
+            match &completed {
+                Completed::State(state) => {
+                    for sink in &mut self.sinks {
+                        sink.state_ended(state);
+                    }
+                }
+                Completed::Session(ended) => {
+                    let details = self.details.describe(&ended.session.context);
+                    for sink in &mut self.sinks {
+                        sink.session_ended(ended, &details);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::RefCell,
+        net::{IpAddr, Ipv4Addr},
+        num::NonZeroUsize,
+        rc::Rc,
+    };
+
+    use agent_common::{
+        correlation::{BootId, ConnectionIds},
+        decode::{Comm, TcpState},
+        event::COMM_LEN,
+        state::{CLOSE, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
+    };
+
+    use super::*;
+    use crate::{
+        session::{Incomplete, Role, SessionEnded, StateEnded},
+        sink::otlp::export::ExportCounts,
+    };
+
+    const BOOT_ID: BootId = BootId([3; 16]);
+
+    /// What an in-memory sink saw, shared with the test.
+    #[derive(Default)]
+    struct Seen {
+        states: Vec<StateEnded>,
+        sessions: Vec<(SessionEnded, Option<String>)>,
+        reports: u32,
+        finished: bool,
+    }
+
+    /// A session sink that records what it is handed.
+    struct Recorder(Rc<RefCell<Seen>>);
+
+    impl SessionSink for Recorder {
+        fn state_ended(&mut self, state: &StateEnded) {
+            self.0.borrow_mut().states.push(state.clone());
+        }
+
+        fn session_ended(
+            &mut self,
+            session: &SessionEnded,
+            details: &crate::details::SessionDetails<'_>,
+        ) {
+            let executable = details.process.map(|p| p.executable_name.clone());
+            self.0
+                .borrow_mut()
+                .sessions
+                .push((session.clone(), executable));
+        }
+
+        fn report_growth(&mut self) {
+            self.0.borrow_mut().reports += 1;
+        }
+
+        fn finish(self: Box<Self>) -> SessionSinkAccount {
+            self.0.borrow_mut().finished = true;
+            SessionSinkAccount::Otlp(ExportCounts::default())
+        }
+    }
+
+    fn change(cookie: u64, ts_ns: u64, old: u32, new: u32) -> StateChange {
+        StateChange {
+            ts_ns,
+            skaddr: cookie * 0x100,
+            cookie,
+            owner: None,
+            uid: 0,
+            netns: 1,
+            cgroup_id: 1,
+            span_ns: 0,
+            pid: 0,
+            comm: Comm::new([b'x'; COMM_LEN]),
+            local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 40_000,
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            remote_port: 8080,
+            oldstate: TcpState(old),
+            newstate: TcpState(new),
+        }
+    }
+
+    fn stage(capacity: usize, sinks: usize) -> (SessionStage, Vec<Rc<RefCell<Seen>>>) {
+        let seen: Vec<_> = (0..sinks).map(|_| Rc::default()).collect();
+        let capacity = NonZeroUsize::new(capacity).expect("non-zero");
+        let stage = SessionStage::new(
+            SessionTable::new(capacity, BOOT_ID),
+            DetailsCache::new(capacity),
+            seen.iter()
+                .map(|seen| Box::new(Recorder(Rc::clone(seen))) as Box<dyn SessionSink>)
+                .collect(),
+        );
+        (stage, seen)
+    }
+
+    #[test]
+    fn every_sink_gets_each_state_then_the_session_with_its_identity() {
+        let (mut stage, seen) = stage(8, 2);
+        for (ts, old, new) in [
+            (10, CLOSE, SYN_SENT),
+            (20, SYN_SENT, ESTABLISHED),
+            (50, ESTABLISHED, FIN_WAIT1),
+            (60, FIN_WAIT1, FIN_WAIT2),
+            (90, FIN_WAIT2, CLOSE),
+        ] {
+            stage.observe(&change(7, ts, old, new));
+        }
+        let summary = stage.finish(100);
+        assert_eq!(summary.evictions, 0);
+        assert_eq!(summary.sinks.len(), 2);
+        let ids = ConnectionIds::new(&BOOT_ID, 7);
+        for seen in &seen {
+            let seen = seen.borrow();
+            assert!(seen.finished);
+            let states: Vec<_> = seen
+                .states
+                .iter()
+                .map(|s| (s.state.0, s.start_ns, s.end_ns, s.index, s.ids))
+                .collect();
+            assert_eq!(
+                states,
+                [
+                    (SYN_SENT, 10, 20, 0, ids),
+                    (ESTABLISHED, 20, 50, 1, ids),
+                    (FIN_WAIT1, 50, 60, 2, ids),
+                    (FIN_WAIT2, 60, 90, 3, ids),
+                ]
+            );
+            let [(session, _)] = seen.sessions.as_slice() else {
+                panic!("one session");
+            };
+            assert_eq!(
+                (session.session.ids, session.session.role, session.end_ns),
+                (ids, Role::Connect, 90)
+            );
+            assert_eq!(session.incomplete, None);
+        }
+    }
+
+    #[test]
+    fn shutdown_ends_open_sessions_and_eviction_is_counted() {
+        let (mut stage, seen) = stage(1, 1);
+        stage.observe(&change(1, 10, CLOSE, SYN_SENT));
+        // The table holds one session: the second evicts the first.
+        stage.observe(&change(2, 20, CLOSE, SYN_SENT));
+        stage.report_growth();
+        let summary = stage.finish(30);
+        assert_eq!(summary.evictions, 1);
+        let seen = seen[0].borrow();
+        assert_eq!(seen.reports, 1);
+        let ends: Vec<_> = seen
+            .sessions
+            .iter()
+            .map(|(s, _)| (s.session.cookie, s.end_ns, s.incomplete))
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                (1, 20, Some(Incomplete::Evicted)),
+                (2, 30, Some(Incomplete::Shutdown))
+            ]
+        );
+        // Each session's SYN_SENT ended with it, marked likewise.
+        let states: Vec<_> = seen
+            .states
+            .iter()
+            .map(|s| (s.ids.cookie(), s.incomplete))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (1, Some(Incomplete::Evicted)),
+                (2, Some(Incomplete::Shutdown))
+            ]
+        );
+    }
+}
