@@ -409,49 +409,170 @@ fn inherited_owner(sk: *const u8, key: &ListenerKey) -> Option<Owner> {
     unsafe { LISTENERS.get(key) }.copied()
 }
 
-/// Filters, times and submits one state change.
-fn record(ctx: &BtfTracePointContext) {
-    let sk: *const u8 = ctx.arg(0);
-    let oldstate = ctx.arg::<i32>(1) as u32;
-    let newstate = ctx.arg::<i32>(2) as u32;
-    let sock = Kernel(sk);
-    if sock.load::<u16>(offset!(protocol)) != IPPROTO_TCP {
-        return;
+/// Why a hit of the tracepoint was not recorded: one reason per check of [`try_record`].
+#[derive(Clone, Copy)]
+enum Skip {
+    /// Not a TCP socket.
+    NotTcp,
+    /// Another address family than `-4` or `-6` asks for.
+    Family,
+    /// Outside the port, owner, network namespace or cgroup filters.
+    Filtered,
+    /// Neither IPv4 nor IPv6, so no addresses to report (counted).
+    UnknownFamily,
+    /// No room in the ring buffer (counted).
+    RingFull,
+}
+
+impl Skip {
+    /// The counter that accounts for it, for a skip user space must report as a loss.
+    fn counter(self) -> Option<Counter> {
+        match self {
+            Self::UnknownFamily => Some(Counter::UnknownFamily),
+            Self::RingFull => Some(Counter::RingFull),
+            Self::NotTcp | Self::Family | Self::Filtered => None,
+        }
     }
+}
+
+/// Filters, times and submits one state change, counting a skip that is a loss.
+fn record(ctx: &BtfTracePointContext) {
+    if let Err(skip) = try_record(ctx)
+        && let Some(counter) = skip.counter()
+    {
+        count(counter);
+    }
+}
+
+/// One hit of the tracepoint: the socket and the two states.
+#[derive(Clone, Copy)]
+struct Transition {
+    sk: *const u8,
+    sock: Kernel,
+    oldstate: u32,
+    newstate: u32,
+    family: u16,
+}
+
+/// What the socket's storage (or the transition itself) says of its owner and last state.
+#[derive(Clone, Copy)]
+struct Kept {
+    /// Time in the state it leaves; 0 when not known.
+    span_ns: u64,
+    owner_pid: u32,
+    /// `FLAG_*` bits of [`RawStateChange::flags`].
+    flags: u16,
+    owner_comm: [u8; COMM_LEN],
+}
+
+/// The stages of one state change: what it is, what the kernel keeps about its socket (even for
+/// a change the filters drop), the filters, and the record.
+fn try_record(ctx: &BtfTracePointContext) -> Result<(), Skip> {
     // SAFETY: FILTER is a read-only global; the volatile read keeps the compiler from folding
     // the load-time value away.
     let filter = unsafe { core::ptr::read_volatile(&FILTER) };
-    let family = sock.load::<u16>(offset!(family));
-    if filter.family != 0 && family != filter.family {
-        return;
-    }
-
+    let change = try_transition(ctx, &filter)?;
     // SAFETY: a helper without arguments or side effects.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let task = Task::current();
     let pid = task.pid();
+    let sport = local_port(change);
+    let netns = change
+        .sock
+        .follow(offset!(net))
+        .load::<u32>(offset!(net_inum));
+    let kept = keep_socket_state(change, &filter, ts_ns, task, pid, sport, netns);
+    let dport = u16::from_be(change.sock.load::<u16>(offset!(dport)));
+    try_filters(&filter, sport, dport, netns, &kept)?;
+    let cgroup_id = try_cgroup(change.sock, &filter)?;
+    let (saddr, daddr) = try_addresses(change)?;
+    try_submit(
+        &filter,
+        RawStateChange {
+            ts_ns,
+            skaddr: change.sk as u64,
+            span_ns: kept.span_ns,
+            cookie: 0,
+            cgroup_id,
+            pid,
+            oldstate: change.oldstate,
+            newstate: change.newstate,
+            owner_pid: kept.owner_pid,
+            uid: change.sock.load::<u32>(offset!(uid)),
+            netns,
+            sport,
+            dport,
+            family: change.family,
+            flags: kept.flags,
+            saddr,
+            daddr,
+            // Read only for a transition that passed the filters.
+            comm: task.comm(),
+            owner_comm: kept.owner_comm,
+        },
+        change.sk,
+    )
+}
 
-    // The tracepoint's own record reports `inet_sport`. While the socket holds its port that is
-    // `skc_num`, read directly; once the port is released at CLOSE `skc_num` is 0 but
-    // `inet_sport` stays, and it lies beyond `struct sock`, so it is then read through the
-    // socket as a `tcp_sock` (a helper call, saved on every other transition).
-    let num = sock.load::<u16>(offset!(num));
-    let sport = if num != 0 {
-        num
+/// The hit's socket and states, if it is a TCP socket of the family asked for.
+fn try_transition(ctx: &BtfTracePointContext, filter: &Filter) -> Result<Transition, Skip> {
+    let sk: *const u8 = ctx.arg(0);
+    let sock = Kernel(sk);
+    if sock.load::<u16>(offset!(protocol)) != IPPROTO_TCP {
+        return Err(Skip::NotTcp);
+    }
+    let family = sock.load::<u16>(offset!(family));
+    if filter.family != 0 && family != filter.family {
+        return Err(Skip::Family);
+    }
+    Ok(Transition {
+        sk,
+        sock,
+        oldstate: ctx.arg::<i32>(1) as u32,
+        newstate: ctx.arg::<i32>(2) as u32,
+        family,
+    })
+}
+
+/// The local port, as the tracepoint's own record reports it (`inet_sport`). While the socket
+/// holds its port that is `skc_num`, read directly; once the port is released at CLOSE
+/// `skc_num` is 0 but `inet_sport` stays, and it lies beyond `struct sock`, so it is then read
+/// through the socket as a `tcp_sock` (a helper call, saved on every other transition).
+fn local_port(change: Transition) -> u16 {
+    let num = change.sock.load::<u16>(offset!(num));
+    if num != 0 {
+        return num;
+    }
+    // SAFETY: `sk` is the tracepoint's socket argument; the helper returns NULL or the socket
+    // as a trusted `tcp_sock` pointer.
+    let tcp = unsafe { bpf_skc_to_tcp_sock(change.sk.cast_mut().cast()) };
+    if tcp.is_null() {
+        0
     } else {
-        // SAFETY: `sk` is the tracepoint's socket argument; the helper returns NULL or the
-        // socket as a trusted `tcp_sock` pointer.
-        let tcp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast()) };
-        if tcp.is_null() {
-            0
-        } else {
-            u16::from_be(Kernel(tcp.cast()).load::<u16>(offset!(sport)))
-        }
-    };
-    let netns = sock.follow(offset!(net)).load::<u32>(offset!(net_inum));
+        u16::from_be(Kernel(tcp.cast()).load::<u16>(offset!(sport)))
+    }
+}
 
-    // What the kernel keeps about owners and sockets is kept up to date even for transitions
-    // filtered out below, so a socket's owner and durations stay right when later ones pass.
+/// Keeps what the kernel holds about owners and sockets up to date — the listener table, the
+/// socket's owner and the time of its last transition — and returns what the record needs of
+/// it. Done even for transitions the filters then drop, so a socket's owner and durations stay
+/// right when later ones pass.
+fn keep_socket_state(
+    change: Transition,
+    filter: &Filter,
+    ts_ns: u64,
+    task: Task,
+    pid: u32,
+    sport: u16,
+    netns: u32,
+) -> Kept {
+    let Transition {
+        sk,
+        sock,
+        oldstate,
+        newstate,
+        family,
+    } = change;
     let owner_runs = runs_as_owner(oldstate, newstate);
     let listens = owner_runs && newstate == LISTEN;
     let accepted = oldstate == LISTEN && newstate == SYN_RECV;
@@ -478,47 +599,69 @@ fn record(ctx: &BtfTracePointContext) {
     }
     let create = filter.full_records != 0
         || ((owner_runs || accepted) && (filter.owner_pid != 0 || filter.local_ports != 0));
-    let (span_ns, owner_pid, flags, owner_comm) =
-        match SocketStorage::value(&raw const SOCKETS, sk, create) {
-            Some(state) => {
-                if let Some(owner) = owner {
-                    state.owner_pid = owner.pid;
-                    state.owner_comm = owner.comm;
-                    state.flags = u32::from(FLAG_OWNER_KNOWN);
-                }
-                let span_ns = if starts_socket(oldstate, newstate) || state.last_ns == 0 {
-                    0
-                } else {
-                    ts_ns.saturating_sub(state.last_ns)
-                };
-                state.last_ns = ts_ns;
-                (
-                    span_ns,
-                    state.owner_pid,
-                    state.flags as u16,
-                    state.owner_comm,
-                )
+    match SocketStorage::value(&raw const SOCKETS, sk, create) {
+        Some(state) => {
+            if let Some(owner) = owner {
+                state.owner_pid = owner.pid;
+                state.owner_comm = owner.comm;
+                state.flags = u32::from(FLAG_OWNER_KNOWN);
             }
-            None => {
-                if create {
-                    count(Counter::NoStorage);
-                }
-                match owner {
-                    Some(owner) => (0, owner.pid, FLAG_OWNER_KNOWN, owner.comm),
-                    None => (0, 0, 0, [0; COMM_LEN]),
-                }
+            let span_ns = if starts_socket(oldstate, newstate) || state.last_ns == 0 {
+                0
+            } else {
+                ts_ns.saturating_sub(state.last_ns)
+            };
+            state.last_ns = ts_ns;
+            Kept {
+                span_ns,
+                owner_pid: state.owner_pid,
+                flags: state.flags as u16,
+                owner_comm: state.owner_comm,
             }
-        };
+        }
+        None => {
+            if create {
+                count(Counter::NoStorage);
+            }
+            match owner {
+                Some(owner) => Kept {
+                    span_ns: 0,
+                    owner_pid: owner.pid,
+                    flags: FLAG_OWNER_KNOWN,
+                    owner_comm: owner.comm,
+                },
+                None => Kept {
+                    span_ns: 0,
+                    owner_pid: 0,
+                    flags: 0,
+                    owner_comm: [0; COMM_LEN],
+                },
+            }
+        }
+    }
+}
 
-    let dport = u16::from_be(sock.load::<u16>(offset!(dport)));
+/// The port, owner and network namespace filters.
+fn try_filters(
+    filter: &Filter,
+    sport: u16,
+    dport: u16,
+    netns: u32,
+    kept: &Kept,
+) -> Result<(), Skip> {
     if (filter.local_ports != 0 && !port_in(&LOCAL_PORTS, sport))
         || (filter.remote_ports != 0 && !port_in(&REMOTE_PORTS, dport))
         || (filter.owner_pid != 0
-            && (flags & FLAG_OWNER_KNOWN == 0 || owner_pid != filter.owner_pid))
+            && (kept.flags & FLAG_OWNER_KNOWN == 0 || kept.owner_pid != filter.owner_pid))
         || (filter.netns != 0 && netns != filter.netns)
     {
-        return;
+        return Err(Skip::Filtered);
     }
+    Ok(())
+}
+
+/// The socket's cgroup id, if the cgroup filter keeps it.
+fn try_cgroup(sock: Kernel, filter: &Filter) -> Result<u64, Skip> {
     let cgroup = sock.follow(offset!(cgroup));
     let cgroup_id = cgroup
         .follow(offset!(cgroup_kn))
@@ -527,51 +670,36 @@ fn record(ctx: &BtfTracePointContext) {
         && cgroup_id != filter.cgroup_id
         && !under_cgroup(cgroup, filter.cgroup_id, filter.cgroup_level)
     {
-        return;
+        return Err(Skip::Filtered);
     }
+    Ok(cgroup_id)
+}
 
-    let (saddr, daddr) = match family {
-        AF_INET => (
+/// The socket's local and remote addresses, for IPv4 and IPv6.
+fn try_addresses(change: Transition) -> Result<([u8; 16], [u8; 16]), Skip> {
+    let sock = change.sock;
+    match change.family {
+        AF_INET => Ok((
             sock.addr_v4(offset!(rcv_saddr)),
             sock.addr_v4(offset!(daddr)),
-        ),
-        AF_INET6 => (
+        )),
+        AF_INET6 => Ok((
             sock.addr_v6(offset!(rcv_saddr_v6)),
             sock.addr_v6(offset!(daddr_v6)),
-        ),
-        _ => {
-            count(Counter::UnknownFamily);
-            return;
-        }
-    };
+        )),
+        _ => Err(Skip::UnknownFamily),
+    }
+}
+
+/// Puts `record` in the ring buffer with the socket's cookie (asked for only now, the ring
+/// having room), waking user space as `filter` says.
+fn try_submit(filter: &Filter, record: RawStateChange, sk: *const u8) -> Result<(), Skip> {
     let Some(mut entry) = EVENTS.reserve::<RawStateChange>(0) else {
-        count(Counter::RingFull);
-        return;
+        return Err(Skip::RingFull);
     };
     // SAFETY: `sk` is the tracepoint's socket argument, a trusted BTF pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk.cast_mut().cast()) };
-    entry.write(RawStateChange {
-        ts_ns,
-        skaddr: sk as u64,
-        span_ns,
-        cookie,
-        cgroup_id,
-        pid,
-        oldstate,
-        newstate,
-        owner_pid,
-        uid: sock.load::<u32>(offset!(uid)),
-        netns,
-        sport,
-        dport,
-        family,
-        flags,
-        saddr,
-        daddr,
-        // Read only for a transition that passed the filters.
-        comm: task.comm(),
-        owner_comm,
-    });
+    entry.write(RawStateChange { cookie, ..record });
     let wakeup = match filter.wakeup_bytes {
         0 => 0,
         bytes if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(bytes) => {
@@ -580,4 +708,5 @@ fn record(ctx: &BtfTracePointContext) {
         _ => BPF_RB_NO_WAKEUP.into(),
     };
     entry.submit(wakeup);
+    Ok(())
 }
