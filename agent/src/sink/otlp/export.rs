@@ -296,8 +296,14 @@ fn classify(err: &OTelSdkError) -> Failure {
         };
     }
     if let Some((_, rest)) = text.split_once(" export failed with gRPC code: ") {
-        let code = rest.split(':').next().unwrap_or_default().trim();
-        return match code {
+        let (code, source) = rest.split_once(':').unwrap_or((rest, ""));
+        if source.trim_start().starts_with("transport error") {
+            // Not the collector's answer: tonic's own, for a request the connection failed
+            // under (a collector killed mid-request gives `Unknown: transport error`). A
+            // network error, retryable whatever code tonic put on it.
+            return Failure::Retryable;
+        }
+        return match code.trim() {
             "Unavailable" | "Cancelled" | "DeadlineExceeded" | "Aborted" | "OutOfRange"
             | "DataLoss" | "ResourceExhausted" => Failure::Retryable,
             _ => Failure::Rejected(format!("gRPC {code}")),
@@ -702,6 +708,12 @@ mod tests {
                 Failure::Rejected(format!("gRPC {code}")),
                 "{text}"
             );
+            // The same code put by tonic on a connection that failed is a network error.
+            let text = format!(
+                "TonicTracesClient export failed with gRPC code: {code}: transport error: \
+                 connection reset"
+            );
+            assert_eq!(failure(&text), Failure::Retryable, "{text}");
         }
     }
 
