@@ -312,6 +312,14 @@ fn classify(err: &OTelSdkError) -> Failure {
     Failure::Retryable
 }
 
+/// Whether a request that failed may still have reached the collector: a gRPC request whose
+/// connection broke once it was made (not one that could not connect). (The HTTP exporter
+/// says only `network error`, which mostly means no connection: not counted.)
+fn may_have_arrived(err: &OTelSdkError) -> bool {
+    matches!(err, OTelSdkError::InternalFailure(text)
+        if text.contains(": transport error") && !text.contains("connect error"))
+}
+
 /// A batch of spans and what it holds.
 struct Batch {
     spans: Vec<SpanData>,
@@ -495,7 +503,7 @@ impl Exporter<'_> {
                 stats.rejected.fetch_add(spans as u64, Ordering::Relaxed);
             }
             Failure::Retryable => {
-                batch.maybe_delivered |= timed_out;
+                batch.maybe_delivered |= timed_out || may_have_arrived(&err);
                 // Still in the queue's bound, first to go again.
                 self.waiting.push_front(batch);
                 // Only the first failure and failed probes lengthen the pause: the other
@@ -715,6 +723,19 @@ mod tests {
             );
             assert_eq!(failure(&text), Failure::Retryable, "{text}");
         }
+    }
+
+    #[test]
+    fn a_broken_grpc_connection_may_have_delivered_its_request_a_refused_one_not() {
+        let err = |text: &str| OTelSdkError::InternalFailure(text.into());
+        assert!(may_have_arrived(&err(
+            "TonicTracesClient export failed with gRPC code: Unknown: transport error"
+        )));
+        assert!(!may_have_arrived(&err(
+            "TonicTracesClient export failed with gRPC code: Unavailable: transport error: tcp \
+             connect error: Connection refused (os error 111)"
+        )));
+        assert!(!may_have_arrived(&err("HTTP export failed: network error")));
     }
 
     #[test]
