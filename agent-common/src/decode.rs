@@ -5,7 +5,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::borrow::Cow;
 use std::string::{String, ToString};
 
-use crate::event::{COMM_LEN, FLAG_OWNER_KNOWN, RawStateChange};
+use crate::event::{COMM_LEN, FLAG_OWNER_KNOWN, FLAG_RESET_RECEIVED, RawClose, RawStateChange};
 use crate::state::{self, AF_INET, AF_INET6};
 
 /// A TCP state number, known to the kernel or not.
@@ -114,6 +114,59 @@ pub struct StateChange {
     pub oldstate: TcpState,
     /// State entered.
     pub newstate: TcpState,
+    /// The socket received a reset before this transition (`tcp:tcp_receive_reset`).
+    pub reset_received: bool,
+    /// At a transition to CLOSE: what the socket reported as it closed.
+    pub close: Option<Close>,
+}
+
+/// A socket sent a reset (`tcp:tcp_send_reset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetSent {
+    /// Kernel CLOCK_MONOTONIC time of the reset, in nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket.
+    pub skaddr: u64,
+    /// The socket's cookie.
+    pub cookie: u64,
+}
+
+/// What a socket reported as it closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Close {
+    /// Data bytes sent, each once (retransmissions not counted again).
+    pub bytes_sent: u64,
+    /// Data bytes received (the peer's FIN, which the kernel counts as one, left out).
+    pub bytes_received: u64,
+    /// Smoothed round-trip time, µs; `None` when never measured.
+    pub srtt_us: Option<u32>,
+    /// Minimum round-trip time, µs; `None` when never measured.
+    pub min_rtt_us: Option<u32>,
+    /// Segments retransmitted over the connection's life.
+    pub retransmits: u32,
+    /// The socket's error (a positive errno): why the connection failed; `None` for none.
+    pub error: Option<u32>,
+    /// The socket's soft error (an errno kept while the socket was busy, e.g. an ICMP answer
+    /// to a SYN); `None` for none. It may be stale on an established connection.
+    pub soft_error: Option<u32>,
+}
+
+impl Close {
+    /// Decodes what the kernel read from the closing socket.
+    pub fn decode(raw: &RawClose) -> Self {
+        Self {
+            bytes_sent: raw.bytes_sent.saturating_sub(raw.bytes_retrans),
+            bytes_received: raw
+                .bytes_received
+                .saturating_sub(u64::from(raw.peer_fin != 0)),
+            srtt_us: (raw.srtt_us != 0).then_some(raw.srtt_us),
+            min_rtt_us: (raw.min_rtt_us != 0 && raw.min_rtt_us != u32::MAX)
+                .then_some(raw.min_rtt_us),
+            retransmits: raw.total_retrans,
+            error: (raw.sk_err != 0).then_some(raw.sk_err),
+            soft_error: (raw.sk_err_soft != 0).then_some(raw.sk_err_soft),
+        }
+    }
 }
 
 impl StateChange {
@@ -161,6 +214,8 @@ pub fn decode(raw: &RawStateChange) -> Result<StateChange, DecodeError> {
         remote_port: raw.dport,
         oldstate: TcpState(raw.oldstate),
         newstate: TcpState(raw.newstate),
+        reset_received: raw.flags & FLAG_RESET_RECEIVED != 0,
+        close: None,
     })
 }
 

@@ -5,6 +5,9 @@ pub const COMM_LEN: usize = 16;
 
 /// [`RawStateChange::flags`]: the owner fields hold the process that made the socket.
 pub const FLAG_OWNER_KNOWN: u16 = 1;
+/// [`RawStateChange::flags`]: the socket received a reset (`tcp:tcp_receive_reset`) before
+/// this transition.
+pub const FLAG_RESET_RECEIVED: u16 = 2;
 
 /// One `sock:inet_sock_set_state` hit on a TCP socket, as the kernel program saw it.
 ///
@@ -59,6 +62,56 @@ pub struct RawStateChange {
 // 4×16 bytes, 8-aligned) and every bit pattern is a valid value.
 unsafe impl aya::Pod for RawStateChange {}
 
+/// What a socket's CLOSE tells about the connection, read from the socket as it closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawClose {
+    /// Data bytes sent, retransmissions included (`tcp_sock.bytes_sent`).
+    pub bytes_sent: u64,
+    /// Data bytes retransmitted (`tcp_sock.bytes_retrans`).
+    pub bytes_retrans: u64,
+    /// Sequence space received, the peer's FIN included (`tcp_sock.bytes_received`).
+    pub bytes_received: u64,
+    /// Smoothed round-trip time, µs (`tcp_sock.srtt_us >> 3`); 0 when never measured.
+    pub srtt_us: u32,
+    /// Minimum round-trip time seen, µs (`tcp_sock.rtt_min`); `u32::MAX` or 0 when never
+    /// measured.
+    pub min_rtt_us: u32,
+    /// Segments retransmitted over the connection's life (`tcp_sock.total_retrans`).
+    pub total_retrans: u32,
+    /// The socket's error (`sk_err`, a positive errno; 0 for none): why the connection failed.
+    pub sk_err: u32,
+    /// 1 when the peer's FIN had arrived (`sk_shutdown & RCV_SHUTDOWN`), 0 otherwise.
+    pub peer_fin: u32,
+    /// The socket's soft error (`sk_err_soft`): an error kept while the socket was busy, such
+    /// as an ICMP answer to a SYN while `connect()` held the socket; `sk_err` itself is cleared
+    /// once the application has read it (`connect()`'s result, `SO_ERROR`).
+    pub sk_err_soft: u32,
+}
+
+/// The record of a transition to CLOSE: the state change and what the CLOSE tells.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawClosed {
+    /// The state change.
+    pub change: RawStateChange,
+    /// What the socket reported as it closed.
+    pub close: RawClose,
+}
+
+/// `tcp:tcp_send_reset` on a full socket: the socket sent a reset (a reset an `SO_LINGER` 0
+/// close sends comes after the socket's CLOSE).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawResetSent {
+    /// `bpf_ktime_get_ns()` at the reset.
+    pub ts_ns: u64,
+    /// Kernel address of the socket.
+    pub skaddr: u64,
+    /// The socket's cookie.
+    pub cookie: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +122,11 @@ mod tests {
             core::mem::size_of::<RawStateChange>(),
             5 * 8 + 6 * 4 + 4 * 2 + 4 * 16
         );
+        assert_eq!(core::mem::size_of::<RawClose>(), 3 * 8 + 6 * 4);
+        assert_eq!(
+            core::mem::size_of::<RawClosed>(),
+            core::mem::size_of::<RawStateChange>() + core::mem::size_of::<RawClose>()
+        );
+        assert_eq!(core::mem::size_of::<RawResetSent>(), 3 * 8);
     }
 }

@@ -51,6 +51,29 @@ pub struct FieldOffsets {
     /// socket, least significant bit of each byte first. Set when the socket has
     /// `SO_REUSEPORT`.
     pub reuseport_bit: u32,
+    /// `sock.__sk_common.skc_state` (u8): the socket's TCP state; a socket in TIME_WAIT or
+    /// NEW_SYN_RECV is not a full socket.
+    pub state: u32,
+    /// `sock.sk_err` (int): the error the socket reports, set before its CLOSE when the
+    /// connection failed (refused, timed out, unreachable, reset).
+    pub sk_err: u32,
+    /// `sock.sk_err_soft` (int): an error kept while the socket was busy.
+    pub sk_err_soft: u32,
+    /// `tcp_sock.bytes_sent` (u64): data bytes sent, retransmissions included.
+    pub bytes_sent: u32,
+    /// `tcp_sock.bytes_retrans` (u64): data bytes retransmitted.
+    pub bytes_retrans: u32,
+    /// `tcp_sock.bytes_received` (u64): sequence space received, the peer's FIN included.
+    pub bytes_received: u32,
+    /// `sock.sk_shutdown`'s `RCV_SHUTDOWN` bit: its *bit* offset from the start of the socket,
+    /// as [`Self::reuseport_bit`]. Set once the peer's FIN arrived (or `shutdown(SHUT_RD)`).
+    pub rcv_shutdown_bit: u32,
+    /// `tcp_sock.srtt_us` (u32): the smoothed round-trip time in µs, shifted left by 3.
+    pub srtt_us: u32,
+    /// `tcp_sock.rtt_min.s[0].v` (u32): the windowed minimum round-trip time in µs.
+    pub min_rtt_us: u32,
+    /// `tcp_sock.total_retrans` (u32): segments retransmitted over the connection's life.
+    pub total_retrans: u32,
 }
 
 #[cfg(feature = "user")]

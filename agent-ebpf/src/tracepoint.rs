@@ -20,11 +20,15 @@ use core::ffi::c_void;
 
 use agent_common::{
     counters::Counter,
-    event::{COMM_LEN, FLAG_OWNER_KNOWN, RawStateChange},
+    event::{
+        COMM_LEN, FLAG_OWNER_KNOWN, FLAG_RESET_RECEIVED, RawClose, RawClosed, RawResetSent,
+        RawStateChange,
+    },
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
     offsets::FieldOffsets,
     state::{
-        AF_INET, AF_INET6, CLOSE, IPPROTO_TCP, LISTEN, SYN_RECV, runs_as_owner, starts_socket,
+        AF_INET, AF_INET6, CLOSE, IPPROTO_TCP, LISTEN, NEW_SYN_RECV, SYN_RECV, TIME_WAIT,
+        runs_as_owner, starts_socket,
     },
 };
 use aya_ebpf::{
@@ -37,7 +41,7 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::BtfTracePointContext,
 };
 
@@ -226,6 +230,16 @@ static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
     task_tgid: 0,
     task_comm: 0,
     reuseport_bit: 0,
+    state: 0,
+    sk_err: 0,
+    sk_err_soft: 0,
+    bytes_sent: 0,
+    bytes_retrans: 0,
+    bytes_received: 0,
+    rcv_shutdown_bit: 0,
+    srtt_us: 0,
+    min_rtt_us: 0,
+    total_retrans: 0,
 };
 
 /// Reads one offset of [`FIELD_OFFSETS`] on its own, so the verifier sees it as the constant of
@@ -255,6 +269,54 @@ pub fn inet_sock_set_state_backstop(ctx: BtfTracePointContext) -> i32 {
     }
     record(&ctx);
     count(Counter::Recovered);
+    0
+}
+
+/// Entry point of `tcp:tcp_receive_reset`: marks the socket as reset by its peer; its CLOSE,
+/// which follows, reports it.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if !sk.is_null() {
+        match SocketStorage::value(&raw const SOCKETS, sk, true) {
+            Some(state) => state.flags |= u32::from(FLAG_RESET_RECEIVED),
+            None => count(Counter::NoStorage),
+        }
+    }
+    0
+}
+
+/// Entry point of `tcp:tcp_send_reset`: reports a reset a full TCP socket sent, as a record of
+/// its own (an `SO_LINGER` 0 close sends it after the socket's CLOSE). Resets sent for no
+/// socket (a SYN to a closed port) or for a TIME_WAIT or request socket are not reported.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return 0;
+    }
+    let sock = Kernel(sk);
+    let state = u32::from(sock.load::<u8>(offset!(state)));
+    if state == TIME_WAIT
+        || state == NEW_SYN_RECV
+        || sock.load::<u16>(offset!(protocol)) != IPPROTO_TCP
+    {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<RawResetSent>(0) else {
+        count(Counter::RingFull);
+        return 0;
+    };
+    // SAFETY: a helper without arguments or side effects.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    entry.write(RawResetSent {
+        ts_ns,
+        skaddr: sk as u64,
+        cookie: cookie(sk),
+    });
+    // SAFETY: FILTER is a read-only global, read as `try_record` does.
+    let filter = unsafe { core::ptr::read_volatile(&FILTER) };
+    submit(entry, &filter);
     0
 }
 
@@ -476,7 +538,9 @@ fn try_record(ctx: &BtfTracePointContext) -> Result<(), Skip> {
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let task = Task::current();
     let pid = task.pid();
-    let sport = local_port(change);
+    let num = change.sock.load::<u16>(offset!(num));
+    let tcp = tcp_sock(change, num);
+    let sport = local_port(num, tcp);
     let netns = change
         .sock
         .follow(offset!(net))
@@ -511,6 +575,7 @@ fn try_record(ctx: &BtfTracePointContext) -> Result<(), Skip> {
             owner_comm: kept.owner_comm,
         },
         change.sk,
+        tcp,
     )
 }
 
@@ -534,23 +599,26 @@ fn try_transition(ctx: &BtfTracePointContext, filter: &Filter) -> Result<Transit
     })
 }
 
-/// The local port, as the tracepoint's own record reports it (`inet_sport`). While the socket
-/// holds its port that is `skc_num`, read directly; once the port is released at CLOSE
-/// `skc_num` is 0 but `inet_sport` stays, and it lies beyond `struct sock`, so it is then read
-/// through the socket as a `tcp_sock` (a helper call, saved on every other transition).
-fn local_port(change: Transition) -> u16 {
-    let num = change.sock.load::<u16>(offset!(num));
-    if num != 0 {
-        return num;
+/// The socket as a `tcp_sock`, for what lies beyond `struct sock`: asked for (a helper call)
+/// only at CLOSE, and when the local port must be read from there.
+fn tcp_sock(change: Transition, num: u16) -> Option<Kernel> {
+    if num != 0 && change.newstate != CLOSE {
+        return None;
     }
     // SAFETY: `sk` is the tracepoint's socket argument; the helper returns NULL or the socket
     // as a trusted `tcp_sock` pointer.
     let tcp = unsafe { bpf_skc_to_tcp_sock(change.sk.cast_mut().cast()) };
-    if tcp.is_null() {
-        0
-    } else {
-        u16::from_be(Kernel(tcp.cast()).load::<u16>(offset!(sport)))
+    (!tcp.is_null()).then(|| Kernel(tcp.cast()))
+}
+
+/// The local port, as the tracepoint's own record reports it (`inet_sport`). While the socket
+/// holds its port that is `num` (`skc_num`); once the port is released at CLOSE `skc_num` is 0
+/// but `inet_sport` stays, and it lies beyond `struct sock`, so it is then read through `tcp`.
+fn local_port(num: u16, tcp: Option<Kernel>) -> u16 {
+    if num != 0 {
+        return num;
     }
+    tcp.map_or(0, |tcp| u16::from_be(tcp.load::<u16>(offset!(sport))))
 }
 
 /// Keeps what the kernel holds about owners and sockets up to date — the listener table, the
@@ -604,7 +672,7 @@ fn keep_socket_state(
             if let Some(owner) = owner {
                 state.owner_pid = owner.pid;
                 state.owner_comm = owner.comm;
-                state.flags = u32::from(FLAG_OWNER_KNOWN);
+                state.flags |= u32::from(FLAG_OWNER_KNOWN);
             }
             let span_ns = if starts_socket(oldstate, newstate) || state.last_ns == 0 {
                 0
@@ -692,14 +760,70 @@ fn try_addresses(change: Transition) -> Result<([u8; 16], [u8; 16]), Skip> {
 }
 
 /// Puts `record` in the ring buffer with the socket's cookie (asked for only now, the ring
-/// having room), waking user space as `filter` says.
-fn try_submit(filter: &Filter, record: RawStateChange, sk: *const u8) -> Result<(), Skip> {
-    let Some(mut entry) = EVENTS.reserve::<RawStateChange>(0) else {
-        return Err(Skip::RingFull);
+/// having room) and, at CLOSE, what the socket (and `tcp`, the same as a `tcp_sock`) reports
+/// as it closes.
+fn try_submit(
+    filter: &Filter,
+    record: RawStateChange,
+    sk: *const u8,
+    tcp: Option<Kernel>,
+) -> Result<(), Skip> {
+    if record.newstate == CLOSE {
+        let Some(mut entry) = EVENTS.reserve::<RawClosed>(0) else {
+            return Err(Skip::RingFull);
+        };
+        entry.write(RawClosed {
+            change: RawStateChange {
+                cookie: cookie(sk),
+                ..record
+            },
+            close: closing(sk, tcp),
+        });
+        submit(entry, filter);
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<RawStateChange>(0) else {
+            return Err(Skip::RingFull);
+        };
+        entry.write(RawStateChange {
+            cookie: cookie(sk),
+            ..record
+        });
+        submit(entry, filter);
+    }
+    Ok(())
+}
+
+/// What a socket reports as it closes: its errors and, from `tcp`, its `tcp_sock` counters.
+fn closing(sk: *const u8, tcp: Option<Kernel>) -> RawClose {
+    let sk_err = Kernel(sk).load::<i32>(offset!(sk_err)).unsigned_abs();
+    let Some(tcp) = tcp else {
+        return RawClose {
+            sk_err,
+            ..RawClose::default()
+        };
     };
-    // SAFETY: `sk` is the tracepoint's socket argument, a trusted BTF pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(sk.cast_mut().cast()) };
-    entry.write(RawStateChange { cookie, ..record });
+    let bit = offset!(rcv_shutdown_bit);
+    RawClose {
+        bytes_sent: tcp.load::<u64>(offset!(bytes_sent)),
+        bytes_retrans: tcp.load::<u64>(offset!(bytes_retrans)),
+        bytes_received: tcp.load::<u64>(offset!(bytes_received)),
+        srtt_us: tcp.load::<u32>(offset!(srtt_us)) >> 3,
+        min_rtt_us: tcp.load::<u32>(offset!(min_rtt_us)),
+        total_retrans: tcp.load::<u32>(offset!(total_retrans)),
+        sk_err,
+        peer_fin: u32::from(Kernel(sk).load::<u8>(bit / 8) & (1 << (bit % 8)) != 0),
+        sk_err_soft: Kernel(sk).load::<i32>(offset!(sk_err_soft)).unsigned_abs(),
+    }
+}
+
+/// The socket's cookie.
+fn cookie(sk: *const u8) -> u64 {
+    // SAFETY: `sk` is a trusted BTF socket pointer, not NULL.
+    unsafe { bpf_get_socket_cookie(sk.cast_mut().cast()) }
+}
+
+/// Submits a reserved record, waking user space as `filter` says.
+fn submit<T>(entry: RingBufEntry<T>, filter: &Filter) {
     let wakeup = match filter.wakeup_bytes {
         0 => 0,
         bytes if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(bytes) => {
@@ -708,5 +832,4 @@ fn try_submit(filter: &Filter, record: RawStateChange, sk: *const u8) -> Result<
         _ => BPF_RB_NO_WAKEUP.into(),
     };
     entry.submit(wakeup);
-    Ok(())
 }

@@ -261,6 +261,24 @@ impl Btf {
         })
     }
 
+    /// The bit offset of bit `index` (least significant first) of the integer or bit field
+    /// `path` inside struct `outer`, counted from the struct's first byte (the x86-64 layout).
+    pub fn bit(&self, outer: &str, path: &str, index: u32) -> Result<u32, BtfError> {
+        let (bits, type_id, width) = self.walk(outer, path)?;
+        let width = if width != 0 {
+            width
+        } else {
+            self.size_of(type_id).unwrap_or(0) * 8
+        };
+        if index < width {
+            Ok(bits + index)
+        } else {
+            Err(BtfError::Missing(format!(
+                "{outer}.{path} with a bit {index}"
+            )))
+        }
+    }
+
     /// The bit offset of the one-bit field `path` inside struct `outer`, counted from the
     /// struct's first byte, least significant bit first (the x86-64 layout), e.g.
     /// `("sock", "__sk_common.skc_reuseport")`.
@@ -277,8 +295,9 @@ impl Btf {
 }
 
 /// Offsets of the fields the kernel program reads: the socket's addresses, ports, family,
-/// protocol, uid and `SO_REUSEPORT` flag, the path to its network namespace's inode and its cgroup's id, and the
-/// on-CPU task's process id and command name.
+/// protocol, uid and `SO_REUSEPORT` flag, the path to its network namespace's inode and its
+/// cgroup's id, the on-CPU task's process id and command name, and what a socket's CLOSE
+/// reports: its error and its `tcp_sock` counters.
 pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, BtfError> {
     let field = |outer: &str, path: &str, size: u32| -> Result<u32, BtfError> {
         let member = btf.member(outer, path)?;
@@ -312,6 +331,17 @@ pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, B
         task_tgid: field("task_struct", "tgid", 4)?,
         task_comm: field("task_struct", "comm", 16)?,
         reuseport_bit: btf.flag_bit("sock", "__sk_common.skc_reuseport")?,
+        state: field("sock", "__sk_common.skc_state", 1)?,
+        sk_err: field("sock", "sk_err", 4)?,
+        sk_err_soft: field("sock", "sk_err_soft", 4)?,
+        bytes_sent: field("tcp_sock", "bytes_sent", 8)?,
+        bytes_retrans: field("tcp_sock", "bytes_retrans", 8)?,
+        bytes_received: field("tcp_sock", "bytes_received", 8)?,
+        // RCV_SHUTDOWN is 1: bit 0 of the field, a bit field on some kernels, a u8 on others.
+        rcv_shutdown_bit: btf.bit("sock", "sk_shutdown", 0)?,
+        srtt_us: field("tcp_sock", "srtt_us", 4)?,
+        min_rtt_us: btf.member("tcp_sock", "rtt_min")?.offset + field("minmax_sample", "v", 4)?,
+        total_retrans: field("tcp_sock", "total_retrans", 4)?,
     })
 }
 

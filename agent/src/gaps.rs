@@ -272,6 +272,8 @@ mod tests {
             remote_port: 80,
             oldstate: TcpState(old),
             newstate: TcpState(new),
+            reset_received: false,
+            close: None,
         }
     }
 

@@ -19,6 +19,10 @@ const TRACEPOINT: &str = "inet_sock_set_state";
 const MAIN: &str = "inet_sock_set_state";
 /// Name of the backstop program in the object.
 const BACKSTOP: &str = "inet_sock_set_state_backstop";
+/// The program on `tcp:tcp_receive_reset`, and that tracepoint's BTF name.
+const RESET_RECEIVED: &str = "tcp_receive_reset";
+/// The program on `tcp:tcp_send_reset`, and that tracepoint's BTF name.
+const RESET_SENT: &str = "tcp_send_reset";
 
 /// The oldest kernel that gives BTF tracepoint programs every helper these call: socket storage
 /// and the current task as a BTF pointer (Linux 5.11), the socket cookie (5.12).
@@ -206,9 +210,12 @@ fn load_and_attach(config: &Config) -> Result<Probe, ProbeError> {
     }
 
     let btf = aya::Btf::from_sys_fs().map_err(EbpfError::from)?;
-    // The backstop first: from its attachment on, every hit the main program misses is caught.
-    let (backstop, _) = attach_program(&mut ebpf, BACKSTOP, &btf)?;
-    let (main, main_fd) = attach_program(&mut ebpf, MAIN, &btf)?;
+    // The resets first, then the backstop: from its attachment on, every hit the main program
+    // misses is caught.
+    let (reset_received, _) = attach_program(&mut ebpf, RESET_RECEIVED, RESET_RECEIVED, &btf)?;
+    let (reset_sent, _) = attach_program(&mut ebpf, RESET_SENT, RESET_SENT, &btf)?;
+    let (backstop, _) = attach_program(&mut ebpf, BACKSTOP, TRACEPOINT, &btf)?;
+    let (main, main_fd) = attach_program(&mut ebpf, MAIN, TRACEPOINT, &btf)?;
 
     let events =
         RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
@@ -224,7 +231,7 @@ fn load_and_attach(config: &Config) -> Result<Probe, ProbeError> {
     Ok(Probe {
         attachment: Attachment {
             _ebpf: ebpf,
-            links: vec![main, backstop],
+            links: vec![main, backstop, reset_sent, reset_received],
         },
         events,
         counters: KernelCounters::new(counters, main_fd),
@@ -247,11 +254,12 @@ impl Attachment {
     }
 }
 
-/// Loads program `name` of the object and attaches it to the tracepoint; returns the attachment
-/// and the program's fd (for its `recursion_misses`).
+/// Loads program `name` of the object and attaches it to `tracepoint` (its BTF name); returns
+/// the attachment and the program's fd (for its `recursion_misses`).
 fn attach_program(
     ebpf: &mut Ebpf,
     name: &'static str,
+    tracepoint: &str,
     btf: &aya::Btf,
 ) -> Result<(BtfTracePointLink, ProgramFd), ProbeError> {
     let program: &mut BtfTracePoint = ebpf
@@ -260,7 +268,7 @@ fn attach_program(
         .and_then(TryInto::try_into)
         .map_err(|source| ProbeError::Program { name, source })?;
     program
-        .load(TRACEPOINT, btf)
+        .load(tracepoint, btf)
         .and_then(|()| program.attach())
         .and_then(|id| program.take_link(id))
         .and_then(|link| {

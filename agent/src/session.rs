@@ -23,9 +23,11 @@ use std::{collections::HashMap, net::IpAddr, num::NonZeroUsize};
 
 use agent_common::{
     correlation::{BootId, ConnectionIds},
-    decode::{Comm, Owner, StateChange, TcpState},
-    state::{CLOSE, ESTABLISHED, LISTEN, SYN_RECV, SYN_SENT, starts_socket},
+    decode::{Close, Comm, Owner, StateChange, TcpState},
+    state::{CLOSE, LISTEN, SYN_RECV, SYN_SENT, starts_socket},
 };
+
+use crate::failure::Failure;
 use lru::LruCache;
 
 /// How a session began, which decides its name and span kind.
@@ -57,18 +59,30 @@ impl Role {
 pub enum Outcome {
     /// An orderly close, or still open.
     Normal,
-    /// A connect that never got established: SYN_SENT → CLOSE (refused or timed out).
-    ConnectFailed,
-    /// A reset: ESTABLISHED or SYN_RECV straight to CLOSE.
-    Reset,
+    /// The connection failed, for this reason.
+    Failed(Failure),
 }
 
 impl Outcome {
-    fn of_last(change: &StateChange) -> Self {
-        match (change.oldstate.0, change.newstate.0) {
-            (SYN_SENT, CLOSE) => Self::ConnectFailed,
-            (ESTABLISHED | SYN_RECV, CLOSE) => Self::Reset,
-            _ => Self::Normal,
+    /// The outcome a transition to CLOSE tells, for a socket seen sending a reset or not.
+    fn of_close(change: &StateChange, reset_sent: bool) -> Self {
+        Failure::of_close(change, reset_sent).map_or(Self::Normal, Self::Failed)
+    }
+
+    /// The outcome once the socket was seen sending a reset after its CLOSE.
+    pub fn with_reset_sent(self) -> Self {
+        let failure = match self {
+            Self::Normal => None,
+            Self::Failed(failure) => Some(failure),
+        };
+        Self::Failed(Failure::with_reset_sent(failure))
+    }
+
+    /// The failure, if the connection failed.
+    pub fn failure(self) -> Option<Failure> {
+        match self {
+            Self::Normal => None,
+            Self::Failed(failure) => Some(failure),
         }
     }
 }
@@ -179,6 +193,8 @@ pub struct Session {
     /// Set when this session continues one evicted while its socket lived on: the state-span
     /// index whose id its own span takes, under the first part's root.
     pub continues: Option<u32>,
+    /// The socket was seen sending a reset.
+    pub reset_sent: bool,
 }
 
 impl Session {
@@ -223,6 +239,10 @@ pub struct SessionEnded {
     pub session: Session,
     /// Kernel time of its CLOSE (or of its early end).
     pub end_ns: u64,
+    /// The state it left at its CLOSE (or was in at its early end).
+    pub last_state: TcpState,
+    /// What its socket reported as it closed; `None` when ended early.
+    pub close: Option<Close>,
     /// How it ended.
     pub outcome: Outcome,
     /// Set when it was ended before its CLOSE was seen.
@@ -373,6 +393,7 @@ impl SessionTable {
                 state_since_ns: None,
                 states_done: continues.map_or(0, |index| index + 1),
                 continues,
+                reset_sent: false,
             }
         });
         if created {
@@ -400,11 +421,24 @@ impl SessionTable {
             && let Some(session) = self.remove(cookie)
         {
             out.push(Completed::Session(SessionEnded {
+                outcome: Outcome::of_close(change, session.reset_sent),
                 session,
                 end_ns: change.ts_ns,
-                outcome: Outcome::of_last(change),
+                last_state: change.oldstate,
+                close: change.close,
                 incomplete: None,
             }));
+        }
+    }
+
+    /// Notes that the open session of `cookie` sent a reset; whether one is open.
+    pub fn reset_sent(&mut self, cookie: u64) -> bool {
+        match self.open.peek_mut(&cookie) {
+            Some(session) => {
+                session.reset_sent = true;
+                true
+            }
+            None => false,
         }
     }
 
@@ -474,6 +508,8 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
     }
     out.push(Completed::Session(SessionEnded {
         end_ns: end_ns.max(session.start_ns),
+        last_state: session.state,
+        close: None,
         session,
         outcome: Outcome::Normal,
         incomplete: Some(why),
@@ -493,10 +529,11 @@ mod tests {
     use agent_common::{
         correlation::BootId,
         event::COMM_LEN,
-        state::{CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, LAST_ACK},
+        state::{CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK},
     };
 
     use super::*;
+    use crate::failure::ResetDirection;
 
     /// A change of the socket at `skaddr` whose cookie is `skaddr` too (see [`reborn`] for a
     /// new socket at an old address).
@@ -518,6 +555,8 @@ mod tests {
             remote_port: 80,
             oldstate: TcpState(old),
             newstate: TcpState(new),
+            reset_received: false,
+            close: (new == CLOSE).then(Close::default),
         }
     }
 
@@ -650,6 +689,7 @@ mod tests {
                     end_ns,
                     outcome,
                     incomplete,
+                    ..
                 }) => Some((session, *end_ns, *outcome, *incomplete)),
                 Completed::State(StateEnded { .. }) => None,
             })
@@ -737,19 +777,49 @@ mod tests {
     }
 
     #[test]
-    fn refused_connects_and_resets_are_errors() {
-        let (_, out) = run(
-            8,
-            &[
-                change(1, 1, CLOSE, SYN_SENT, 0),
-                change(1, 2, SYN_SENT, CLOSE, 4000),
-                change(2, 3, CLOSE, SYN_SENT, 0),
-                change(2, 4, SYN_SENT, ESTABLISHED, 4001),
-                change(2, 5, ESTABLISHED, CLOSE, 4001),
-            ],
-        );
+    fn a_failure_is_what_the_socket_reported_at_close() {
+        let refused = StateChange {
+            close: Some(Close {
+                error: Some(libc::ECONNREFUSED.unsigned_abs()),
+                ..Close::default()
+            }),
+            ..change(1, 2, SYN_SENT, CLOSE, 4000)
+        };
+        let reset = StateChange {
+            reset_received: true,
+            ..change(2, 5, ESTABLISHED, CLOSE, 4001)
+        };
+        let mut table = SessionTable::new(NonZeroUsize::new(8).expect("non-zero"), BOOT_ID);
+        let mut out = Vec::new();
+        for change in [
+            change(1, 1, CLOSE, SYN_SENT, 0),
+            refused,
+            change(2, 3, CLOSE, SYN_SENT, 0),
+            change(2, 4, SYN_SENT, ESTABLISHED, 4001),
+            reset,
+            change(3, 6, CLOSE, SYN_SENT, 0),
+            change(3, 7, SYN_SENT, ESTABLISHED, 4002),
+        ] {
+            table.observe(&change, &mut out);
+        }
+        // Socket 3 sends a reset (an abort) before its CLOSE; ESTABLISHED -> CLOSE alone is
+        // no failure.
+        assert!(table.reset_sent(3));
+        assert!(!table.reset_sent(99), "no such session");
+        table.observe(&change(3, 8, ESTABLISHED, CLOSE, 4002), &mut out);
+        table.observe(&change(4, 9, CLOSE, SYN_SENT, 0), &mut out);
+        table.observe(&change(4, 10, SYN_SENT, ESTABLISHED, 4003), &mut out);
+        table.observe(&change(4, 11, ESTABLISHED, CLOSE, 4003), &mut out);
         let outcomes: Vec<_> = sessions(&out).iter().map(|s| s.2).collect();
-        assert_eq!(outcomes, [Outcome::ConnectFailed, Outcome::Reset]);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Failed(Failure::ConnectionRefused),
+                Outcome::Failed(Failure::ConnectionReset(Some(ResetDirection::Received))),
+                Outcome::Failed(Failure::ConnectionReset(Some(ResetDirection::Sent))),
+                Outcome::Normal,
+            ]
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::{
 };
 
 use agent_common::{
-    decode::{StateChange, decode},
-    event::RawStateChange,
+    decode::{Close, ResetSent, StateChange, decode},
+    event::{RawClosed, RawResetSent, RawStateChange},
 };
 use aya::maps::{MapData, MapError, RingBuf};
 use tokio::{
@@ -90,9 +90,18 @@ impl Delivery {
             left -= 1;
             let decoded = decode_record(&item);
             drop(item);
-            let Some(change) = decoded else {
-                self.summary.undecodable += 1;
-                continue;
+            let change = match decoded {
+                Some(Record::Change(change)) => change,
+                Some(Record::ResetSent(reset)) => {
+                    if let Some(sessions) = &mut self.sessions {
+                        sessions.reset_sent(&reset);
+                    }
+                    continue;
+                }
+                None => {
+                    self.summary.undecodable += 1;
+                    continue;
+                }
             };
             self.gaps.observe(&change);
             for sink in &mut self.sinks {
@@ -113,6 +122,9 @@ impl Delivery {
                 output_result(&mut self.closed, flushed)?;
             }
         }
+        if let Some(sessions) = &mut self.sessions {
+            sessions.end_of_drain();
+        }
         Ok(left == 0)
     }
 }
@@ -128,15 +140,48 @@ fn output_result(closed: &mut bool, result: io::Result<()>) -> Result<(), TraceE
     }
 }
 
-/// Decodes one ring buffer record; `None` if it is too short or of an unknown family.
-fn decode_record(item: &[u8]) -> Option<StateChange> {
-    if item.len() < size_of::<RawStateChange>() {
-        return None;
+/// A ring buffer record, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Record {
+    /// A state change (with what the socket reported, at CLOSE).
+    Change(StateChange),
+    /// A socket sent a reset.
+    ResetSent(ResetSent),
+}
+
+/// Decodes one ring buffer record, told apart by its length; `None` for a length no record has
+/// or an unknown family.
+fn decode_record(item: &[u8]) -> Option<Record> {
+    /// The record at the start of `item`, which is exactly as long.
+    fn read<T: Copy>(item: &[u8]) -> T {
+        debug_assert_eq!(item.len(), size_of::<T>());
+        // SAFETY: callers pass only the plain-old-data record types of `agent_common::event`
+        // (any bytes are a valid value) for an `item` of exactly their size; the read copes
+        // with any alignment.
+        unsafe { item.as_ptr().cast::<T>().read_unaligned() }
     }
-    // SAFETY: the record is at least as long as `RawStateChange`, which is plain old data (any
-    // bytes are a valid value); the read copes with any alignment.
-    let raw = unsafe { item.as_ptr().cast::<RawStateChange>().read_unaligned() };
-    decode(&raw).ok()
+    match item.len() {
+        len if len == size_of::<RawStateChange>() => decode(&read::<RawStateChange>(item))
+            .ok()
+            .map(Record::Change),
+        len if len == size_of::<RawClosed>() => {
+            let raw = read::<RawClosed>(item);
+            let change = decode(&raw.change).ok()?;
+            Some(Record::Change(StateChange {
+                close: Some(Close::decode(&raw.close)),
+                ..change
+            }))
+        }
+        len if len == size_of::<RawResetSent>() => {
+            let raw = read::<RawResetSent>(item);
+            Some(Record::ResetSent(ResetSent {
+                ts_ns: raw.ts_ns,
+                skaddr: raw.skaddr,
+                cookie: raw.cookie,
+            }))
+        }
+        _ => None,
+    }
 }
 
 /// Traces until SIGINT or SIGTERM (or until standard output is closed), then detaches and
@@ -263,31 +308,53 @@ mod tests {
             ..ProptestConfig::default()
         })]
 
-        /// Any bytes the ring buffer could hold, of any length: decoded or refused, never a
-        /// panic, and a decoded record says what its bytes say.
+        /// Any bytes the ring buffer could hold, of any length (the records' own lengths
+        /// most often): decoded or refused, never a panic, and a decoded record says what its
+        /// bytes say.
         #[test]
         fn any_record_decodes_or_is_refused(
-            bytes in prop::collection::vec(any::<u8>(), 0..2 * size_of::<RawStateChange>()),
+            bytes in prop::collection::vec(any::<u8>(), 2 * size_of::<RawClosed>()),
+            len in prop_oneof![
+                Just(size_of::<RawStateChange>()),
+                Just(size_of::<RawClosed>()),
+                Just(size_of::<RawResetSent>()),
+                0..2 * size_of::<RawClosed>(),
+            ],
             family in prop_oneof![Just(AF_INET), Just(AF_INET6), any::<u16>()],
         ) {
-            let mut bytes = bytes;
-            let offset = core::mem::offset_of!(RawStateChange, family);
-            if bytes.len() >= offset + 2 {
+            let mut bytes = bytes[..len].to_vec();
+            let is_change = len == size_of::<RawStateChange>() || len == size_of::<RawClosed>();
+            if is_change {
+                let offset = core::mem::offset_of!(RawStateChange, family);
                 bytes[offset..offset + 2].copy_from_slice(&family.to_ne_bytes());
             }
-            let decoded = decode_record(&bytes);
-            if bytes.len() < size_of::<RawStateChange>() {
-                prop_assert!(decoded.is_none());
-            } else {
-                prop_assert_eq!(decoded.is_some(), family == AF_INET || family == AF_INET6);
-                if let Some(change) = decoded {
+            match decode_record(&bytes) {
+                None => prop_assert!(
+                    !(is_change && (family == AF_INET || family == AF_INET6))
+                        && len != size_of::<RawResetSent>()
+                ),
+                Some(Record::Change(change)) => {
+                    prop_assert!(is_change);
                     // SAFETY: as in `decode_record`: long enough, plain old data, unaligned read.
                     let raw = unsafe { bytes.as_ptr().cast::<RawStateChange>().read_unaligned() };
                     prop_assert_eq!((change.cookie, change.skaddr), (raw.cookie, raw.skaddr));
                     prop_assert_eq!((change.oldstate.0, change.newstate.0), (raw.oldstate, raw.newstate));
                     prop_assert_eq!(change.ip_version(), if family == AF_INET { 4 } else { 6 });
+                    prop_assert_eq!(change.close.is_some(), len == size_of::<RawClosed>());
+                    if let Some(close) = change.close {
+                        // SAFETY: as above, for the whole CLOSE record.
+                        let raw = unsafe { bytes.as_ptr().cast::<RawClosed>().read_unaligned() };
+                        prop_assert_eq!(close.error.unwrap_or(0), raw.close.sk_err);
+                        prop_assert!(close.bytes_sent <= raw.close.bytes_sent);
+                    }
                     // Printing never panics either, whatever the states and command.
                     let _ = (change.oldstate.to_string(), change.comm.to_str_lossy());
+                }
+                Some(Record::ResetSent(reset)) => {
+                    prop_assert_eq!(len, size_of::<RawResetSent>());
+                    // SAFETY: as above, for a reset record.
+                    let raw = unsafe { bytes.as_ptr().cast::<RawResetSent>().read_unaligned() };
+                    prop_assert_eq!((reset.ts_ns, reset.skaddr, reset.cookie), (raw.ts_ns, raw.skaddr, raw.cookie));
                 }
             }
         }

@@ -90,6 +90,10 @@ pub struct JsonEvent {
     pub netns: u64,
     /// Id of the socket's cgroup.
     pub cgroup_id: u64,
+    /// At CLOSE: why the connection failed (`error`), `None` when it did not.
+    pub error: Option<String>,
+    /// At CLOSE: what the socket reported as it closed (`close`), as JSON; `None` elsewhere.
+    pub close: Option<Value>,
     /// The common fields (`ip` always set).
     pub event: Event,
 }
@@ -303,7 +307,18 @@ pub fn parse_json(line: &str) -> Result<JsonEvent, String> {
                 .ok_or_else(|| format!("\"owner_comm\" is not a string in {line}"))
         })
         .transpose()?;
+    let error = optional("error")?
+        .map(|value| {
+            value
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("\"error\" is not a string in {line}"))
+        })
+        .transpose()?;
+    let close = optional("close")?.cloned();
     Ok(JsonEvent {
+        error,
+        close,
         ts_ns: uint("ts_ns")?,
         time: string("time")?,
         span_ns: uint("span_ns")?,

@@ -36,6 +36,19 @@ pub const INCOMPLETE: &str = "tcpstates.session.incomplete";
 pub const END_REASON: &str = "tcpstates.session.end_reason";
 /// Root attribute of an abnormal end (with status Error).
 pub const ERROR_TYPE: &str = "error.type";
+/// Root attribute: which end reset the connection (`received`, `sent`).
+pub const RESET_DIRECTION: &str = "tcpstates.reset.direction";
+/// Root attribute: the smoothed round-trip time at CLOSE, µs (absent when never measured).
+pub const RTT_SMOOTHED: &str = "tcpstates.rtt.smoothed_us";
+/// Root attribute: the minimum round-trip time, µs (absent when never measured).
+pub const RTT_MIN: &str = "tcpstates.rtt.min_us";
+/// Root attributes every session closed at CLOSE carries: bytes sent (acknowledged) and
+/// received, segments retransmitted.
+pub const CLOSE_COUNTERS: [&str; 3] = [
+    "tcpstates.bytes.sent",
+    "tcpstates.bytes.received",
+    "tcpstates.retransmits",
+];
 
 /// One session's trace: its root span and the other spans of its trace id.
 #[derive(Debug, Clone, PartialEq)]

@@ -212,11 +212,12 @@ fn check_text(console: &Console, json: &[JsonEvent], pids: &Pids) {
         .iter()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
         .filter(|cols| {
-            // SKADDR C-PID C-COMM PID COMM UID NETNS CGROUP LADDR LPORT RADDR RPORT OLD -> NEW MS
-            cols.len() == 16
-                && (cols[9] == SERVER_PORT.to_string()
-                    || cols[11] == SERVER_PORT.to_string()
-                    || cols[11] == REFUSED_PORT.to_string())
+            // SKADDR C-PID C-COMM PID COMM UID NETNS CGROUP ERROR LADDR LPORT RADDR RPORT OLD ->
+            // NEW MS
+            cols.len() == 17
+                && (cols[10] == SERVER_PORT.to_string()
+                    || cols[12] == SERVER_PORT.to_string()
+                    || cols[12] == REFUSED_PORT.to_string())
         })
         .collect();
     let shown = |event: &JsonEvent| -> Vec<String> {
@@ -226,6 +227,7 @@ fn check_text(console: &Console, json: &[JsonEvent], pids: &Pids) {
             event.owner_pid.map_or("-".into(), |pid| pid.to_string()),
             event.owner_comm.clone().unwrap_or("-".into()),
             event.uid.to_string(),
+            event.error.clone().unwrap_or("-".into()),
             e.laddr.to_string(),
             e.lport.to_string(),
             e.raddr.to_string(),
@@ -238,7 +240,7 @@ fn check_text(console: &Console, json: &[JsonEvent], pids: &Pids) {
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|cols| {
-            [0, 3, 4, 5, 8, 9, 10, 11, 12, 14]
+            [0, 3, 4, 5, 8, 9, 10, 11, 12, 13, 15]
                 .map(|i| cols[i].to_owned())
                 .to_vec()
         })
@@ -248,7 +250,7 @@ fn check_text(console: &Console, json: &[JsonEvent], pids: &Pids) {
     assert!(
         table
             .iter()
-            .any(|row| row[1] == pids.server.to_string() && row[8] == "LISTEN"),
+            .any(|row| row[1] == pids.server.to_string() && row[9] == "LISTEN"),
         "no -x row owned by the listening nc"
     );
 }
@@ -368,7 +370,7 @@ fn check_traces(console: &Console, lives: &Lives, pids: &Pids) {
     let refused = traces::trace_of_life(&on_refused, &lives.refused);
     assert_eq!(
         refused.root.str_attr("error.type"),
-        Some("connect_failed"),
+        Some("connection_refused"),
         "the refused connect's root"
     );
 }

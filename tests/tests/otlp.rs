@@ -29,9 +29,9 @@ use integration_tests::events::{
 use integration_tests::netns::{Netns, THREAD_NAME};
 use integration_tests::otlp::{AttrValue, Ports, ReceivedSpan, Receiver, SpanKind, StatusCode};
 use integration_tests::traces::{
-    ARRIVAL_TIMEOUT, COOKIE, END_REASON, ERROR_TYPE, INCOMPLETE, Role, Trace, await_traces_on_port,
-    check_ids, check_trace, hex, host_name, made_by_this_process, open_states, timed_states,
-    trace_of_life, traces_on_port,
+    ARRIVAL_TIMEOUT, CLOSE_COUNTERS, COOKIE, END_REASON, ERROR_TYPE, INCOMPLETE, RESET_DIRECTION,
+    RTT_MIN, RTT_SMOOTHED, Role, Trace, await_traces_on_port, check_ids, check_trace, hex,
+    host_name, made_by_this_process, open_states, timed_states, trace_of_life, traces_on_port,
 };
 use integration_tests::traffic::{
     self, CLIENT_CLOSING_FIRST, CLIENT_RESET, Closer, LISTENER, REFUSED, SERVER_CLOSED_BY_PEER,
@@ -140,6 +140,8 @@ struct Root {
     peer: SocketAddr,
     /// `error.type` of an abnormal end (status Error), if it is one.
     error: Option<&'static str>,
+    /// `tcpstates.reset.direction` of a reset: `received` or `sent`.
+    reset: Option<&'static str>,
 }
 
 /// The roots of one connection's three traces, in the order listener, client, accepted
@@ -155,18 +157,21 @@ fn connection_roots(
             local: server,
             peer: no_peer(server),
             error: None,
+            reset: None,
         },
         Root {
             role: Role::Connect,
             local: client,
             peer: server,
             error,
+            reset: None,
         },
         Root {
             role: Role::Accept,
             local: server,
             peer: client,
             error,
+            reset: None,
         },
     ]
 }
@@ -202,7 +207,22 @@ fn check_session(
         }
         None => assert_eq!(span.status_code, StatusCode::Unset, "{context}"),
     }
-    assert_eq!(span.attributes, attributes, "{context}");
+    if let Some(direction) = root.reset {
+        attributes.insert(RESET_DIRECTION.to_owned(), AttrValue::Str(direction.into()));
+    }
+    // What the socket reported at its CLOSE: its counters, whatever their values here.
+    let mut got = span.attributes.clone();
+    if life.last().is_some_and(|line| line.newstate == "CLOSE") {
+        for key in CLOSE_COUNTERS {
+            assert!(
+                matches!(got.remove(key), Some(AttrValue::Int(n)) if n >= 0),
+                "{key} at CLOSE: {context}"
+            );
+        }
+        got.remove(RTT_SMOOTHED);
+        got.remove(RTT_MIN);
+    }
+    assert_eq!(got, attributes, "{context}");
     for span in std::iter::once(span).chain(&trace.children) {
         assert_eq!(span.scope_name, "tcpstates", "{context}");
         assert_eq!(
@@ -431,7 +451,8 @@ fn refused_connect_is_one_error_trace() {
             role: Role::Connect,
             local: client,
             peer: server,
-            error: Some("connect_failed"),
+            error: Some("connection_refused"),
+            reset: None,
         },
     );
     assert_eq!(trace.states(), ["SYN_SENT"]);
@@ -452,8 +473,13 @@ fn reset_is_an_error_on_both_ends() {
     let lives = text_lives(&finished, server.port(), &expected);
     let traces = traces_on_port(&receiver.spans(), server.port());
     assert_eq!(traces.len(), 3, "one trace per socket: {traces:#?}");
-    let roots = connection_roots(server, connection.client, Some("connection_reset"));
-    for ((life, transitions), root) in lives.iter().zip(expected).zip(roots) {
+    let [listener, mut client, mut accepted] =
+        connection_roots(server, connection.client, Some("connection_reset"));
+    // The client aborted (SO_LINGER 0): it sent the reset, the accepted socket received it.
+    client.reset = Some("sent");
+    accepted.reset = Some("received");
+    for ((life, transitions), root) in lives.iter().zip(expected).zip([listener, client, accepted])
+    {
         check_session(&traces, &ns, life, transitions, root);
     }
 }

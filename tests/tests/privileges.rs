@@ -118,8 +118,8 @@ fn stop_cleanly(agent: Agent) {
     );
 }
 
-/// One row of the `-x` table: `SKADDR C-PID C-COMM PID COMM UID NETNS CGROUP LADDR LPORT RADDR
-/// RPORT OLDSTATE -> NEWSTATE MS`.
+/// One row of the `-x` table: `SKADDR C-PID C-COMM PID COMM UID NETNS CGROUP ERROR LADDR LPORT
+/// RADDR RPORT OLDSTATE -> NEWSTATE MS`.
 #[derive(Debug, Clone, PartialEq)]
 struct ExtendedRow {
     owner_pid: String,
@@ -146,6 +146,7 @@ fn parse_extended(line: &str) -> Option<ExtendedRow> {
         uid,
         netns,
         cgroup,
+        _error,
         _,
         lport,
         _,

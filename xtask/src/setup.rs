@@ -35,6 +35,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("libpython3.11", "rotel-agent (OTLP receiver)"),
     ("make", "building jemalloc (the agent's allocator)"),
+    (
+        "nftables",
+        "nft: the failure tests' dropped and ICMP-rejected SYNs",
+    ),
     ("podman", "running the container image in the tests"),
     ("qemu-system-x86", "booting the kernel matrix's kernels"),
     ("runc", "the container runtime podman uses here"),

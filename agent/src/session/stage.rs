@@ -6,10 +6,21 @@
 //! by the [`DetailsCache`] when the session begins) — and hands each of its sinks every state a
 //! session left and every session's end (closed, evicted, or at shutdown). The sinks only
 //! format and deliver; nothing they do reaches back into the stage.
+//!
+//! A session that closed from a state in which the socket may still send a reset (an
+//! `SO_LINGER` 0 close sends it just after the CLOSE) is held until the end of the next drain
+//! of the ring buffer after the one that brought its CLOSE: the reset, if any, is in the ring
+//! by then, and the session is handed on as reset by this end. That delays such sessions by one
+//! drain interval (20 ms); the states they left are handed on at once.
 
-use agent_common::decode::StateChange;
+use std::collections::VecDeque;
 
-use super::{Completed, SessionTable};
+use agent_common::{
+    decode::{ResetSent, StateChange},
+    state::{LISTEN, SYN_SENT},
+};
+
+use super::{Completed, Outcome, SessionEnded, SessionTable};
 use crate::{
     details::DetailsCache,
     sink::{SessionSink, SessionSinkAccount},
@@ -31,6 +42,10 @@ pub struct SessionStage {
     sinks: Vec<Box<dyn SessionSink>>,
     /// What the table completed and the sinks have not yet had.
     completed: Vec<Completed>,
+    /// Closed sessions waiting for a reset their socket may send, with the drain they came in.
+    held: VecDeque<(u64, SessionEnded)>,
+    /// Drains of the ring buffer so far.
+    drains: u64,
 }
 
 impl SessionStage {
@@ -45,6 +60,35 @@ impl SessionStage {
             details,
             sinks,
             completed: Vec::new(),
+            held: VecDeque::new(),
+            drains: 0,
+        }
+    }
+
+    /// A socket sent a reset: its open session, or its session held since its CLOSE, is
+    /// marked reset by this end.
+    pub fn reset_sent(&mut self, reset: &ResetSent) {
+        if self.table.reset_sent(reset.cookie) {
+            return;
+        }
+        if let Some((_, ended)) = self
+            .held
+            .iter_mut()
+            .find(|(_, ended)| ended.session.cookie == reset.cookie)
+        {
+            ended.outcome = ended.outcome.with_reset_sent();
+        }
+    }
+
+    /// A drain of the ring buffer is over: hands on the sessions held since the one before.
+    pub fn end_of_drain(&mut self) {
+        self.drains += 1;
+        while let Some((drain, _)) = self.held.front()
+            && *drain + 1 < self.drains
+        {
+            if let Some((_, ended)) = self.held.pop_front() {
+                self.hand_on_session(&ended);
+            }
         }
     }
 
@@ -67,6 +111,9 @@ impl SessionStage {
     pub fn finish(mut self, now_ns: u64) -> SessionsSummary {
         self.table.end_all(now_ns, &mut self.completed);
         self.hand_on();
+        while let Some((_, ended)) = self.held.pop_front() {
+            self.hand_on_session(&ended);
+        }
         SessionsSummary {
             evictions: self.table.evictions(),
             sinks: self.sinks.into_iter().map(|sink| sink.finish()).collect(),
@@ -74,22 +121,39 @@ impl SessionStage {
     }
 
     fn hand_on(&mut self) {
-        for completed in self.completed.drain(..) {
-            match &completed {
+        let completed = std::mem::take(&mut self.completed);
+        for completed in &completed {
+            match completed {
                 Completed::State(state) => {
                     for sink in &mut self.sinks {
                         sink.state_ended(state);
                     }
                 }
-                Completed::Session(ended) => {
-                    let details = self.details.describe(&ended.session.context);
-                    for sink in &mut self.sinks {
-                        sink.session_ended(ended, &details);
-                    }
+                Completed::Session(ended) if may_send_reset_after_close(ended) => {
+                    self.held.push_back((self.drains, ended.clone()));
                 }
+                Completed::Session(ended) => self.hand_on_session(ended),
             }
         }
+        // The buffer's capacity is kept for the next change.
+        self.completed = completed;
+        self.completed.clear();
     }
+
+    fn hand_on_session(&mut self, ended: &SessionEnded) {
+        let details = self.details.describe(&ended.session.context);
+        for sink in &mut self.sinks {
+            sink.session_ended(ended, &details);
+        }
+    }
+}
+
+/// Whether a session that ended may still get a reset its socket sends after its CLOSE: it
+/// closed (not ended early) from a state other than SYN_SENT or LISTEN, with no reset seen yet.
+fn may_send_reset_after_close(ended: &SessionEnded) -> bool {
+    ended.incomplete.is_none()
+        && !matches!(ended.last_state.0, SYN_SENT | LISTEN)
+        && !matches!(ended.outcome, Outcome::Failed(failure) if failure.reset_direction().is_some())
 }
 
 #[cfg(test)]
@@ -173,6 +237,8 @@ mod tests {
             remote_port: 8080,
             oldstate: TcpState(old),
             newstate: TcpState(new),
+            reset_received: false,
+            close: None,
         }
     }
 

@@ -1,6 +1,9 @@
 //! One JSON object per line (`--json`), with every field and the kernel timestamp in ns.
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+};
 
 use agent_common::decode::StateChange;
 use serde::Serialize;
@@ -41,6 +44,22 @@ struct Record<'a> {
     newstate: String,
     span_ns: u64,
     ms: f64,
+    /// At CLOSE: why the connection failed (its `error.type`), `null` when it did not.
+    error: Option<Cow<'static, str>>,
+    /// At CLOSE: what the socket reported as it closed; `null` on other transitions.
+    close: Option<CloseRecord>,
+}
+
+/// The JSON form of what a socket reported as it closed.
+#[derive(Serialize)]
+struct CloseRecord {
+    bytes_sent: u64,
+    bytes_received: u64,
+    retransmits: u32,
+    srtt_us: Option<u32>,
+    min_rtt_us: Option<u32>,
+    /// The socket's errno (`sk_err`), `null` for none.
+    errno: Option<u32>,
 }
 
 impl<W: Write> JsonSink<W> {
@@ -83,6 +102,15 @@ impl<W: Write> Sink for JsonSink<W> {
             newstate: change.newstate.to_string(),
             span_ns: change.span_ns,
             ms: change.span_ns as f64 / 1e6,
+            error: super::error_type(change),
+            close: change.close.map(|close| CloseRecord {
+                bytes_sent: close.bytes_sent,
+                bytes_received: close.bytes_received,
+                retransmits: close.retransmits,
+                srtt_us: close.srtt_us,
+                min_rtt_us: close.min_rtt_us,
+                errno: close.error,
+            }),
         };
         serde_json::to_writer(&mut self.out, &record)?;
         self.out.write_all(b"\n")
@@ -95,6 +123,11 @@ impl<W: Write> Sink for JsonSink<W> {
 
 #[cfg(test)]
 mod tests {
+    use agent_common::{
+        decode::{Close, TcpState},
+        state::{CLOSE, SYN_SENT},
+    };
+
     use super::*;
     use crate::sink::fixtures::{self, SharedBuf};
 
@@ -139,5 +172,46 @@ mod tests {
         sink.write(&change).expect("write");
         let line: serde_json::Value = serde_json::from_str(&buf.text()).expect("JSON");
         assert!(line["owner_pid"].is_null() && line["owner_comm"].is_null());
+    }
+
+    #[test]
+    fn a_close_line_says_why_the_connection_failed_and_what_it_carried() {
+        let buf = SharedBuf::default();
+        let mut sink = JsonSink::new(buf.clone(), fixtures::clock());
+        let refused = StateChange {
+            oldstate: TcpState(SYN_SENT),
+            newstate: TcpState(CLOSE),
+            close: Some(Close {
+                error: Some(libc::ECONNREFUSED.unsigned_abs()),
+                ..Close::default()
+            }),
+            ..fixtures::example()[0]
+        };
+        let closed = StateChange {
+            newstate: TcpState(CLOSE),
+            close: Some(Close {
+                bytes_sent: 100_000,
+                bytes_received: 5_000,
+                srtt_us: Some(40),
+                ..Close::default()
+            }),
+            ..fixtures::example()[4]
+        };
+        for change in [refused, closed, fixtures::example()[1]] {
+            sink.write(&change).expect("write");
+        }
+        let lines: Vec<serde_json::Value> = buf
+            .text()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("JSON"))
+            .collect();
+        assert_eq!(lines[0]["error"], "connection_refused");
+        assert_eq!(lines[0]["close"]["errno"], libc::ECONNREFUSED);
+        assert!(lines[1]["error"].is_null());
+        assert_eq!(lines[1]["close"]["bytes_sent"], 100_000);
+        assert_eq!(lines[1]["close"]["bytes_received"], 5_000);
+        assert_eq!(lines[1]["close"]["srtt_us"], 40);
+        assert!(lines[1]["close"]["min_rtt_us"].is_null());
+        assert!(lines[2]["error"].is_null() && lines[2]["close"].is_null());
     }
 }

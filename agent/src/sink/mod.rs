@@ -13,7 +13,10 @@ pub mod json;
 pub mod otlp;
 pub mod table;
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+};
 
 use agent_common::decode::StateChange;
 use chrono::Local;
@@ -22,6 +25,7 @@ use crate::{
     clock::WallClock,
     config::{Config, Format},
     details::SessionDetails,
+    failure::Failure,
     session::{SessionEnded, StateEnded},
     sink::otlp::export::ExportCounts,
 };
@@ -95,11 +99,13 @@ pub fn output<W: Write + 'static>(
 }
 
 /// Headers of the `-x` columns, which follow `C-COMM`: the socket's owner (the process that
-/// connected or listened), its uid, network namespace inode and cgroup id.
-const EXTENDED_COLUMNS: [&str; 5] = ["PID", "COMM", "UID", "NETNS", "CGROUP"];
+/// connected or listened), its uid, network namespace inode and cgroup id, and at CLOSE why the
+/// connection failed (its `error.type`).
+const EXTENDED_COLUMNS: [&str; 6] = ["PID", "COMM", "UID", "NETNS", "CGROUP", "ERROR"];
 
-/// What the `-x` columns show for `change`: `-` for the PID and COMM of an unknown owner.
-fn extended_fields(change: &StateChange) -> [String; 5] {
+/// What the `-x` columns show for `change`: `-` for the PID and COMM of an unknown owner, and
+/// for no error.
+fn extended_fields(change: &StateChange) -> [String; 6] {
     let (pid, comm) = match &change.owner {
         Some(owner) => (
             owner.pid.to_string(),
@@ -113,7 +119,14 @@ fn extended_fields(change: &StateChange) -> [String; 5] {
         change.uid.to_string(),
         change.netns.to_string(),
         change.cgroup_id.to_string(),
+        error_type(change).map_or_else(|| "-".to_owned(), Cow::into_owned),
     ]
+}
+
+/// Why the connection failed, on its CLOSE line: what the socket reported as it closed (a reset
+/// this end sends after its CLOSE, as an `SO_LINGER` 0 close does, is not known yet).
+fn error_type(change: &StateChange) -> Option<Cow<'static, str>> {
+    Failure::of_close(change, false).map(Failure::error_type)
 }
 
 /// Seconds since the first event, as the `TIME(s)` column shows them.
@@ -205,6 +218,8 @@ mod fixtures {
                     remote_port: 80,
                     oldstate: TcpState(old),
                     newstate: TcpState(new),
+                    reset_received: false,
+                    close: None,
                 }
             })
             .collect()

@@ -18,7 +18,7 @@ const WIDE_ADDR: usize = 39;
 pub struct Layout {
     /// `-w`: the IP column and room for IPv6 addresses.
     pub wide: bool,
-    /// `-x`: owner PID and COMM, UID, NETNS and CGROUP after `C-COMM`.
+    /// `-x`: owner PID and COMM, UID, NETNS, CGROUP and ERROR after `C-COMM`.
     pub extended: bool,
     /// Leading time columns.
     pub time_columns: TimeColumns,
@@ -66,7 +66,7 @@ where
     /// The `-x` columns, each followed by a space.
     fn write_extended<T: std::fmt::Display>(
         &mut self,
-        [pid, comm, uid, netns, cgroup]: [T; 5],
+        [pid, comm, uid, netns, cgroup, error]: [T; 6],
     ) -> io::Result<()> {
         if !self.extended {
             return Ok(());
@@ -74,12 +74,12 @@ where
         if self.wide {
             write!(
                 self.out,
-                "{pid:<7} {comm:<16.16} {uid:<6} {netns:<10} {cgroup:<8} "
+                "{pid:<7} {comm:<16.16} {uid:<6} {netns:<10} {cgroup:<8} {error:<19} "
             )
         } else {
             write!(
                 self.out,
-                "{pid:<7} {comm:<10.10} {uid:<6} {netns:<10} {cgroup:<8} "
+                "{pid:<7} {comm:<10.10} {uid:<6} {netns:<10} {cgroup:<8} {error:<19} "
             )
         }
     }
@@ -301,5 +301,33 @@ mod tests {
                 "{column} value starts where its header does"
             );
         }
+    }
+
+    #[test]
+    fn the_extended_table_says_why_a_connection_failed_on_its_close_line() {
+        let buf = SharedBuf::default();
+        let mut sink = TableSink::new(
+            buf.clone(),
+            Layout {
+                wide: false,
+                extended: true,
+                time_columns: TimeColumns::default(),
+            },
+            fixtures::clock(),
+            chrono::Utc,
+        );
+        let refused = StateChange {
+            oldstate: agent_common::decode::TcpState(agent_common::state::SYN_SENT),
+            newstate: agent_common::decode::TcpState(agent_common::state::CLOSE),
+            close: Some(agent_common::decode::Close {
+                error: Some(libc::ETIMEDOUT.unsigned_abs()),
+                ..agent_common::decode::Close::default()
+            }),
+            ..fixtures::example()[0]
+        };
+        sink.write(&refused).expect("write");
+        let text = buf.text();
+        let columns: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(columns[8], "connect_timeout", "{text}");
     }
 }

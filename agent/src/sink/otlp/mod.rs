@@ -73,7 +73,9 @@ impl SessionSink for OtlpSink {
         self.reported = counts;
     }
 
-    fn finish(self: Box<Self>) -> SessionSinkAccount {
+    fn finish(mut self: Box<Self>) -> SessionSinkAccount {
+        // Spans of the sessions ended at exit may have met a full queue: said like any other.
+        self.report_growth();
         SessionSinkAccount::Otlp(self.export.finish())
     }
 }

@@ -7,7 +7,10 @@
 
 use std::{borrow::Cow, net::SocketAddr};
 
-use agent_common::{correlation::ConnectionIds, decode::TcpState};
+use agent_common::{
+    correlation::ConnectionIds,
+    decode::{Close, TcpState},
+};
 use opentelemetry::{
     KeyValue,
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
@@ -23,7 +26,7 @@ use opentelemetry_semantic_conventions::attribute::{
 use crate::{
     clock::WallClock,
     details::SessionDetails,
-    session::{Endpoints, Incomplete, Outcome, Role, Session, SessionEnded, StateEnded},
+    session::{Endpoints, Incomplete, Role, Session, SessionEnded, StateEnded},
 };
 
 /// Vendor attribute: kernel address of the socket, hex.
@@ -49,6 +52,18 @@ pub const CGROUP_PATH: &str = "tcpstates.cgroup.path";
 pub const INCOMPLETE: &str = "tcpstates.session.incomplete";
 /// Vendor attribute: why it was ended early (`shutdown` or `evicted`).
 pub const END_REASON: &str = "tcpstates.session.end_reason";
+/// Vendor attribute: which end reset the connection (`received`: the peer; `sent`: this end).
+pub const RESET_DIRECTION: &str = "tcpstates.reset.direction";
+/// Vendor attribute: bytes sent and acknowledged by the peer, at CLOSE.
+pub const BYTES_SENT: &str = "tcpstates.bytes.sent";
+/// Vendor attribute: bytes received, at CLOSE.
+pub const BYTES_RECEIVED: &str = "tcpstates.bytes.received";
+/// Vendor attribute: segments retransmitted over the connection's life, at CLOSE.
+pub const RETRANSMITS: &str = "tcpstates.retransmits";
+/// Vendor attribute: the smoothed round-trip time at CLOSE, µs.
+pub const RTT_SMOOTHED: &str = "tcpstates.rtt.smoothed_us";
+/// Vendor attribute: the minimum round-trip time seen, µs.
+pub const RTT_MIN: &str = "tcpstates.rtt.min_us";
 
 /// Builds spans for one exporter.
 pub struct SpanFactory {
@@ -107,20 +122,24 @@ impl SpanFactory {
             end_ns,
             outcome,
             incomplete,
+            close,
+            ..
         } = ended;
         let mut attributes = session_attributes(session);
         push_context(&mut attributes, session, details);
-        let status = match outcome {
-            Outcome::Normal => Status::Unset,
-            Outcome::ConnectFailed => {
-                attributes.push(KeyValue::new(ERROR_TYPE, "connect_failed"));
-                Status::error("connect refused or timed out: SYN_SENT -> CLOSE")
-            }
-            Outcome::Reset => {
-                attributes.push(KeyValue::new(ERROR_TYPE, "connection_reset"));
-                Status::error("connection reset: straight to CLOSE")
+        let status = match outcome.failure() {
+            None => Status::Unset,
+            Some(failure) => {
+                attributes.push(KeyValue::new(ERROR_TYPE, failure.error_type()));
+                if let Some(direction) = failure.reset_direction() {
+                    attributes.push(KeyValue::new(RESET_DIRECTION, direction.as_str()));
+                }
+                Status::error(failure.description())
             }
         };
+        if let Some(close) = close {
+            push_close(&mut attributes, close);
+        }
         push_incomplete(&mut attributes, *incomplete);
         let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
         self.data(
@@ -268,6 +287,27 @@ fn push_context(attributes: &mut Vec<KeyValue>, session: &Session, details: &Ses
     }
 }
 
+/// What the socket reported as it closed: bytes, round-trip times, retransmissions.
+fn push_close(attributes: &mut Vec<KeyValue>, close: &Close) {
+    attributes.extend([
+        KeyValue::new(
+            BYTES_SENT,
+            i64::try_from(close.bytes_sent).unwrap_or(i64::MAX),
+        ),
+        KeyValue::new(
+            BYTES_RECEIVED,
+            i64::try_from(close.bytes_received).unwrap_or(i64::MAX),
+        ),
+        KeyValue::new(RETRANSMITS, i64::from(close.retransmits)),
+    ]);
+    if let Some(srtt) = close.srtt_us {
+        attributes.push(KeyValue::new(RTT_SMOOTHED, i64::from(srtt)));
+    }
+    if let Some(min) = close.min_rtt_us {
+        attributes.push(KeyValue::new(RTT_MIN, i64::from(min)));
+    }
+}
+
 fn push_incomplete(attributes: &mut Vec<KeyValue>, incomplete: Option<Incomplete>) {
     if let Some(why) = incomplete {
         attributes.push(KeyValue::new(INCOMPLETE, true));
@@ -312,8 +352,12 @@ mod tests {
     use opentelemetry::Value;
 
     use super::*;
-    use crate::process_info::ProcessInfo;
     use crate::session::Context;
+    use crate::{
+        failure::{Failure, ResetDirection},
+        process_info::ProcessInfo,
+        session::Outcome,
+    };
 
     fn session(role: Role) -> Session {
         let mut comm = [0; COMM_LEN];
@@ -345,6 +389,7 @@ mod tests {
             state_since_ns: None,
             states_done: 0,
             continues: None,
+            reset_sent: false,
         }
     }
 
@@ -405,6 +450,8 @@ mod tests {
             &SessionEnded {
                 session,
                 end_ns: 2_000_000,
+                last_state: TcpState(agent_common::state::LAST_ACK),
+                close: None,
                 outcome: Outcome::Normal,
                 incomplete: None,
             },
@@ -429,6 +476,8 @@ mod tests {
                 &SessionEnded {
                     session: session(role),
                     end_ns: 2_000_000,
+                    last_state: TcpState(agent_common::state::LAST_ACK),
+                    close: None,
                     outcome: Outcome::Normal,
                     incomplete: None,
                 },
@@ -496,6 +545,8 @@ mod tests {
         let completed = SessionEnded {
             session: session(Role::Connect),
             end_ns: 2_000_000,
+            last_state: TcpState(agent_common::state::LAST_ACK),
+            close: None,
             outcome: Outcome::Normal,
             incomplete: None,
         };
@@ -522,6 +573,8 @@ mod tests {
             &SessionEnded {
                 session: orphan,
                 end_ns: 2_000_000,
+                last_state: TcpState(agent_common::state::LAST_ACK),
+                close: None,
                 outcome: Outcome::Normal,
                 incomplete: None,
             },
@@ -533,29 +586,65 @@ mod tests {
     }
 
     #[test]
+    fn the_root_carries_what_the_socket_reported_at_close() {
+        let root = factory().session_span(
+            &SessionEnded {
+                session: session(Role::Connect),
+                end_ns: 2_000_000,
+                last_state: TcpState(agent_common::state::LAST_ACK),
+                close: Some(Close {
+                    bytes_sent: 100_000,
+                    bytes_received: 5_000,
+                    srtt_us: Some(42),
+                    min_rtt_us: None,
+                    retransmits: 2,
+                    error: None,
+                    soft_error: None,
+                }),
+                outcome: Outcome::Normal,
+                incomplete: None,
+            },
+            &SessionDetails::default(),
+        );
+        assert_eq!(attr(&root, BYTES_SENT), Some(Value::I64(100_000)));
+        assert_eq!(attr(&root, BYTES_RECEIVED), Some(Value::I64(5_000)));
+        assert_eq!(attr(&root, RETRANSMITS), Some(Value::I64(2)));
+        assert_eq!(attr(&root, RTT_SMOOTHED), Some(Value::I64(42)));
+        assert_eq!(attr(&root, RTT_MIN), None, "never measured");
+        assert_eq!(root.status, Status::Unset);
+    }
+
+    #[test]
     fn abnormal_ends_are_errors_and_early_ends_are_marked() {
         let end = |outcome, incomplete| {
             factory().session_span(
                 &SessionEnded {
                     session: session(Role::Connect),
                     end_ns: 2_000_000,
+                    last_state: TcpState(agent_common::state::LAST_ACK),
+                    close: None,
                     outcome,
                     incomplete,
                 },
                 &SessionDetails::default(),
             )
         };
-        let refused = end(Outcome::ConnectFailed, None);
+        let refused = end(Outcome::Failed(Failure::ConnectionRefused), None);
         assert!(matches!(refused.status, Status::Error { .. }));
         assert_eq!(
             attr(&refused, ERROR_TYPE),
-            Some(Value::from("connect_failed"))
+            Some(Value::from("connection_refused"))
         );
-        let reset = end(Outcome::Reset, None);
+        assert_eq!(attr(&refused, RESET_DIRECTION), None);
+        let reset = end(
+            Outcome::Failed(Failure::ConnectionReset(Some(ResetDirection::Sent))),
+            None,
+        );
         assert_eq!(
             attr(&reset, ERROR_TYPE),
             Some(Value::from("connection_reset"))
         );
+        assert_eq!(attr(&reset, RESET_DIRECTION), Some(Value::from("sent")));
         let cut = end(Outcome::Normal, Some(Incomplete::Shutdown));
         assert_eq!(cut.status, Status::Unset);
         assert_eq!(attr(&cut, INCOMPLETE), Some(Value::Bool(true)));
