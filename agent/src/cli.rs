@@ -109,6 +109,10 @@ pub struct Cli {
     /// early (counted).
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
+    /// With --otlp: also trace tcpstates' own connections (its exports to the collector), which
+    /// are left out otherwise.
+    #[arg(long)]
+    pub trace_self: bool,
     /// With --otlp: most spans held for the exporter (waiting, being sent, or kept to be sent
     /// again until the collector acknowledges them); beyond it spans are dropped (counted).
     #[arg(long, value_name = "N", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1..))]

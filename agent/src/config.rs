@@ -115,6 +115,8 @@ pub struct OtlpConfig {
     pub max_sessions: NonZeroUsize,
     /// Most spans waiting for the exporter.
     pub queue_capacity: usize,
+    /// Whether tcpstates' own connections are traced too.
+    pub trace_self: bool,
 }
 
 impl Config {
@@ -130,6 +132,7 @@ impl Config {
                     max_sessions: NonZeroUsize::new(cli.max_sessions as usize)
                         .unwrap_or(NonZeroUsize::MIN),
                     queue_capacity: cli.otlp_queue as usize,
+                    trace_self: cli.trace_self,
                 })
             })
             .transpose()?;

@@ -101,11 +101,16 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         .map(|otlp| {
             let boot_id = BootId::read().map_err(Error::BootId)?;
             let sink = OtlpSink::start(&otlp.export, clock, otlp.queue_capacity)?;
-            Ok::<_, Error>(SessionStage::new(
+            let stage = SessionStage::new(
                 SessionTable::new(otlp.max_sessions, boot_id),
                 DetailsCache::new(otlp.max_sessions),
                 vec![Box::new(sink)],
-            ))
+            );
+            Ok::<_, Error>(if otlp.trace_self {
+                stage
+            } else {
+                stage.leaving_out(std::process::id())
+            })
         })
         .transpose()?;
     let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());

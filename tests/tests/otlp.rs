@@ -1455,3 +1455,70 @@ fn serve_grpc_exports(
         }
     });
 }
+
+/// tcpstates' own connection to the collector is left out of the traces unless `--trace-self`:
+/// the agent watches connections to the receiver's port and to `port`. A first client's trace
+/// is exported (the export connection is open from then on); a second client is still connected
+/// when the agent stops. Both the second client's session and the export connection's end at
+/// the stop and go out in the same last export, so the second client's root arriving shows the
+/// export connection's would have too. Returns the agent's pid and that root, if one came.
+fn own_connection(trace_self: bool, port: u16) -> (u32, Option<ReceivedSpan>) {
+    let receiver = Receiver::start();
+    let ports = receiver.ports();
+    let filter = format!("{},{port}", ports.grpc);
+    let mut args = vec!["-q", "-D", &filter];
+    if trace_self {
+        args.push("--trace-self");
+    }
+    let agent = start_agent(&receiver, &args);
+    let pid = agent.pid();
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = std::net::TcpListener::bind(server).expect("listen");
+    let is_client_root = |span: &ReceivedSpan, incomplete: bool| {
+        span.parent_span_id.is_none()
+            && span.int_attr("network.peer.port") == Some(i64::from(port))
+            && span.attributes.contains_key(INCOMPLETE) == incomplete
+    };
+    drop(std::net::TcpStream::connect(server).expect("connect"));
+    receiver.wait_for(
+        |all| all.iter().any(|span| is_client_root(span, false)),
+        ARRIVAL_TIMEOUT,
+    );
+    let held = std::net::TcpStream::connect(server).expect("connect");
+    let finished = stop(agent, libc::SIGINT);
+    let spans = receiver.wait_for(
+        |all| all.iter().any(|span| is_client_root(span, true)),
+        ARRIVAL_TIMEOUT,
+    );
+    drop((held, listener));
+    let own: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|span| {
+            span.parent_span_id.is_none()
+                && span.int_attr("network.peer.port") == Some(i64::from(ports.grpc))
+        })
+        .collect();
+    assert!(
+        own.len() <= 1,
+        "{own:#?}; stderr:\n{}",
+        finished.stderr.join("\n")
+    );
+    (pid, own.first().map(|span| (*span).clone()))
+}
+
+#[test]
+fn the_agents_own_export_connection_is_not_traced() {
+    assert_eq!(own_connection(false, 28050).1, None);
+}
+
+#[test]
+fn trace_self_traces_the_agents_own_export_connection_too() {
+    let (pid, own) = own_connection(true, 28051);
+    let own = own.expect("the export connection's root");
+    assert_eq!(
+        own.int_attr("process.pid"),
+        Some(i64::from(pid)),
+        "owned by the agent: {own:#?}"
+    );
+    assert_eq!(own.str_attr(END_REASON), Some("shutdown"), "{own:#?}");
+}

@@ -13,11 +13,11 @@
 //! by then, and the session is handed on as reset by this end. That delays such sessions by one
 //! drain interval (20 ms); the states they left are handed on at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use agent_common::{
     decode::{ResetSent, StateChange},
-    state::{LISTEN, SYN_SENT},
+    state::{CLOSE, LISTEN, SYN_SENT},
 };
 
 use super::{Completed, Outcome, SessionEnded, SessionTable};
@@ -46,6 +46,9 @@ pub struct SessionStage {
     held: VecDeque<(u64, SessionEnded)>,
     /// Drains of the ring buffer so far.
     drains: u64,
+    /// Sockets of this process are left out: their cookies, from their first transition (which
+    /// names their owner) to their CLOSE.
+    left_out: Option<(u32, HashSet<u64>)>,
 }
 
 impl SessionStage {
@@ -62,6 +65,16 @@ impl SessionStage {
             completed: Vec::new(),
             held: VecDeque::new(),
             drains: 0,
+            left_out: None,
+        }
+    }
+
+    /// The same stage, leaving out the sockets process `pid` made (tcpstates' own: its
+    /// connections to the collector would otherwise be traced, and exported over themselves).
+    pub fn leaving_out(self, pid: u32) -> Self {
+        Self {
+            left_out: Some((pid, HashSet::new())),
+            ..self
         }
     }
 
@@ -94,6 +107,17 @@ impl SessionStage {
 
     /// Applies one state change and hands on what it completes.
     pub fn observe(&mut self, change: &StateChange) {
+        if let Some((pid, cookies)) = &mut self.left_out {
+            let own = change.owner.is_some_and(|owner| owner.pid == *pid);
+            if own || cookies.contains(&change.cookie) {
+                if change.newstate.0 == CLOSE {
+                    cookies.remove(&change.cookie);
+                } else if own {
+                    cookies.insert(change.cookie);
+                }
+                return;
+            }
+        }
         self.details.learn(change);
         self.table.observe(change, &mut self.completed);
         self.hand_on();
@@ -297,6 +321,36 @@ mod tests {
             );
             assert_eq!(session.incomplete, None);
         }
+    }
+
+    #[test]
+    fn the_sockets_of_the_process_left_out_are_not_handed_on() {
+        let (stage, seen) = stage(8, 1);
+        let mut stage = stage.leaving_out(4242);
+        let own = |ts, old, new| StateChange {
+            owner: Some(agent_common::decode::Owner {
+                pid: 4242,
+                comm: Comm::new([b't'; COMM_LEN]),
+            }),
+            ..change(5, ts, old, new)
+        };
+        // Its connect names it; its later transitions (owner unknown without socket storage)
+        // are left out by cookie.
+        stage.observe(&own(10, CLOSE, SYN_SENT));
+        stage.observe(&change(5, 20, SYN_SENT, ESTABLISHED));
+        stage.observe(&change(5, 30, ESTABLISHED, CLOSE));
+        // Another socket is traced as ever.
+        stage.observe(&change(6, 40, CLOSE, SYN_SENT));
+        stage.observe(&change(6, 50, SYN_SENT, CLOSE));
+        stage.finish(60);
+        let seen = seen[0].borrow();
+        let cookies: Vec<u64> = seen
+            .sessions
+            .iter()
+            .map(|(s, _)| s.session.cookie)
+            .collect();
+        assert_eq!(cookies, [6]);
+        assert!(seen.states.iter().all(|s| s.ids.cookie() == 6));
     }
 
     #[test]
