@@ -230,6 +230,8 @@ pub struct StateEnded {
     pub end_ns: u64,
     /// The state was still current when the session was ended early.
     pub incomplete: Option<Incomplete>,
+    /// The connection failed as it left this state (its CLOSE): why.
+    pub failure: Option<Failure>,
 }
 
 /// A session ended: closed, or ended early (evicted, or at shutdown).
@@ -412,6 +414,7 @@ impl SessionTable {
                 start_ns,
                 end_ns: change.ts_ns,
                 incomplete: None,
+                failure: Failure::of_close(change, session.reset_sent),
             }));
             session.states_done += 1;
         }
@@ -503,6 +506,7 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
             start_ns,
             end_ns: end_ns.max(start_ns),
             incomplete: Some(why),
+            failure: None,
         }));
         next_index += 1;
     }

@@ -90,6 +90,7 @@ impl SpanFactory {
             start_ns,
             end_ns,
             incomplete,
+            failure,
         } = ended;
         // The connection's attributes are the root's: a state span carries only its state,
         // which keeps the many state spans cheap to build and export.
@@ -98,6 +99,14 @@ impl SpanFactory {
             attributes.push(KeyValue::new(NETWORK_CONNECTION_STATE, value));
         }
         push_incomplete(&mut attributes, *incomplete);
+        // The state in which the connection failed says so too, as its root does.
+        let status = match failure {
+            Some(failure) => {
+                attributes.push(KeyValue::new(ERROR_TYPE, failure.error_type()));
+                Status::error(failure.description())
+            }
+            None => Status::Unset,
+        };
         let name = match state.name() {
             Some(name) => Cow::Borrowed(name),
             None => Cow::Owned(state.to_string()),
@@ -110,7 +119,7 @@ impl SpanFactory {
             name,
             (*start_ns, *end_ns),
             attributes,
-            Status::Unset,
+            status,
         )
     }
 
@@ -195,8 +204,9 @@ impl SpanFactory {
 /// `tcp connect 10.0.0.2:443` (CLIENT), `tcp accept 10.0.0.1:80` (SERVER),
 /// `tcp listen 0.0.0.0:80` or `tcp session` (INTERNAL).
 fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
-    let local = SocketAddr::new(ends.local_addr, ends.local_port);
-    let peer = SocketAddr::new(ends.remote_addr, ends.remote_port);
+    // An IPv4 peer of a dual-stack socket (`::ffff:127.0.0.1`) reads as the IPv4 address it is.
+    let local = SocketAddr::new(ends.local_addr.to_canonical(), ends.local_port);
+    let peer = SocketAddr::new(ends.remote_addr.to_canonical(), ends.remote_port);
     match role {
         Role::Connect => (format!("tcp connect {peer}"), SpanKind::Client),
         Role::Accept => (format!("tcp accept {local}"), SpanKind::Server),
@@ -415,6 +425,7 @@ mod tests {
             start_ns: 1_234_567,
             end_ns: 201_234_568,
             incomplete: None,
+            failure: None,
         });
         assert_eq!(span.name, "ESTABLISHED");
         assert_eq!(span.span_kind, SpanKind::Internal);
@@ -437,6 +448,36 @@ mod tests {
             Some(Value::from("established"))
         );
         assert_eq!(attr(&span, INCOMPLETE), None);
+        assert_eq!(span.status, Status::Unset);
+    }
+
+    #[test]
+    fn the_state_a_connection_failed_in_carries_the_error() {
+        let ids = session(Role::Connect).ids;
+        let span = factory().state_span(&StateEnded {
+            ids,
+            index: 0,
+            parent_span_id: ids.root_span_id,
+            state: TcpState(agent_common::state::SYN_SENT),
+            start_ns: 1,
+            end_ns: 3_000_000_001,
+            incomplete: None,
+            failure: Some(Failure::ConnectTimeout),
+        });
+        assert!(matches!(span.status, Status::Error { .. }), "{span:?}");
+        assert_eq!(
+            attr(&span, ERROR_TYPE),
+            Some(Value::from("connect_timeout"))
+        );
+    }
+
+    #[test]
+    fn an_ipv4_peer_of_a_dual_stack_socket_reads_as_ipv4_in_the_root_name() {
+        let mut mapped = session(Role::Connect);
+        mapped.endpoints.remote_addr = "::ffff:127.0.0.1".parse().expect("address");
+        mapped.endpoints.remote_port = 18081;
+        let (name, _) = root_name_and_kind(Role::Connect, &mapped.endpoints);
+        assert_eq!(name, "tcp connect 127.0.0.1:18081");
     }
 
     #[test]
