@@ -227,6 +227,9 @@ pub enum Role {
 impl Role {
     /// The root span's name for a socket of this role at `local` talking to `peer`.
     pub fn root_name(self, local: SocketAddr, peer: SocketAddr) -> String {
+        // An IPv4 address of a dual-stack socket (`::ffff:127.0.0.1`) reads as IPv4.
+        let canonical = |addr: SocketAddr| SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let (local, peer) = (canonical(local), canonical(peer));
         match self {
             Role::Connect => format!("tcp connect {peer}"),
             Role::Accept => format!("tcp accept {local}"),
