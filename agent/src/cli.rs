@@ -29,7 +29,8 @@ examples:
     tcpstates --cgroup /sys/fs/cgroup/system.slice/nginx.service
     tcpstates --netns /run/netns/blue   # only sockets in that network namespace
     tcpstates --json    # one JSON object per line, for scripts
-    tcpstates --otlp -q # export sessions as traces to $OTEL_EXPORTER_OTLP_ENDPOINT only";
+    tcpstates --otlp -q # export sessions as traces to $OTEL_EXPORTER_OTLP_ENDPOINT only
+    tcpstates --life    # one line per closed session, as tcplife (also: invoked as tcplife)";
 
 /// What `--version` prints after the name: the crate's version and the commit it was built from
 /// (`unknown` when not built from a git checkout; see build.rs).
@@ -102,6 +103,11 @@ pub struct Cli {
     /// OTEL_EXPORTER_OTLP_PROTOCOL picks grpc (default), http/protobuf or http/json.
     #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
     pub otlp: Option<String>,
+    /// One line per closed session instead of one per state change, as bcc's tcplife prints
+    /// them (PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS; -x adds ERROR and RETRANS);
+    /// the default when invoked as `tcplife`.
+    #[arg(long, conflicts_with_all = ["quiet", "journal"])]
+    pub life: bool,
     /// Print no state changes on standard output (e.g. when only exporting with --otlp).
     #[arg(short = 'q', long, conflicts_with_all = ["csv", "json", "wide", "time", "timestamp", "extended"])]
     pub quiet: bool,

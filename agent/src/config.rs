@@ -102,6 +102,10 @@ pub struct Config {
     pub cgroup: Option<CgroupRef>,
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: u32,
+    /// `--life`: the output format prints one line per closed session, not per state change.
+    pub life: bool,
+    /// Most sessions tracked at once (with `--otlp` or `--life`).
+    pub max_sessions: NonZeroUsize,
     /// OpenTelemetry export, with `--otlp`.
     pub otlp: Option<OtlpConfig>,
 }
@@ -111,8 +115,6 @@ pub struct Config {
 pub struct OtlpConfig {
     /// Transport and endpoint.
     pub export: ExportSettings,
-    /// Most sessions tracked at once.
-    pub max_sessions: NonZeroUsize,
     /// Most spans waiting for the exporter.
     pub queue_capacity: usize,
     /// Whether tcpstates' own connections are traced too.
@@ -129,8 +131,6 @@ impl Config {
                 let endpoint = Some(endpoint).filter(|endpoint| !endpoint.is_empty());
                 Ok::<_, SettingsError>(OtlpConfig {
                     export: ExportSettings::resolve(endpoint, &var)?,
-                    max_sessions: NonZeroUsize::new(cli.max_sessions as usize)
-                        .unwrap_or(NonZeroUsize::MIN),
                     queue_capacity: cli.otlp_queue as usize,
                     trace_self: cli.trace_self,
                 })
@@ -166,6 +166,8 @@ impl Config {
             netns: cli.netns,
             cgroup: cli.cgroup,
             ring_buffer_bytes: cli.ring_buffer_mib << 20,
+            life: cli.life,
+            max_sessions: NonZeroUsize::new(cli.max_sessions as usize).unwrap_or(NonZeroUsize::MIN),
             otlp,
         })
     }
@@ -173,7 +175,7 @@ impl Config {
     /// Whether an output shows each transition with its socket's owner and time in the
     /// previous state (text, CSV, JSON, journal), rather than only sessions (OTLP).
     pub fn prints_transitions(&self) -> bool {
-        self.format != Format::Quiet || self.journal
+        (self.format != Format::Quiet && !self.life) || self.journal
     }
 }
 
@@ -242,6 +244,8 @@ mod tests {
             (&["-q", "-Y"][..], true),
             (&["--otlp", "--json"][..], true),
             (&["--otlp", "-q"][..], false),
+            (&["--life"][..], false),
+            (&["--life", "--json"][..], false),
         ] {
             let config = parse(args).expect("valid flags");
             assert_eq!(config.prints_transitions(), prints, "{args:?}");
@@ -255,7 +259,10 @@ mod tests {
             .otlp
             .expect("--otlp given");
         assert_eq!(bare.export.endpoint, None);
-        assert_eq!(bare.max_sessions.get(), 65_536);
+        assert_eq!(
+            parse(&["--otlp", "-q"]).expect("valid").max_sessions.get(),
+            65_536
+        );
         let given = parse(&["--otlp", "http://127.0.0.1:4317"])
             .expect("valid")
             .otlp

@@ -38,7 +38,7 @@ use crate::{
     probe::ProbeError,
     session::{SessionTable, stage::SessionStage},
     sink::{
-        Sink,
+        SessionSink, Sink,
         journal::{JournalSink, JournalUnavailable},
         otlp::{OtlpSink, export::ExportError},
     },
@@ -95,26 +95,43 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         .map_err(Error::Runtime)?;
     let probe = probe::attach(&config)?;
     let clock = WallClock::now().map_err(Error::Clock)?;
-    let sessions = config
-        .otlp
-        .as_ref()
-        .map(|otlp| {
-            let boot_id = BootId::read().map_err(Error::BootId)?;
-            let sink = OtlpSink::start(&otlp.export, clock, otlp.queue_capacity)?;
-            let stage = SessionStage::new(
-                SessionTable::new(otlp.max_sessions, boot_id),
-                DetailsCache::new(otlp.max_sessions),
-                vec![Box::new(sink)],
-            );
-            Ok::<_, Error>(if otlp.trace_self {
-                stage
-            } else {
-                stage.leaving_out(std::process::id())
-            })
-        })
-        .transpose()?;
     let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
-    let sinks: Vec<Box<dyn Sink>> = sink::output(&config, clock, stdout)
+    let mut session_sinks: Vec<Box<dyn SessionSink>> = Vec::new();
+    if let Some(otlp) = &config.otlp {
+        session_sinks.push(Box::new(OtlpSink::start(
+            &otlp.export,
+            clock,
+            otlp.queue_capacity,
+        )?));
+    }
+    // The per-event output, or with --life the session lines, on standard output.
+    let (event_output, life_output) = if config.life {
+        (None, sink::life_output(&config, clock, stdout))
+    } else {
+        (sink::output(&config, clock, stdout), None)
+    };
+    session_sinks.extend(life_output);
+    let sessions = if session_sinks.is_empty() {
+        None
+    } else {
+        // Trace ids derive from the boot id; only traces need them.
+        let boot_id = match &config.otlp {
+            Some(_) => BootId::read().map_err(Error::BootId)?,
+            None => BootId([0; 16]),
+        };
+        let stage = SessionStage::new(
+            SessionTable::new(config.max_sessions, boot_id),
+            DetailsCache::new(config.max_sessions),
+            session_sinks,
+        );
+        let trace_self = config.otlp.as_ref().is_some_and(|otlp| otlp.trace_self);
+        Some(if trace_self {
+            stage
+        } else {
+            stage.leaving_out(std::process::id())
+        })
+    };
+    let sinks: Vec<Box<dyn Sink>> = event_output
         .into_iter()
         .chain(journal.map(|journal| Box::new(journal) as Box<dyn Sink>))
         .collect();

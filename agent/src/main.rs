@@ -1,7 +1,7 @@
 //! The `tcpstates` command: parse flags, run, report, map the outcome to an exit code.
 //! Usage errors exit with 2 (clap), failures with 1.
 
-use std::{error::Error, process::ExitCode};
+use std::{error::Error, ffi::OsString, path::Path, process::ExitCode};
 
 use clap::Parser as _;
 use tcpstates::{cli::Cli, config::Config, sink::SessionSinkAccount, tracer::Summary};
@@ -12,7 +12,7 @@ use tcpstates::{cli::Cli, config::Config, sink::SessionSinkAccount, tracer::Summ
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let config = match Config::new(Cli::parse(), |name| std::env::var(name).ok()) {
+    let config = match Config::new(cli(), |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
@@ -29,6 +29,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line; invoked as `tcplife` (a link to this binary), `--life` is implied.
+fn cli() -> Cli {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|arg0| Path::new(arg0).file_name())
+        .map(OsString::from);
+    if invoked_as.is_some_and(|name| name == "tcplife") {
+        args.insert(1, "--life".into());
+    }
+    Cli::parse_from(args)
 }
 
 /// The final account on standard error: every event written, lost or skipped.
@@ -106,6 +119,9 @@ fn report(summary: &Summary) {
                     spans.possible_duplicates,
                     sessions.evictions
                 ),
+                SessionSinkAccount::Life { printed } => {
+                    eprintln!("tcpstates: {printed} sessions printed");
+                }
             }
         }
     }

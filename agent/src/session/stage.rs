@@ -93,7 +93,8 @@ impl SessionStage {
         }
     }
 
-    /// A drain of the ring buffer is over: hands on the sessions held since the one before.
+    /// A drain of the ring buffer is over: hands on the sessions held since the one before,
+    /// and lets the sinks push out what they buffer.
     pub fn end_of_drain(&mut self) {
         self.drains += 1;
         while let Some((drain, _)) = self.held.front()
@@ -102,6 +103,9 @@ impl SessionStage {
             if let Some((_, ended)) = self.held.pop_front() {
                 self.hand_on_session(&ended);
             }
+        }
+        for sink in &mut self.sinks {
+            sink.end_of_drain();
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod csv;
 pub mod journal;
 pub mod json;
+pub mod life;
 pub mod otlp;
 pub mod table;
 
@@ -56,6 +57,8 @@ pub trait SessionSink {
     /// A session ended (closed, evicted, or at shutdown); `details` describe its owner and
     /// where its socket lives.
     fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>);
+    /// A drain of the ring buffer is over (at least every 20 ms): push out what is buffered.
+    fn end_of_drain(&mut self) {}
     /// Says on standard error what went wrong since it was last asked (called every second).
     fn report_growth(&mut self);
     /// Delivers what it still holds (within its own deadline) and returns its account.
@@ -67,14 +70,23 @@ pub trait SessionSink {
 pub enum SessionSinkAccount {
     /// `--otlp`: what became of the spans.
     Otlp(ExportCounts),
+    /// `--life`: the session lines printed.
+    Life {
+        /// Sessions printed.
+        printed: u64,
+    },
 }
 
-/// The standard-output sink that `config` asks for, writing to `out`; none with `-q`.
+/// The standard-output sink that `config` asks for, writing to `out`; none with `-q` or
+/// `--life` (see [`life_output`]).
 pub fn output<W: Write + 'static>(
     config: &Config,
     clock: WallClock,
     out: W,
 ) -> Option<Box<dyn Sink>> {
+    if config.life {
+        return None;
+    }
     Some(match config.format {
         Format::Quiet => return None,
         Format::Table => Box::new(table::TableSink::new(
@@ -95,6 +107,30 @@ pub fn output<W: Write + 'static>(
             Local,
         )),
         Format::Json => Box::new(json::JsonSink::new(out, clock)),
+    })
+}
+
+/// With `--life`: the session sink writing `config`'s format to `out`.
+pub fn life_output<W: Write + 'static>(
+    config: &Config,
+    clock: WallClock,
+    out: W,
+) -> Option<Box<dyn SessionSink>> {
+    let format = match config.format {
+        Format::Quiet => return None,
+        Format::Table => life::LifeFormat::Table { wide: config.wide },
+        Format::Csv => life::LifeFormat::Csv,
+        Format::Json => life::LifeFormat::Json,
+    };
+    config.life.then(|| {
+        Box::new(life::LifeSink::new(
+            out,
+            format,
+            config.extended,
+            config.time_columns,
+            clock,
+            Local,
+        )) as Box<dyn SessionSink>
     })
 }
 
