@@ -19,7 +19,11 @@
 //! its listener's cookie, and its own only from the next one, so the first transition waits for
 //! the socket's next one to say whose it is.
 
-use std::{collections::HashMap, net::IpAddr, num::NonZeroUsize};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    num::NonZeroUsize,
+};
 
 use agent_common::{
     correlation::{BootId, ConnectionIds},
@@ -195,7 +199,24 @@ pub struct Session {
     pub continues: Option<u32>,
     /// The socket was seen sending a reset.
     pub reset_sent: bool,
+    /// Sessions it is related to, by their trace ids: an accepted socket's listener, and the
+    /// other end of a connection both of whose ends are on this host.
+    pub links: Links,
 }
+
+/// A session's relations to other sessions' traces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Links {
+    /// An accepted socket's listener (open when the socket was accepted).
+    pub listener: Option<ConnectionIds>,
+    /// The other end of the connection, when it is a socket of this host too (loopback, two
+    /// pods of a node) and was open at the same time.
+    pub peer: Option<ConnectionIds>,
+}
+
+/// Where a connection's socket is: its network namespace and its two ends, as the peer socket
+/// of the same connection sees them swapped.
+type Tuple = (u32, SocketAddr, SocketAddr);
 
 impl Session {
     /// The id of the session's own span: the trace's root, or a continuation's span.
@@ -252,7 +273,11 @@ pub struct SessionEnded {
 }
 
 /// Something that finished, in the order it did: one state of a session, or a session.
+///
+/// Not boxed: these live only in the stage's reused buffer between a change and its hand-on,
+/// and a box would cost an allocation per session on the event path.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Completed {
     /// The session left a state.
     State(StateEnded),
@@ -275,6 +300,11 @@ pub struct SessionTable {
     evictions: u64,
     /// Evicted sockets pushed out of `evicted` (full) before they showed up again.
     forgotten: u64,
+    /// Open connections' ends (network namespace, local, remote) → cookie, to link the two
+    /// ends of a connection on this host. As bounded as `open`.
+    by_tuple: HashMap<Tuple, u64>,
+    /// Open listeners by (network namespace, port) → cookie, to link the sockets they accept.
+    listeners: HashMap<(u32, u16), u64>,
     /// The host's boot id: with a socket's cookie, its trace's ids.
     boot_id: BootId,
 }
@@ -290,6 +320,8 @@ impl SessionTable {
             accepting: LruCache::new(capacity),
             evictions: 0,
             forgotten: 0,
+            by_tuple: HashMap::with_capacity(capacity.get()),
+            listeners: HashMap::new(),
             boot_id,
         }
     }
@@ -396,12 +428,18 @@ impl SessionTable {
                 states_done: continues.map_or(0, |index| index + 1),
                 continues,
                 reset_sent: false,
+                links: Links::default(),
             }
         });
         if created {
             self.by_address.insert(change.skaddr, cookie);
         }
         session.endpoints.update(Endpoints::of(change));
+        let (role, netns, ends) = (session.role, session.context.netns, session.endpoints);
+        self.relate(cookie, role, netns, &ends, created);
+        let Some(session) = self.open.peek_mut(&cookie) else {
+            return;
+        };
         if session.context.owner.is_none() {
             session.context.owner = change.owner;
         }
@@ -455,6 +493,8 @@ impl SessionTable {
             end_early(session, now_ns, Incomplete::Shutdown, out);
         }
         self.by_address.clear();
+        self.by_tuple.clear();
+        self.listeners.clear();
         self.evicted.clear();
     }
 
@@ -483,14 +523,79 @@ impl SessionTable {
         Some(end_early(session, end_ns, why, out))
     }
 
-    /// Removes the open session `cookie` from both indexes.
+    /// Removes the open session `cookie` from every index.
     fn remove(&mut self, cookie: u64) -> Option<Session> {
         let session = self.open.pop(&cookie)?;
         if self.by_address.get(&session.skaddr) == Some(&cookie) {
             self.by_address.remove(&session.skaddr);
         }
+        let ends = &session.endpoints;
+        let tuple = tuple(session.context.netns, ends);
+        if self.by_tuple.get(&tuple) == Some(&cookie) {
+            self.by_tuple.remove(&tuple);
+        }
+        let listening = (session.context.netns, ends.local_port);
+        if session.role == Role::Listen && self.listeners.get(&listening) == Some(&cookie) {
+            self.listeners.remove(&listening);
+        }
         Some(session)
     }
+
+    /// Finds the sessions the open session `cookie` relates to: a new listener is entered by
+    /// its port; a new accepted socket links to the listener on its port; a connection's end,
+    /// once both its ports are known, is entered by its ends and linked with the other end's
+    /// session if that one is open too (both get the link).
+    fn relate(&mut self, cookie: u64, role: Role, netns: u32, ends: &Endpoints, created: bool) {
+        match role {
+            Role::Listen if created => {
+                self.listeners.insert((netns, ends.local_port), cookie);
+            }
+            Role::Accept if created => {
+                let listener = self
+                    .listeners
+                    .get(&(netns, ends.local_port))
+                    .and_then(|listener| self.open.peek(listener))
+                    .map(|listener| listener.ids);
+                if let Some(session) = self.open.peek_mut(&cookie) {
+                    session.links.listener = listener;
+                }
+            }
+            _ => {}
+        }
+        let linkable = matches!(role, Role::Connect | Role::Accept)
+            && ends.local_port != 0
+            && ends.remote_port != 0;
+        let tuple = tuple(netns, ends);
+        if !linkable || self.by_tuple.contains_key(&tuple) {
+            return;
+        }
+        self.by_tuple.insert(tuple, cookie);
+        let (_, local, remote) = tuple;
+        let Some(&other) = self.by_tuple.get(&(netns, remote, local)) else {
+            return;
+        };
+        let Some(other_ids) = self.open.peek(&other).map(|session| session.ids) else {
+            return;
+        };
+        let Some(ids) = self.open.peek_mut(&cookie).map(|session| {
+            session.links.peer = Some(other_ids);
+            session.ids
+        }) else {
+            return;
+        };
+        if let Some(session) = self.open.peek_mut(&other) {
+            session.links.peer = Some(ids);
+        }
+    }
+}
+
+/// The index key of a connection's end.
+fn tuple(netns: u32, ends: &Endpoints) -> Tuple {
+    (
+        netns,
+        SocketAddr::new(ends.local_addr.to_canonical(), ends.local_port),
+        SocketAddr::new(ends.remote_addr.to_canonical(), ends.remote_port),
+    )
 }
 
 /// Ends `session` at `end_ns`, its current state included; returns the next free state-span
@@ -778,6 +883,51 @@ mod tests {
         assert!(states(&out).contains(&("ESTABLISHED".into(), 40, 99)));
         assert!(states(&out).contains(&("FIN_WAIT2".into(), 60, 99)));
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn an_accepted_socket_links_to_its_listener_and_the_two_ends_to_each_other() {
+        let at = |skaddr, ts, old, new, lport, rport| StateChange {
+            remote_port: rport,
+            ..change(skaddr, ts, old, new, lport)
+        };
+        let (_, out) = run(
+            8,
+            &[
+                at(3, 1, CLOSE, LISTEN, 80, 0),
+                at(1, 2, CLOSE, SYN_SENT, 0, 80),
+                at(2, 3, LISTEN, SYN_RECV, 80, 4000),
+                at(1, 4, SYN_SENT, ESTABLISHED, 4000, 80),
+                at(2, 5, SYN_RECV, ESTABLISHED, 80, 4000),
+                at(1, 6, ESTABLISHED, FIN_WAIT1, 4000, 80),
+                at(2, 7, ESTABLISHED, CLOSE_WAIT, 80, 4000),
+                at(1, 8, FIN_WAIT1, FIN_WAIT2, 4000, 80),
+                at(2, 9, CLOSE_WAIT, LAST_ACK, 80, 4000),
+                at(1, 10, FIN_WAIT2, CLOSE, 4000, 80),
+                at(2, 11, LAST_ACK, CLOSE, 80, 4000),
+                at(3, 12, LISTEN, CLOSE, 80, 0),
+            ],
+        );
+        let links: HashMap<u64, Links> = sessions(&out)
+            .iter()
+            .map(|(session, ..)| (session.cookie, session.links))
+            .collect();
+        let ids = |cookie| Some(ConnectionIds::new(&BOOT_ID, cookie));
+        assert_eq!(
+            links[&1],
+            Links {
+                listener: None,
+                peer: ids(2)
+            }
+        );
+        assert_eq!(
+            links[&2],
+            Links {
+                listener: ids(3),
+                peer: ids(1)
+            }
+        );
+        assert_eq!(links[&3], Links::default());
     }
 
     #[test]

@@ -1522,3 +1522,54 @@ fn trace_self_traces_the_agents_own_export_connection_too() {
     );
     assert_eq!(own.str_attr(END_REASON), Some("shutdown"), "{own:#?}");
 }
+
+/// The accepted socket's root links to its listener's root, and the two ends of a loopback
+/// connection link to each other's roots.
+#[test]
+fn roots_link_an_accepted_socket_to_its_listener_and_a_connections_ends_to_each_other() {
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 28052));
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let path = format!("/run/netns/{}", ns.name());
+    let agent = start_agent(&receiver, &["-q", "--netns", &path]);
+    let client_port = ns.run(|| {
+        let listener = std::net::TcpListener::bind(server).expect("listen");
+        let client = std::net::TcpStream::connect(server).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let port = client.local_addr().expect("client address").port();
+        drop(client);
+        drop(accepted);
+        drop(listener);
+        port
+    });
+    ns.await_no_tcp_sockets(EVENT_TIMEOUT);
+    let expected = [LISTENER, CLIENT_CLOSING_FIRST, SERVER_CLOSED_BY_PEER];
+    let traces = await_traces_on_port(&receiver, server.port(), &expected, ARRIVAL_TIMEOUT);
+    let finished = stop(agent, libc::SIGINT);
+    let context = format!("{traces:#?}; stderr:\n{}", finished.stderr.join("\n"));
+    let root_named = |prefix: &str| {
+        traces
+            .iter()
+            .map(|trace| &trace.root)
+            .find(|root| root.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("a root named {prefix}…: {context}"))
+    };
+    let (listener, client, accepted) = (
+        root_named("tcp listen"),
+        root_named("tcp connect"),
+        root_named("tcp accept"),
+    );
+    assert_eq!(
+        client.int_attr("network.local.port"),
+        Some(i64::from(client_port)),
+        "{context}"
+    );
+    let id = |root: &ReceivedSpan| (root.trace_id.clone(), root.span_id.clone());
+    assert_eq!(listener.links, [], "{context}");
+    assert_eq!(client.links, [id(accepted)], "{context}");
+    let mut accepted_links = accepted.links.clone();
+    accepted_links.sort();
+    let mut expected_links = vec![id(listener), id(client)];
+    expected_links.sort();
+    assert_eq!(accepted_links, expected_links, "{context}");
+}

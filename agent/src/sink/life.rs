@@ -338,7 +338,7 @@ mod tests {
     use super::*;
     use crate::{
         failure::Failure,
-        session::{Context, Endpoints, Incomplete, Outcome, Session},
+        session::{Context, Endpoints, Incomplete, Links, Outcome, Session},
         sink::fixtures::{self, SharedBuf},
     };
 
@@ -384,6 +384,7 @@ mod tests {
                 states_done: 0,
                 continues: None,
                 reset_sent: false,
+                links: Links::default(),
             },
             end_ns: start_ns + span_us * 1_000 + 999,
             last_state: TcpState(LAST_ACK),

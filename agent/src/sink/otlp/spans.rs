@@ -13,7 +13,7 @@ use agent_common::{
 };
 use opentelemetry::{
     KeyValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    trace::{Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
 };
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_semantic_conventions::attribute::{
@@ -151,7 +151,7 @@ impl SpanFactory {
         }
         push_incomplete(&mut attributes, *incomplete);
         let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
-        self.data(
+        let mut span = self.data(
             &session.ids,
             SpanId::from_bytes(session.span_id()),
             session
@@ -162,7 +162,23 @@ impl SpanFactory {
             (session.start_ns, *end_ns),
             attributes,
             status,
-        )
+        );
+        // An accepted socket's root links to its listener's, and the two ends of a connection
+        // on this host link to each other: a UI can go from one to the other.
+        span.links.links = [session.links.listener, session.links.peer]
+            .into_iter()
+            .flatten()
+            .map(|ids| {
+                Link::with_context(SpanContext::new(
+                    TraceId::from_bytes(ids.trace_id),
+                    SpanId::from_bytes(ids.root_span_id),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::NONE,
+                ))
+            })
+            .collect();
+        span
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -366,7 +382,7 @@ mod tests {
     use crate::{
         failure::{Failure, ResetDirection},
         process_info::ProcessInfo,
-        session::Outcome,
+        session::{Links, Outcome},
     };
 
     fn session(role: Role) -> Session {
@@ -400,6 +416,7 @@ mod tests {
             states_done: 0,
             continues: None,
             reset_sent: false,
+            links: Links::default(),
         }
     }
 
