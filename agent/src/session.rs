@@ -253,6 +253,12 @@ pub struct StateEnded {
     pub incomplete: Option<Incomplete>,
     /// The connection failed as it left this state (its CLOSE): why.
     pub failure: Option<Failure>,
+    /// The session's ends, as known when the state ended.
+    pub endpoints: Endpoints,
+    /// The session's owner and location.
+    pub context: Context,
+    /// How the session began.
+    pub role: Role,
 }
 
 /// A session ended: closed, or ended early (evicted, or at shutdown).
@@ -453,6 +459,9 @@ impl SessionTable {
                 end_ns: change.ts_ns,
                 incomplete: None,
                 failure: Failure::of_close(change, session.reset_sent),
+                endpoints: session.endpoints,
+                context: session.context,
+                role: session.role,
             }));
             session.states_done += 1;
         }
@@ -612,6 +621,9 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
             end_ns: end_ns.max(start_ns),
             incomplete: Some(why),
             failure: None,
+            endpoints: session.endpoints,
+            context: session.context,
+            role: session.role,
         }));
         next_index += 1;
     }

@@ -153,8 +153,9 @@ impl SessionStage {
         for completed in &completed {
             match completed {
                 Completed::State(state) => {
+                    let details = self.details.describe(&state.context);
                     for sink in &mut self.sinks {
-                        sink.state_ended(state);
+                        sink.state_ended(state, &details);
                     }
                 }
                 Completed::Session(ended) if may_send_reset_after_close(ended) => {
@@ -221,7 +222,11 @@ mod tests {
     struct Recorder(Rc<RefCell<Seen>>);
 
     impl SessionSink for Recorder {
-        fn state_ended(&mut self, state: &StateEnded) {
+        fn state_ended(
+            &mut self,
+            state: &StateEnded,
+            _details: &crate::details::SessionDetails<'_>,
+        ) {
             self.0.borrow_mut().states.push(state.clone());
         }
 

@@ -280,7 +280,7 @@ impl<W: Write, Tz: TimeZone> SessionSink for LifeSink<W, Tz>
 where
     Tz::Offset: std::fmt::Display,
 {
-    fn state_ended(&mut self, _state: &StateEnded) {}
+    fn state_ended(&mut self, _state: &StateEnded, _details: &SessionDetails<'_>) {}
 
     fn session_ended(&mut self, ended: &SessionEnded, details: &SessionDetails<'_>) {
         // As tcplife: sessions seen from their open to their CLOSE.

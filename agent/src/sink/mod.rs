@@ -52,8 +52,8 @@ pub trait Sink {
 
 /// A destination for sessions: what the session stage hands on.
 pub trait SessionSink {
-    /// A session left a state.
-    fn state_ended(&mut self, state: &StateEnded);
+    /// A session left a state; `details` describe the session's owner and location.
+    fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>);
     /// A session ended (closed, evicted, or at shutdown); `details` describe its owner and
     /// where its socket lives.
     fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>);

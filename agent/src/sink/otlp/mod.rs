@@ -52,8 +52,8 @@ impl OtlpSink {
 }
 
 impl SessionSink for OtlpSink {
-    fn state_ended(&mut self, state: &StateEnded) {
-        self.export.push(self.factory.state_span(state));
+    fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>) {
+        self.export.push(self.factory.state_span(state, details));
     }
 
     fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>) {

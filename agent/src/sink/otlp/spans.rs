@@ -26,7 +26,7 @@ use opentelemetry_semantic_conventions::attribute::{
 use crate::{
     clock::WallClock,
     details::SessionDetails,
-    session::{Endpoints, Incomplete, Role, Session, SessionEnded, StateEnded},
+    session::{Context, Endpoints, Incomplete, Role, Session, SessionEnded, StateEnded},
 };
 
 /// Vendor attribute: kernel address of the socket, hex.
@@ -80,8 +80,10 @@ impl SpanFactory {
         Self { clock, scope }
     }
 
-    /// The span of a state a session left.
-    pub fn state_span(&self, ended: &StateEnded) -> SpanData {
+    /// The span of a state a session left, with what identifies its connection on its own (a
+    /// UI shows state spans long before their root, which comes at CLOSE): the ends and the
+    /// owner; `details` describe the owner.
+    pub fn state_span(&self, ended: &StateEnded, details: &SessionDetails<'_>) -> SpanData {
         let StateEnded {
             ids,
             index,
@@ -91,13 +93,15 @@ impl SpanFactory {
             end_ns,
             incomplete,
             failure,
+            endpoints,
+            context,
+            role,
         } = ended;
-        // The connection's attributes are the root's: a state span carries only its state,
-        // which keeps the many state spans cheap to build and export.
-        let mut attributes = Vec::with_capacity(1);
+        let mut attributes = Vec::with_capacity(8);
         if let Some(value) = connection_state(*state) {
             attributes.push(KeyValue::new(NETWORK_CONNECTION_STATE, value));
         }
+        push_identity(&mut attributes, *role, endpoints, context, details);
         push_incomplete(&mut attributes, *incomplete);
         // The state in which the connection failed says so too, as its root does.
         let status = match failure {
@@ -313,6 +317,36 @@ fn push_context(attributes: &mut Vec<KeyValue>, session: &Session, details: &Ses
     }
 }
 
+/// What identifies a state span's connection without its root: the two ends (a listener has
+/// no peer) and the owner's pid and executable.
+fn push_identity(
+    attributes: &mut Vec<KeyValue>,
+    role: Role,
+    ends: &Endpoints,
+    context: &Context,
+    details: &SessionDetails<'_>,
+) {
+    attributes.extend([
+        KeyValue::new(NETWORK_LOCAL_ADDRESS, ends.local_addr.to_string()),
+        KeyValue::new(NETWORK_LOCAL_PORT, i64::from(ends.local_port)),
+    ]);
+    if role != Role::Listen {
+        attributes.extend([
+            KeyValue::new(NETWORK_PEER_ADDRESS, ends.remote_addr.to_string()),
+            KeyValue::new(NETWORK_PEER_PORT, i64::from(ends.remote_port)),
+        ]);
+    }
+    if let Some(owner) = &context.owner {
+        attributes.push(KeyValue::new(PROCESS_PID, i64::from(owner.pid)));
+        if let Some(process) = details.process {
+            attributes.push(KeyValue::new(
+                PROCESS_EXECUTABLE_NAME,
+                process.executable_name.clone(),
+            ));
+        }
+    }
+}
+
 /// What the socket reported as it closed: bytes, round-trip times, retransmissions.
 fn push_close(attributes: &mut Vec<KeyValue>, close: &Close) {
     attributes.extend([
@@ -434,16 +468,22 @@ mod tests {
     #[test]
     fn a_state_span_lasts_exactly_the_kernel_delta() {
         let ids = session(Role::Connect).ids;
-        let span = factory().state_span(&StateEnded {
-            ids,
-            index: 1,
-            parent_span_id: ids.root_span_id,
-            state: TcpState(agent_common::state::ESTABLISHED),
-            start_ns: 1_234_567,
-            end_ns: 201_234_568,
-            incomplete: None,
-            failure: None,
-        });
+        let span = factory().state_span(
+            &StateEnded {
+                ids,
+                index: 1,
+                parent_span_id: ids.root_span_id,
+                state: TcpState(agent_common::state::ESTABLISHED),
+                start_ns: 1_234_567,
+                end_ns: 201_234_568,
+                incomplete: None,
+                failure: None,
+                endpoints: session(Role::Connect).endpoints,
+                context: session(Role::Connect).context,
+                role: Role::Connect,
+            },
+            &SessionDetails::default(),
+        );
         assert_eq!(span.name, "ESTABLISHED");
         assert_eq!(span.span_kind, SpanKind::Internal);
         assert_eq!(
@@ -466,21 +506,32 @@ mod tests {
         );
         assert_eq!(attr(&span, INCOMPLETE), None);
         assert_eq!(span.status, Status::Unset);
+        // It says whose connection it is on its own.
+        assert_eq!(attr(&span, NETWORK_PEER_PORT), Some(Value::I64(8080)));
+        assert_eq!(attr(&span, NETWORK_LOCAL_PORT), Some(Value::I64(40000)));
+        assert_eq!(attr(&span, NETWORK_PEER_ADDRESS), Some(Value::from("::1")));
+        assert_eq!(attr(&span, PROCESS_PID), Some(Value::I64(4242)));
     }
 
     #[test]
     fn the_state_a_connection_failed_in_carries_the_error() {
         let ids = session(Role::Connect).ids;
-        let span = factory().state_span(&StateEnded {
-            ids,
-            index: 0,
-            parent_span_id: ids.root_span_id,
-            state: TcpState(agent_common::state::SYN_SENT),
-            start_ns: 1,
-            end_ns: 3_000_000_001,
-            incomplete: None,
-            failure: Some(Failure::ConnectTimeout),
-        });
+        let span = factory().state_span(
+            &StateEnded {
+                ids,
+                index: 0,
+                parent_span_id: ids.root_span_id,
+                state: TcpState(agent_common::state::SYN_SENT),
+                start_ns: 1,
+                end_ns: 3_000_000_001,
+                incomplete: None,
+                failure: Some(Failure::ConnectTimeout),
+                endpoints: session(Role::Connect).endpoints,
+                context: session(Role::Connect).context,
+                role: Role::Connect,
+            },
+            &SessionDetails::default(),
+        );
         assert!(matches!(span.status, Status::Error { .. }), "{span:?}");
         assert_eq!(
             attr(&span, ERROR_TYPE),
