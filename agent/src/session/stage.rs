@@ -22,7 +22,7 @@ use agent_common::{
 
 use super::{Completed, Outcome, SessionEnded, SessionTable};
 use crate::{
-    details::DetailsCache,
+    details::{DetailsCache, SessionDetails},
     sink::{SessionSink, SessionSinkAccount},
 };
 
@@ -153,7 +153,13 @@ impl SessionStage {
         for completed in &completed {
             match completed {
                 Completed::State(state) => {
-                    let details = self.details.describe(&state.context);
+                    // Only the state that begins a trace carries the owner's details (the
+                    // later ones share its trace): the cache is not asked for every state.
+                    let details = if state.index == 0 {
+                        self.details.describe(&state.context)
+                    } else {
+                        SessionDetails::default()
+                    };
                     for sink in &mut self.sinks {
                         sink.state_ended(state, &details);
                     }

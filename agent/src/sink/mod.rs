@@ -52,7 +52,8 @@ pub trait Sink {
 
 /// A destination for sessions: what the session stage hands on.
 pub trait SessionSink {
-    /// A session left a state; `details` describe the session's owner and location.
+    /// A session left a state; `details` describe the session's owner and location for the
+    /// first state of a trace (empty for the later ones).
     fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>);
     /// A session ended (closed, evicted, or at shutdown); `details` describe its owner and
     /// where its socket lives.
