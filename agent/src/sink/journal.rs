@@ -106,6 +106,9 @@ fn fields(change: &StateChange, send_comm: bool) -> Vec<(&'static str, String)> 
             owner.comm.to_str_lossy().into_owned(),
         ));
     }
+    if let Some(error) = super::error_type(change) {
+        fields.push(("TCPSTATES_ERROR", error.into_owned()));
+    }
     if send_comm {
         fields.push(("OBJECT_COMM", change.comm.to_str_lossy().into_owned()));
     }
@@ -152,6 +155,27 @@ mod tests {
                 .filter(|(k, _)| *k == "OBJECT_COMM")
                 .count(),
             0
+        );
+        assert_eq!(get("TCPSTATES_ERROR"), None, "no error on this line");
+    }
+
+    #[test]
+    fn a_failed_connects_close_says_why() {
+        let refused = StateChange {
+            oldstate: agent_common::decode::TcpState(agent_common::state::SYN_SENT),
+            newstate: agent_common::decode::TcpState(agent_common::state::CLOSE),
+            close: Some(agent_common::decode::Close {
+                error: Some(libc::ECONNREFUSED.unsigned_abs()),
+                ..agent_common::decode::Close::default()
+            }),
+            ..fixtures::example()[0]
+        };
+        let fields = fields(&refused, false);
+        assert!(
+            fields
+                .iter()
+                .any(|(key, value)| *key == "TCPSTATES_ERROR" && value == "connection_refused"),
+            "{fields:?}"
         );
     }
 }
