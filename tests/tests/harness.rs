@@ -89,9 +89,13 @@ fn parsers_read_the_example_layouts() {
     assert_eq!(row.time.as_deref(), Some("04:11:56"));
     assert_eq!(row.event.raddr.to_string(), "::1");
 
-    let json = r#"{"ts_ns":5,"time":"2026-01-01T00:00:00Z","skaddr":"ffff888102e42500","cookie":4122,"pid":1,"comm":"x","owner_pid":7,"owner_comm":"curl","uid":0,"netns":4026531840,"cgroup_id":1,"ip":4,"laddr":"127.0.0.1","lport":0,"raddr":"127.0.0.1","rport":80,"oldstate":"CLOSE","newstate":"SYN_SENT","span_ns":0,"ms":0.0}"#;
+    let json = r#"{"ts_ns":5,"time":"2026-01-01T00:00:00Z","skaddr":"ffff888102e42500","cookie":4122,"pid":1,"comm":"x","owner_pid":7,"owner_comm":"curl","uid":0,"netns":4026531840,"cgroup_id":1,"ip":4,"laddr":"127.0.0.1","lport":0,"raddr":"127.0.0.1","rport":80,"oldstate":"CLOSE","newstate":"SYN_SENT","span_ns":0,"ms":0.0,"error":null,"close":null}"#;
     let parsed = parse_json(json).expect("json");
     assert_eq!(parsed.event.rport, 80);
+    assert_eq!(
+        (parsed.error.as_deref(), parsed.close.is_none()),
+        (None, true)
+    );
     assert_eq!(
         (
             parsed.cookie,
