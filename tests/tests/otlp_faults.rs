@@ -389,18 +389,7 @@ fn serve(
                         message: message.into(),
                     }
                     .encode_to_vec();
-                    if stream
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\n\
-                                 content-length: {}\r\n\r\n",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .and_then(|()| stream.write_all(&body))
-                        .is_err()
-                    {
+                    if !write_protobuf(&mut stream, status, &body) {
                         return;
                     }
                     continue;
@@ -413,18 +402,7 @@ fn serve(
                         }),
                     }
                     .encode_to_vec();
-                    if stream
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\n\
-                                 content-length: {}\r\n\r\n",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .and_then(|()| stream.write_all(&body))
-                        .is_err()
-                    {
+                    if !write_protobuf(&mut stream, "200 OK", &body) {
                         return;
                     }
                     continue;
@@ -451,6 +429,18 @@ fn serve(
             }
         }
     }
+}
+
+/// Answers a request with `status` and a protobuf `body`; false when the peer went away.
+fn write_protobuf(stream: &mut TcpStream, status: &str, body: &[u8]) -> bool {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .is_ok()
 }
 
 /// Makes `count` connections from port `first_client` on to `server_port`, with an agent
