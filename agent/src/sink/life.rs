@@ -10,7 +10,10 @@
 //! tcplife, `PID`/`COMM` are the socket's owner (tcplife shows whoever was on the CPU at the
 //! close), `-` when unknown; `TX_KB`/`RX_KB` count data bytes (tcplife's include the SYN and FIN).
 
-use std::io::{self, ErrorKind, Write};
+use std::{
+    fmt::Display,
+    io::{self, ErrorKind, Write},
+};
 
 use chrono::{DateTime, TimeZone};
 use serde::Serialize;
@@ -48,6 +51,22 @@ pub struct LifeSink<W, Tz: TimeZone> {
     stopped: bool,
     /// Sessions printed.
     printed: u64,
+}
+
+/// The columns of a line after the time columns: the header's names, or a session's values.
+struct Columns<'a> {
+    pid: &'a dyn Display,
+    comm: &'a dyn Display,
+    ip: &'a dyn Display,
+    laddr: &'a dyn Display,
+    lport: &'a dyn Display,
+    raddr: &'a dyn Display,
+    rport: &'a dyn Display,
+    tx: &'a dyn Display,
+    rx: &'a dyn Display,
+    error: &'a dyn Display,
+    retransmits: &'a dyn Display,
+    ms: &'a dyn Display,
 }
 
 /// The JSON form of a session's line.
@@ -127,9 +146,39 @@ where
                 write!(self.out, "{:<9} ", "TIME(s)")?;
             }
         }
-        let (pid, comm, ip, laddr, lport, raddr, rport, tx, rx, ms) = (
-            "PID", "COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS",
-        );
+        self.write_columns(&Columns {
+            pid: &"PID",
+            comm: &"COMM",
+            ip: &"IP",
+            laddr: &"LADDR",
+            lport: &"LPORT",
+            raddr: &"RADDR",
+            rport: &"RPORT",
+            tx: &"TX_KB",
+            rx: &"RX_KB",
+            error: &"ERROR",
+            retransmits: &"RETRANS",
+            ms: &"MS",
+        })
+    }
+
+    /// The columns after the time columns, in the layout's widths: the header's names or a
+    /// session's values.
+    fn write_columns(&mut self, c: &Columns<'_>) -> io::Result<()> {
+        let Columns {
+            pid,
+            comm,
+            ip,
+            laddr,
+            lport,
+            raddr,
+            rport,
+            tx,
+            rx,
+            error,
+            retransmits,
+            ms,
+        } = c;
         match self.format {
             LifeFormat::Table { wide: false } => write!(
                 self.out,
@@ -148,10 +197,10 @@ where
             LifeFormat::Json => {}
         }
         if self.extended {
-            if csv {
-                write!(self.out, "ERROR,RETRANS,")?;
+            if self.format == LifeFormat::Csv {
+                write!(self.out, "{error},{retransmits},")?;
             } else {
-                write!(self.out, "{:<19} {:>7} ", "ERROR", "RETRANS")?;
+                write!(self.out, "{error:<19} {retransmits:>7} ")?;
             }
         }
         writeln!(self.out, "{ms}")
@@ -228,42 +277,20 @@ where
             |owner| owner.comm.to_str_lossy().into_owned(),
         );
         let ip = if ends.local_addr.is_ipv4() { 4 } else { 6 };
-        let (laddr, lport, raddr, rport) = (
-            ends.local_addr,
-            ends.local_port,
-            ends.remote_addr,
-            ends.remote_port,
-        );
-        let (tx, rx) = (close.bytes_sent / 1024, close.bytes_received / 1024);
-        match self.format {
-            LifeFormat::Table { wide: false } => write!(
-                self.out,
-                "{pid:<5} {comm:<10.10} {:<15} {lport:<5} {:<15} {rport:<5} {tx:>5} {rx:>5} ",
-                laddr.to_string(),
-                raddr.to_string()
-            )?,
-            LifeFormat::Table { wide: true } => write!(
-                self.out,
-                "{pid:<5} {comm:<16.16} {ip:<2} {:<26} {lport:<5} {:<26} {rport:<5} {tx:>6} \
-                 {rx:>6} ",
-                laddr.to_string(),
-                raddr.to_string()
-            )?,
-            LifeFormat::Csv => write!(
-                self.out,
-                "{pid},{comm},{ip},{laddr},{lport},{raddr},{rport},{tx},{rx},"
-            )?,
-            LifeFormat::Json => {}
-        }
-        if self.extended {
-            let (error, retransmits) = (error.as_deref().unwrap_or("-"), close.retransmits);
-            if csv {
-                write!(self.out, "{error},{retransmits},")?;
-            } else {
-                write!(self.out, "{error:<19} {retransmits:>7} ")?;
-            }
-        }
-        writeln!(self.out, "{ms:.2}")
+        self.write_columns(&Columns {
+            pid: &pid,
+            comm: &comm,
+            ip: &ip,
+            laddr: &ends.local_addr.to_string(),
+            lport: &ends.local_port,
+            raddr: &ends.remote_addr.to_string(),
+            rport: &ends.remote_port,
+            tx: &(close.bytes_sent / 1024),
+            rx: &(close.bytes_received / 1024),
+            error: &error.as_deref().unwrap_or("-"),
+            retransmits: &close.retransmits,
+            ms: &format!("{ms:.2}"),
+        })
     }
 
     fn result(&mut self, result: io::Result<()>) {
