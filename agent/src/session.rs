@@ -202,6 +202,9 @@ pub struct Session {
     /// Sessions it is related to, by their trace ids: an accepted socket's listener, and the
     /// other end of a connection both of whose ends are on this host.
     pub links: Links,
+    /// Its ends are in the table's index of connections (entered once, at the first change
+    /// that shows both ports).
+    pub(crate) indexed: bool,
 }
 
 /// A session's relations to other sessions' traces.
@@ -435,14 +438,17 @@ impl SessionTable {
                 continues,
                 reset_sent: false,
                 links: Links::default(),
+                indexed: false,
             }
         });
         if created {
             self.by_address.insert(change.skaddr, cookie);
         }
         session.endpoints.update(Endpoints::of(change));
-        let (role, netns, ends) = (session.role, session.context.netns, session.endpoints);
-        self.relate(cookie, role, netns, &ends, created);
+        if created || !session.indexed {
+            let (role, netns, ends) = (session.role, session.context.netns, session.endpoints);
+            self.relate(cookie, role, netns, &ends, created);
+        }
         let Some(session) = self.open.peek_mut(&cookie) else {
             return;
         };
@@ -579,6 +585,9 @@ impl SessionTable {
             return;
         }
         self.by_tuple.insert(tuple, cookie);
+        if let Some(session) = self.open.peek_mut(&cookie) {
+            session.indexed = true;
+        }
         let (_, local, remote) = tuple;
         let Some(&other) = self.by_tuple.get(&(netns, remote, local)) else {
             return;

@@ -412,6 +412,7 @@ mod tests {
                 continues: None,
                 reset_sent: false,
                 links: Links::default(),
+                indexed: false,
             },
             end_ns: start_ns + span_us * 1_000 + 999,
             last_state: TcpState(LAST_ACK),

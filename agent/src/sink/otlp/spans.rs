@@ -455,6 +455,7 @@ mod tests {
             continues: None,
             reset_sent: false,
             links: Links::default(),
+            indexed: false,
         }
     }
 
