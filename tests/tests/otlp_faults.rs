@@ -523,12 +523,7 @@ fn http_415_is_rejected_at_once_and_reported_with_its_status_and_message() {
     ));
     let (agent, _ns, made) =
         agent_with_sessions(Transport::Http, receiver.port, 28064, 28540, 20, &[]);
-    let line = agent.await_stderr("a rejection", ARRIVAL_TIMEOUT, |lines| {
-        lines
-            .iter()
-            .find(|line| line.starts_with("tcpstates: OTLP collector rejected "))
-            .cloned()
-    });
+    let line = await_rejection(&agent);
     assert!(
         line.contains("(HTTP 415: tcpstates test: protobuf only)"),
         "{line}"
@@ -588,6 +583,16 @@ fn against(
     let finished = agent.stop_within(libc::SIGINT, Duration::from_secs(60));
     let (summary, context) = account(&finished, made);
     (summary, context, receiver.requests(), made)
+}
+
+/// The agent's first report of a rejection, once it is printed.
+fn await_rejection(agent: &Agent) -> String {
+    agent.await_stderr("a rejection", ARRIVAL_TIMEOUT, |lines| {
+        lines
+            .iter()
+            .find(|line| line.starts_with("tcpstates: OTLP collector rejected "))
+            .cloned()
+    })
 }
 
 /// Whether the agent printed a line starting with `start`.
@@ -809,12 +814,7 @@ async fn answer_grpc(
 fn grpc_invalid_argument_is_rejected_at_once_with_the_message() {
     let (port, requests) = grpc_receiver(GrpcAnswer::InvalidArgument("tcpstates test: bad spans"));
     let (agent, _ns, made) = agent_with_sessions(Transport::Grpc, port, 28069, 28440, 20, &[]);
-    let line = agent.await_stderr("a rejection", ARRIVAL_TIMEOUT, |lines| {
-        lines
-            .iter()
-            .find(|line| line.starts_with("tcpstates: OTLP collector rejected "))
-            .cloned()
-    });
+    let line = await_rejection(&agent);
     assert!(
         line.contains("(gRPC InvalidArgument: tcpstates test: bad spans)"),
         "{line}"
