@@ -5,7 +5,10 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::borrow::Cow;
 use std::string::{String, ToString};
 
-use crate::event::{COMM_LEN, FLAG_OWNER_KNOWN, FLAG_RESET_RECEIVED, RawClose, RawStateChange};
+use crate::event::{
+    COMM_LEN, FLAG_OWNER_KNOWN, FLAG_RESET_RECEIVED, RETRANSMIT_SYN, RETRANSMIT_SYNACK, RawClose,
+    RawRetransmit, RawStateChange,
+};
 use crate::state::{self, AF_INET, AF_INET6};
 
 /// A TCP state number, known to the kernel or not.
@@ -129,6 +132,57 @@ pub struct ResetSent {
     pub skaddr: u64,
     /// The socket's cookie.
     pub cookie: u64,
+}
+
+/// What a socket sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetransmitKind {
+    /// A SYN: the connect's SYN went unanswered.
+    Syn,
+    /// A SYN-ACK: the client's answer to it did not come.
+    SynAck,
+    /// Data (or a FIN) that was not acknowledged in time.
+    Data,
+}
+
+impl RetransmitKind {
+    /// `syn`, `synack` or `data`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Syn => "syn",
+            Self::SynAck => "synack",
+            Self::Data => "data",
+        }
+    }
+}
+
+/// A socket sent a segment again (`tcp:tcp_retransmit_skb`, `tcp:tcp_retransmit_synack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retransmit {
+    /// Kernel CLOCK_MONOTONIC time of the retransmission, in nanoseconds.
+    pub ts_ns: u64,
+    /// The cookie of the socket (of the socket a request becomes, for a SYN-ACK of a request).
+    pub cookie: u64,
+    /// What was sent again.
+    pub kind: RetransmitKind,
+    /// For a SYN-ACK of a connection request: kernel time of its first SYN-ACK.
+    pub requested_ns: Option<u64>,
+}
+
+impl Retransmit {
+    /// Decodes the kernel's record.
+    pub fn decode(raw: &RawRetransmit) -> Self {
+        Self {
+            ts_ns: raw.ts_ns,
+            cookie: raw.cookie,
+            kind: match raw.kind {
+                RETRANSMIT_SYN => RetransmitKind::Syn,
+                RETRANSMIT_SYNACK => RetransmitKind::SynAck,
+                _ => RetransmitKind::Data,
+            },
+            requested_ns: (raw.requested_ns != 0).then_some(raw.requested_ns),
+        }
+    }
 }
 
 /// What a socket reported as it closed.

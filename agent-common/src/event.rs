@@ -112,6 +112,33 @@ pub struct RawResetSent {
     pub cookie: u64,
 }
 
+/// [`RawRetransmit::kind`]: a data segment (or a FIN) sent again.
+pub const RETRANSMIT_DATA: u32 = 0;
+/// [`RawRetransmit::kind`]: a SYN sent again (the socket is connecting).
+pub const RETRANSMIT_SYN: u32 = 1;
+/// [`RawRetransmit::kind`]: a SYN-ACK sent again, for a connection request not yet accepted
+/// (`tcp:tcp_retransmit_synack`) or by a Fast Open socket.
+pub const RETRANSMIT_SYNACK: u32 = 2;
+
+/// `tcp:tcp_retransmit_skb` or `tcp:tcp_retransmit_synack`: a socket sent a segment again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawRetransmit {
+    /// `bpf_ktime_get_ns()` at the retransmission.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (of the request, for a SYN-ACK of a request).
+    pub skaddr: u64,
+    /// The socket's cookie; a request's is the one the socket made from it when accepted gets.
+    pub cookie: u64,
+    /// For a SYN-ACK of a request: kernel time its first SYN-ACK was sent (`snt_synack`), when
+    /// the connection was requested; 0 otherwise.
+    pub requested_ns: u64,
+    /// `RETRANSMIT_*`.
+    pub kind: u32,
+    /// The socket's state (`TCP_*`).
+    pub state: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +155,6 @@ mod tests {
             core::mem::size_of::<RawStateChange>() + core::mem::size_of::<RawClose>()
         );
         assert_eq!(core::mem::size_of::<RawResetSent>(), 3 * 8);
+        assert_eq!(core::mem::size_of::<RawRetransmit>(), 4 * 8 + 2 * 4);
     }
 }

@@ -74,6 +74,9 @@ pub struct FieldOffsets {
     pub min_rtt_us: u32,
     /// `tcp_sock.total_retrans` (u32): segments retransmitted over the connection's life.
     pub total_retrans: u32,
+    /// `tcp_request_sock.snt_synack` (u64): when a connection request's first SYN-ACK went
+    /// out, in µs of CLOCK_MONOTONIC (`tcp_clock_us`).
+    pub snt_synack: u32,
 }
 
 #[cfg(feature = "user")]

@@ -21,13 +21,13 @@ use core::ffi::c_void;
 use agent_common::{
     counters::Counter,
     event::{
-        COMM_LEN, FLAG_OWNER_KNOWN, FLAG_RESET_RECEIVED, RawClose, RawClosed, RawResetSent,
-        RawStateChange,
+        COMM_LEN, FLAG_OWNER_KNOWN, FLAG_RESET_RECEIVED, RETRANSMIT_DATA, RETRANSMIT_SYN,
+        RETRANSMIT_SYNACK, RawClose, RawClosed, RawResetSent, RawRetransmit, RawStateChange,
     },
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
     offsets::FieldOffsets,
     state::{
-        AF_INET, AF_INET6, CLOSE, IPPROTO_TCP, LISTEN, NEW_SYN_RECV, SYN_RECV, TIME_WAIT,
+        AF_INET, AF_INET6, CLOSE, IPPROTO_TCP, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT, TIME_WAIT,
         runs_as_owner, starts_socket,
     },
 };
@@ -240,6 +240,7 @@ static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
     srtt_us: 0,
     min_rtt_us: 0,
     total_retrans: 0,
+    snt_synack: 0,
 };
 
 /// Reads one offset of [`FIELD_OFFSETS`] on its own, so the verifier sees it as the constant of
@@ -318,6 +319,65 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let filter = unsafe { core::ptr::read_volatile(&FILTER) };
     submit(entry, &filter);
     0
+}
+
+/// Entry point of `tcp:tcp_retransmit_skb`: reports a segment a full socket sent again, as a
+/// record of its own; what it was follows from the socket's state (a SYN while connecting, a
+/// SYN-ACK for a Fast Open socket in SYN_RECV, data otherwise). Retransmissions are rare, so
+/// the record goes out unfiltered: user space keeps those of the sessions it traces.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return 0;
+    }
+    let state = u32::from(Kernel(sk).load::<u8>(offset!(state)));
+    let kind = match state {
+        SYN_SENT => RETRANSMIT_SYN,
+        SYN_RECV => RETRANSMIT_SYNACK,
+        _ => RETRANSMIT_DATA,
+    };
+    report_retransmit(sk, kind, state, 0);
+    0
+}
+
+/// Entry point of `tcp:tcp_retransmit_synack`: a SYN-ACK sent again for a connection request
+/// (a `request_sock`, not yet a socket). The socket the kernel makes of the request when the
+/// handshake completes takes the request's cookie, which the record carries, with the time of
+/// the request's first SYN-ACK (read with `bpf_probe_read_kernel`: the field lies beyond the
+/// `request_sock` the verifier knows the argument as).
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
+    let req: *const u8 = ctx.arg(1);
+    if req.is_null() {
+        return 0;
+    }
+    let slot = req as usize + offset!(snt_synack);
+    // SAFETY: bpf_probe_read_kernel copies from kernel memory and cannot fault.
+    let first_us = unsafe { bpf_probe_read_kernel(slot as *const u64) }.unwrap_or(0);
+    report_retransmit(req, RETRANSMIT_SYNACK, NEW_SYN_RECV, first_us * 1000);
+    0
+}
+
+/// Puts a [`RawRetransmit`] of `sk` in the ring buffer.
+fn report_retransmit(sk: *const u8, kind: u32, state: u32, requested_ns: u64) {
+    let Some(mut entry) = EVENTS.reserve::<RawRetransmit>(0) else {
+        count(Counter::RingFull);
+        return;
+    };
+    // SAFETY: a helper without arguments or side effects.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    entry.write(RawRetransmit {
+        ts_ns,
+        skaddr: sk as u64,
+        cookie: cookie(sk),
+        requested_ns,
+        kind,
+        state,
+    });
+    // SAFETY: FILTER is a read-only global, read as `try_record` does.
+    let filter = unsafe { core::ptr::read_volatile(&FILTER) };
+    submit(entry, &filter);
 }
 
 fn set_main_running(value: u32) {

@@ -342,6 +342,7 @@ pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, B
         srtt_us: field("tcp_sock", "srtt_us", 4)?,
         min_rtt_us: btf.member("tcp_sock", "rtt_min")?.offset + field("minmax_sample", "v", 4)?,
         total_retrans: field("tcp_sock", "total_retrans", 4)?,
+        snt_synack: field("tcp_request_sock", "snt_synack", 8)?,
     })
 }
 

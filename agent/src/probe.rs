@@ -23,6 +23,10 @@ const BACKSTOP: &str = "inet_sock_set_state_backstop";
 const RESET_RECEIVED: &str = "tcp_receive_reset";
 /// The program on `tcp:tcp_send_reset`, and that tracepoint's BTF name.
 const RESET_SENT: &str = "tcp_send_reset";
+/// The program on `tcp:tcp_retransmit_skb`, and that tracepoint's BTF name.
+const RETRANSMIT: &str = "tcp_retransmit_skb";
+/// The program on `tcp:tcp_retransmit_synack`, and that tracepoint's BTF name.
+const RETRANSMIT_SYNACK: &str = "tcp_retransmit_synack";
 
 /// The oldest kernel that gives BTF tracepoint programs every helper these call: socket storage
 /// and the current task as a BTF pointer (Linux 5.11), the socket cookie (5.12).
@@ -214,6 +218,9 @@ fn load_and_attach(config: &Config) -> Result<Probe, ProbeError> {
     // misses is caught.
     let (reset_received, _) = attach_program(&mut ebpf, RESET_RECEIVED, RESET_RECEIVED, &btf)?;
     let (reset_sent, _) = attach_program(&mut ebpf, RESET_SENT, RESET_SENT, &btf)?;
+    let (retransmit, _) = attach_program(&mut ebpf, RETRANSMIT, RETRANSMIT, &btf)?;
+    let (retransmit_synack, _) =
+        attach_program(&mut ebpf, RETRANSMIT_SYNACK, RETRANSMIT_SYNACK, &btf)?;
     let (backstop, _) = attach_program(&mut ebpf, BACKSTOP, TRACEPOINT, &btf)?;
     let (main, main_fd) = attach_program(&mut ebpf, MAIN, TRACEPOINT, &btf)?;
 
@@ -231,7 +238,14 @@ fn load_and_attach(config: &Config) -> Result<Probe, ProbeError> {
     Ok(Probe {
         attachment: Attachment {
             _ebpf: ebpf,
-            links: vec![main, backstop, reset_sent, reset_received],
+            links: vec![
+                main,
+                backstop,
+                reset_sent,
+                reset_received,
+                retransmit,
+                retransmit_synack,
+            ],
         },
         events,
         counters: KernelCounters::new(counters, main_fd),

@@ -27,7 +27,7 @@ use std::{
 
 use agent_common::{
     correlation::{BootId, ConnectionIds},
-    decode::{Close, Comm, Owner, StateChange, TcpState},
+    decode::{Close, Comm, Owner, Retransmit, RetransmitKind, StateChange, TcpState},
     state::{CLOSE, LISTEN, SYN_RECV, SYN_SENT, starts_socket},
 };
 
@@ -199,12 +199,45 @@ pub struct Session {
     pub continues: Option<u32>,
     /// The socket was seen sending a reset.
     pub reset_sent: bool,
+    /// What the socket sent again in the state it is in.
+    pub(crate) retransmits: Retransmits,
     /// Sessions it is related to, by their trace ids: an accepted socket's listener, and the
     /// other end of a connection both of whose ends are on this host.
     pub links: Links,
     /// Its ends are in the table's index of connections (entered once, at the first change
     /// that shows both ports).
     pub(crate) indexed: bool,
+}
+
+/// Most retransmissions one state keeps (a span event each); more are only counted.
+pub const MAX_RETRANSMITS_PER_STATE: usize = 128;
+
+/// The retransmissions of one state, in the order they happened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retransmits {
+    /// (kernel time, what was sent again), at most [`MAX_RETRANSMITS_PER_STATE`].
+    pub kept: Vec<(u64, RetransmitKind)>,
+    /// Retransmissions beyond those kept.
+    pub beyond: u32,
+}
+
+impl Retransmits {
+    fn push(&mut self, ts_ns: u64, kind: RetransmitKind) {
+        if self.kept.len() < MAX_RETRANSMITS_PER_STATE {
+            self.kept.push((ts_ns, kind));
+        } else {
+            self.beyond = self.beyond.saturating_add(1);
+        }
+    }
+}
+
+/// A connection request (not yet a socket) whose SYN-ACK was sent again, waiting for the socket
+/// the kernel makes of it when the handshake completes.
+#[derive(Clone, Debug)]
+struct Request {
+    /// Kernel time of its first SYN-ACK.
+    requested_ns: u64,
+    retransmits: Retransmits,
 }
 
 /// A session's relations to other sessions' traces.
@@ -254,6 +287,8 @@ pub struct StateEnded {
     pub end_ns: u64,
     /// The state was still current when the session was ended early.
     pub incomplete: Option<Incomplete>,
+    /// What the socket sent again while in the state.
+    pub retransmits: Retransmits,
     /// The connection failed as it left this state (its CLOSE): why.
     pub failure: Option<Failure>,
     /// The session's ends, as known when the state ended.
@@ -306,6 +341,9 @@ pub struct SessionTable {
     /// one to tell their own cookie. As bounded as `open`: one whose next transition was lost
     /// at an address never reused would otherwise stay for ever.
     accepting: LruCache<u64, StateChange>,
+    /// Connection requests whose SYN-ACK was sent again, by the cookie their socket will have.
+    /// As bounded as `open`: most requests of a SYN flood never become sockets.
+    requests: LruCache<u64, Request>,
     evictions: u64,
     /// Evicted sockets pushed out of `evicted` (full) before they showed up again.
     forgotten: u64,
@@ -327,6 +365,7 @@ impl SessionTable {
             by_address: HashMap::with_capacity(capacity.get()),
             evicted: LruCache::new(capacity),
             accepting: LruCache::new(capacity),
+            requests: LruCache::new(capacity),
             evictions: 0,
             forgotten: 0,
             by_tuple: HashMap::with_capacity(capacity.get()),
@@ -437,6 +476,7 @@ impl SessionTable {
                 states_done: continues.map_or(0, |index| index + 1),
                 continues,
                 reset_sent: false,
+                retransmits: Retransmits::default(),
                 links: Links::default(),
                 indexed: false,
             }
@@ -464,6 +504,7 @@ impl SessionTable {
                 start_ns,
                 end_ns: change.ts_ns,
                 incomplete: None,
+                retransmits: std::mem::take(&mut session.retransmits),
                 failure: Failure::of_close(change, session.reset_sent),
                 endpoints: session.endpoints,
                 context: session.context,
@@ -473,6 +514,15 @@ impl SessionTable {
         }
         session.state = change.newstate;
         session.state_since_ns = Some(change.ts_ns);
+        // The kernel makes an accepted socket only when the handshake's last ACK arrives; the
+        // request it was made of, whose SYN-ACKs had to be sent again, began at its first one.
+        if created && let Some(request) = self.requests.pop(&cookie) {
+            session.retransmits = request.retransmits;
+            if request.requested_ns < change.ts_ns {
+                session.state_since_ns = Some(request.requested_ns);
+                session.start_ns = session.start_ns.min(request.requested_ns);
+            }
+        }
         if change.newstate == TcpState(CLOSE)
             && let Some(session) = self.remove(cookie)
         {
@@ -498,6 +548,22 @@ impl SessionTable {
         }
     }
 
+    /// A socket sent a segment again: a span event of the state its session is in. A SYN-ACK
+    /// of a connection request waits for the socket the request becomes.
+    pub fn retransmitted(&mut self, retransmit: &Retransmit) {
+        if let Some(session) = self.open.peek_mut(&retransmit.cookie) {
+            session.retransmits.push(retransmit.ts_ns, retransmit.kind);
+        } else if let Some(requested_ns) = retransmit.requested_ns {
+            self.requests
+                .get_or_insert_mut(retransmit.cookie, || Request {
+                    requested_ns,
+                    retransmits: Retransmits::default(),
+                })
+                .retransmits
+                .push(retransmit.ts_ns, retransmit.kind);
+        }
+    }
+
     /// Ends every open session at `now_ns` (tracing is stopping), accepted sockets seen only at
     /// their first transition included.
     pub fn end_all(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
@@ -511,6 +577,7 @@ impl SessionTable {
         self.by_tuple.clear();
         self.listeners.clear();
         self.evicted.clear();
+        self.requests.clear();
     }
 
     /// Ends the open session `cookie` early, counts it, and remembers where its trace is, in
@@ -618,7 +685,7 @@ fn tuple(netns: u32, ends: &Endpoints) -> Tuple {
 
 /// Ends `session` at `end_ns`, its current state included; returns the next free state-span
 /// index of its trace.
-fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Completed>) -> u32 {
+fn end_early(mut session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Completed>) -> u32 {
     let mut next_index = session.states_done;
     if let Some(start_ns) = session.state_since_ns {
         out.push(Completed::State(StateEnded {
@@ -629,6 +696,7 @@ fn end_early(session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<Compl
             start_ns,
             end_ns: end_ns.max(start_ns),
             incomplete: Some(why),
+            retransmits: std::mem::take(&mut session.retransmits),
             failure: None,
             endpoints: session.endpoints,
             context: session.context,
@@ -1163,5 +1231,112 @@ mod tests {
             })
             .collect();
         assert_eq!(indexes, [0, 0], "each session numbers its own states");
+    }
+
+    /// The state spans of `out`: (state, start, end, retransmissions).
+    fn retransmits_by_state(out: &[Completed]) -> Vec<(String, u64, u64, Retransmits)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Completed::State(ended) => Some((
+                    ended.state.to_string(),
+                    ended.start_ns,
+                    ended.end_ns,
+                    ended.retransmits.clone(),
+                )),
+                Completed::Session(_) => None,
+            })
+            .collect()
+    }
+
+    fn retransmit(cookie: u64, ts_ns: u64, kind: RetransmitKind) -> Retransmit {
+        Retransmit {
+            ts_ns,
+            cookie,
+            kind,
+            requested_ns: None,
+        }
+    }
+
+    #[test]
+    fn a_retransmission_belongs_to_the_state_its_session_is_in() {
+        let mut table = SessionTable::new(NonZeroUsize::new(8).expect("non-zero"), BOOT_ID);
+        let mut out = Vec::new();
+        table.observe(&change(1, 10, CLOSE, SYN_SENT, 5000), &mut out);
+        table.retransmitted(&retransmit(1, 1_010, RetransmitKind::Syn));
+        table.retransmitted(&retransmit(1, 3_010, RetransmitKind::Syn));
+        // Another socket's, and one of no session: neither is this session's.
+        table.retransmitted(&retransmit(2, 3_020, RetransmitKind::Data));
+        table.observe(&change(1, 3_100, SYN_SENT, ESTABLISHED, 5000), &mut out);
+        for ts_ns in 0..MAX_RETRANSMITS_PER_STATE as u64 + 3 {
+            table.retransmitted(&retransmit(1, 4_000 + ts_ns, RetransmitKind::Data));
+        }
+        table.observe(&change(1, 9_000, ESTABLISHED, CLOSE, 5000), &mut out);
+        let states = retransmits_by_state(&out);
+        let [(syn_sent, ..), (established, ..)] = states.as_slice() else {
+            panic!("two states: {states:#?}");
+        };
+        assert_eq!(syn_sent, "SYN_SENT");
+        assert_eq!(
+            states[0].3,
+            Retransmits {
+                kept: vec![(1_010, RetransmitKind::Syn), (3_010, RetransmitKind::Syn)],
+                beyond: 0,
+            }
+        );
+        assert_eq!(established, "ESTABLISHED");
+        assert_eq!(states[1].3.kept.len(), MAX_RETRANSMITS_PER_STATE);
+        assert_eq!(states[1].3.beyond, 3, "beyond the kept ones, counted");
+        assert!(
+            states[1]
+                .3
+                .kept
+                .iter()
+                .all(|(_, kind)| *kind == RetransmitKind::Data)
+        );
+    }
+
+    #[test]
+    fn syn_acks_of_a_request_go_to_the_socket_it_becomes_whose_syn_recv_begins_at_the_request() {
+        let mut table = SessionTable::new(NonZeroUsize::new(8).expect("non-zero"), BOOT_ID);
+        let mut out = Vec::new();
+        table.observe(&change(1, 10, CLOSE, LISTEN, 80), &mut out);
+        // The request that becomes socket 2 (cookie 2): first SYN-ACK at 100, sent again at
+        // 1_100 and 3_100; the socket is made at 3_200.
+        for ts_ns in [1_100, 3_100] {
+            table.retransmitted(&Retransmit {
+                requested_ns: Some(100),
+                ..retransmit(2, ts_ns, RetransmitKind::SynAck)
+            });
+        }
+        // A request that never becomes a socket stays apart.
+        table.retransmitted(&Retransmit {
+            requested_ns: Some(150),
+            ..retransmit(9, 1_150, RetransmitKind::SynAck)
+        });
+        table.observe(&change(2, 3_200, LISTEN, SYN_RECV, 80), &mut out);
+        table.observe(&change(2, 3_210, SYN_RECV, ESTABLISHED, 80), &mut out);
+        table.observe(&change(2, 4_000, ESTABLISHED, CLOSE, 80), &mut out);
+        let states = retransmits_by_state(&out);
+        assert_eq!(
+            states[0],
+            (
+                "SYN_RECV".to_owned(),
+                100,
+                3_210,
+                Retransmits {
+                    kept: vec![
+                        (1_100, RetransmitKind::SynAck),
+                        (3_100, RetransmitKind::SynAck)
+                    ],
+                    beyond: 0,
+                }
+            )
+        );
+        assert_eq!(states[1].3, Retransmits::default());
+        let accepted = sessions(&out)
+            .into_iter()
+            .find(|(session, ..)| session.cookie == 2)
+            .map(|(session, ..)| session.start_ns);
+        assert_eq!(accepted, Some(100), "the session begins with its request");
     }
 }

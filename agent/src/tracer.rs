@@ -9,8 +9,8 @@ use std::{
 };
 
 use agent_common::{
-    decode::{Close, ResetSent, StateChange, decode},
-    event::{RawClosed, RawResetSent, RawStateChange},
+    decode::{Close, ResetSent, Retransmit, StateChange, decode},
+    event::{RawClosed, RawResetSent, RawRetransmit, RawStateChange},
 };
 use aya::maps::{MapData, MapError, RingBuf};
 use tokio::{
@@ -98,6 +98,12 @@ impl Delivery {
                     }
                     continue;
                 }
+                Some(Record::Retransmit(retransmit)) => {
+                    if let Some(sessions) = &mut self.sessions {
+                        sessions.retransmitted(&retransmit);
+                    }
+                    continue;
+                }
                 None => {
                     self.summary.undecodable += 1;
                     continue;
@@ -147,6 +153,8 @@ enum Record {
     Change(StateChange),
     /// A socket sent a reset.
     ResetSent(ResetSent),
+    /// A socket (or a connection request) sent a segment again.
+    Retransmit(Retransmit),
 }
 
 /// Decodes one ring buffer record, told apart by its length; `None` for a length no record has
@@ -180,6 +188,9 @@ fn decode_record(item: &[u8]) -> Option<Record> {
                 cookie: raw.cookie,
             }))
         }
+        len if len == size_of::<RawRetransmit>() => Some(Record::Retransmit(Retransmit::decode(
+            &read::<RawRetransmit>(item),
+        ))),
         _ => None,
     }
 }
@@ -318,6 +329,7 @@ mod tests {
                 Just(size_of::<RawStateChange>()),
                 Just(size_of::<RawClosed>()),
                 Just(size_of::<RawResetSent>()),
+                Just(size_of::<RawRetransmit>()),
                 0..2 * size_of::<RawClosed>(),
             ],
             family in prop_oneof![Just(AF_INET), Just(AF_INET6), any::<u16>()],
@@ -332,6 +344,7 @@ mod tests {
                 None => prop_assert!(
                     !(is_change && (family == AF_INET || family == AF_INET6))
                         && len != size_of::<RawResetSent>()
+                        && len != size_of::<RawRetransmit>()
                 ),
                 Some(Record::Change(change)) => {
                     prop_assert!(is_change);
@@ -355,6 +368,13 @@ mod tests {
                     // SAFETY: as above, for a reset record.
                     let raw = unsafe { bytes.as_ptr().cast::<RawResetSent>().read_unaligned() };
                     prop_assert_eq!((reset.ts_ns, reset.skaddr, reset.cookie), (raw.ts_ns, raw.skaddr, raw.cookie));
+                }
+                Some(Record::Retransmit(retransmit)) => {
+                    prop_assert_eq!(len, size_of::<RawRetransmit>());
+                    // SAFETY: as above, for a retransmit record.
+                    let raw = unsafe { bytes.as_ptr().cast::<RawRetransmit>().read_unaligned() };
+                    prop_assert_eq!((retransmit.ts_ns, retransmit.cookie), (raw.ts_ns, raw.cookie));
+                    prop_assert_eq!(retransmit.requested_ns.unwrap_or(0), raw.requested_ns);
                 }
             }
         }

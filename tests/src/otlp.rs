@@ -29,7 +29,18 @@
 //!
 //! Times are the spans' own `start_time_unix_nano`/`end_time_unix_nano`, so durations compare
 //! to the nanosecond. `Events:` and `Links:` sections follow the attributes when a span has any:
-//! [`Receiver`] records the links and skips the events. A batch has no end marker: the last span of a burst of output is taken
+//!
+//! ```text
+//! Events:
+//! SpanEvent #0
+//!      -> Name: retransmit
+//!      -> Timestamp: 1700000000123458001
+//!      -> DroppedAttributesCount: 0
+//!      -> Attributes::
+//!           -> tcpstates.retransmit.kind: Str(syn)
+//! ```
+//!
+//! [`Receiver`] records both. A batch has no end marker: the last span of a burst of output is taken
 //! as complete once stdout stays quiet for [`QUIET`].
 //!
 //! Each receiver listens on its own loopback ports (free ones by default, see [`Ports::free`]), so
@@ -228,10 +239,23 @@ pub struct ReceivedSpan {
     pub resource: BTreeMap<String, AttrValue>,
     /// (trace id, span id) of each span it links to.
     pub links: Vec<(String, String)>,
+    /// Its events, in the order rotel printed them.
+    pub events: Vec<ReceivedEvent>,
     /// Name of the instrumentation scope.
     pub scope_name: String,
     /// Version of the instrumentation scope (empty when there is none).
     pub scope_version: String,
+}
+
+/// One event of a span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedEvent {
+    /// Event name.
+    pub name: String,
+    /// Its time, in nanoseconds since the Unix epoch.
+    pub time_unix_nano: u64,
+    /// Its attributes.
+    pub attributes: BTreeMap<String, AttrValue>,
 }
 
 impl ReceivedSpan {
@@ -576,7 +600,10 @@ enum Section {
     Span,
     /// A span's links: `-> Trace ID:` and `-> ID:` lines after each `SpanLink #N`.
     Links,
-    /// Scope attributes and events: not recorded.
+    /// A span's events: `-> Name:`, `-> Timestamp:` and, further in, the attributes of each
+    /// `SpanEvent #N`.
+    Events,
+    /// Scope attributes: not recorded.
     Skipped,
 }
 
@@ -596,6 +623,15 @@ struct Partial {
     attributes: Vec<(String, String)>,
     /// (trace id, span id) of each link.
     links: Vec<(String, String)>,
+    events: Vec<PartialEvent>,
+}
+
+/// An event of a [`Partial`] span, its fields unparsed.
+#[derive(Debug, Default)]
+struct PartialEvent {
+    name: String,
+    timestamp: String,
+    attributes: Vec<(String, String)>,
 }
 
 /// A line-by-line parser of rotel's detailed trace log.
@@ -626,8 +662,23 @@ impl Parser {
                     }
                     _ => {}
                 },
+                (Section::Events, Some(span)) => {
+                    if let Some(event) = span.events.last_mut() {
+                        match entry.0.as_str() {
+                            "Name" => event.name = entry.1,
+                            "Timestamp" => event.timestamp = entry.1,
+                            _ => {}
+                        }
+                    }
+                }
                 _ => {}
             }
+        } else if let Some(attr) = line.strip_prefix("          -> ")
+            && self.section == Section::Events
+            && let Some(event) = self.span.as_mut().and_then(|span| span.events.last_mut())
+        {
+            let (key, value) = attr.split_once(": ").unwrap_or((attr, ""));
+            event.attributes.push((key.to_owned(), value.to_owned()));
         } else if line.starts_with("ResourceSpans #") {
             self.finish_span(out);
             self.resource_raw.clear();
@@ -710,7 +761,9 @@ impl Partial {
         {
             *section = Section::Links;
         } else if line == "Events:" {
-            *section = Section::Skipped;
+            *section = Section::Events;
+        } else if line.starts_with("SpanEvent #") && *section == Section::Events {
+            self.events.push(Default::default());
         } else if let Some((key, value)) = line
             .strip_prefix("    ")
             .and_then(|field| field.split_once(": "))
@@ -782,6 +835,17 @@ impl Partial {
                         hex("link trace id", trace, 32)?,
                         hex("link span id", span, 16)?,
                     ))
+                })
+                .collect::<Result<_, String>>()?,
+            events: self
+                .events
+                .iter()
+                .map(|event| {
+                    Ok(ReceivedEvent {
+                        name: event.name.clone(),
+                        time_unix_nano: nanos("event", &event.timestamp)?,
+                        attributes: parse_attributes(&event.attributes, out),
+                    })
                 })
                 .collect::<Result<_, String>>()?,
             scope_name: parser.scope_name.clone(),
@@ -885,8 +949,14 @@ line2)
 Events:
 SpanEvent #0
      -> Name: ev1
+     -> Timestamp: 1795408386891640000
+     -> DroppedAttributesCount: 0
      -> Attributes::
           -> k: Str(v)
+SpanEvent #1
+     -> Name: ev2
+     -> Timestamp: 1795408386891650000
+     -> DroppedAttributesCount: 0
 2026-11-23T04:33:44.987022Z  INFO Shutdown signal received.
 ";
 
@@ -924,7 +994,20 @@ SpanEvent #0
         );
         assert!(
             !root.attributes.contains_key("k"),
-            "event attributes skipped"
+            "event attributes are the event's"
+        );
+        assert!(child.events.is_empty());
+        let [ev1, ev2] = root.events.as_slice() else {
+            panic!("expected 2 events: {:#?}", root.events);
+        };
+        assert_eq!(
+            (ev1.name.as_str(), ev1.time_unix_nano),
+            ("ev1", 1795408386891640000)
+        );
+        assert_eq!(ev1.attributes["k"].as_str(), Some("v"));
+        assert_eq!(
+            (ev2.name.as_str(), ev2.time_unix_nano, ev2.attributes.len()),
+            ("ev2", 1795408386891650000, 0)
         );
         for span in [child, root] {
             assert_eq!(span.resource["service.name"].as_str(), Some("svc"));

@@ -5,16 +5,21 @@
 //! CLOSE line's `error` and `close`) and on its trace (`error.type`, `tcpstates.reset.direction`,
 //! `tcpstates.bytes.*`, `tcpstates.retransmits`), exported to a real rotel.
 //!
+//! Handshakes slowed by dropped SYNs or SYN-ACKs show each retransmission as a `retransmit`
+//! event, at its kernel time, on the state span it happened in.
+//!
 //! Ports: 33001..33010 (block 33xxx).
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use integration_tests::agent::{self, Agent, EVENT_TIMEOUT, Finished};
 use integration_tests::events::{JsonEvent, parse_json_lines};
 use integration_tests::netns::Netns;
 use integration_tests::otlp::{ReceivedSpan, Receiver};
+use integration_tests::traces::Trace;
 use integration_tests::traces::{ARRIVAL_TIMEOUT, ERROR_TYPE, RESET_DIRECTION, is_root_on_port};
 
 /// An agent printing `--json` and exporting to `receiver`, watching only `ns`.
@@ -306,4 +311,113 @@ fn the_bytes_a_connection_carried_are_counted_at_close() {
             "{root:#?}"
         );
     }
+}
+
+/// How long the handshake tests drop SYNs or SYN-ACKs: the first SYN and the SYN-ACK answering
+/// it are lost; the kernel sends each again after 1 s (and 2 s more), so the handshake
+/// completes about 3 s in.
+const DROPPED_FOR: Duration = Duration::from_millis(1500);
+
+/// The trace of the socket whose `--json` lines are `lines` and which is an end of the
+/// connection `is_end` says, once its root has arrived.
+fn trace_of(receiver: &Receiver, port: u16, lines: &[JsonEvent], is_end: &IsEnd<'_>) -> Trace {
+    let close = lines
+        .iter()
+        .find(|e| is_end(e) && e.event.newstate == "CLOSE")
+        .unwrap_or_else(|| panic!("a CLOSE line: {lines:#?}"));
+    let root = root_of(receiver, port, &close.event.skaddr);
+    Trace::of(&root, &receiver.spans())
+}
+
+/// The state span `state` of `trace` has at least one `retransmit` event, every one of kind
+/// `kind` and at a time inside the span; its root counts at least one retransmission.
+fn assert_retransmitted_in(trace: &Trace, state: &str, kind: &str) {
+    let span = trace
+        .children
+        .iter()
+        .find(|span| span.name == state)
+        .unwrap_or_else(|| panic!("a {state} span: {trace:#?}"));
+    assert!(!span.events.is_empty(), "no retransmit event: {span:#?}");
+    for event in &span.events {
+        assert_eq!(
+            (
+                event.name.as_str(),
+                event
+                    .attributes
+                    .get("tcpstates.retransmit.kind")
+                    .and_then(|v| v.as_str())
+            ),
+            ("retransmit", Some(kind)),
+            "{span:#?}"
+        );
+        assert!(
+            (span.start_unix_nano..=span.end_unix_nano).contains(&event.time_unix_nano),
+            "event outside its span: {span:#?}"
+        );
+    }
+    assert!(
+        trace
+            .root
+            .int_attr("tcpstates.retransmits")
+            .is_some_and(|n| n >= 1),
+        "{:#?}",
+        trace.root
+    );
+}
+
+/// A connection to `server` in a namespace where `rules` (nft) drop part of the handshake for
+/// [`DROPPED_FOR`]; returns the client's and the accepted socket's traces.
+fn slowed_handshake(server: SocketAddr, rules: &str) -> (Trace, Trace) {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let agent = start_agent(&ns, &receiver);
+    ns.run(|| {
+        let listener = TcpListener::bind(server).expect("listen");
+        nft(&ns, rules);
+        let connecting = std::thread::spawn(move || TcpStream::connect(server));
+        std::thread::sleep(DROPPED_FOR);
+        nft(&ns, "delete table inet slow");
+        let client = connecting
+            .join()
+            .expect("connect thread")
+            .expect("the connect completes once the rule is gone");
+        let (accepted, _) = listener.accept().expect("accept");
+        drop((client, accepted));
+    });
+    ns.await_no_tcp_sockets(EVENT_TIMEOUT);
+    let finished = agent.stop(libc::SIGINT);
+    assert_eq!(finished.code(), 0, "{}", finished.stderr.join("\n"));
+    let port = server.port();
+    let lines = on_port(&finished, port);
+    (
+        trace_of(&receiver, port, &lines, &|e| e.event.rport == port),
+        trace_of(&receiver, port, &lines, &|e| {
+            e.event.lport == port && e.event.oldstate != "LISTEN"
+        }),
+    )
+}
+
+/// SYNs dropped for 1.5 s: the client's SYN_SENT span carries its SYNs sent again.
+#[test]
+fn syns_sent_again_are_retransmit_events_of_the_syn_sent_span() {
+    let (client, _) = slowed_handshake(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 33006)),
+        "table inet slow { chain input { type filter hook input priority 0; \
+         tcp dport 33006 tcp flags syn drop; }; }",
+    );
+    assert_retransmitted_in(&client, "SYN_SENT", "syn");
+}
+
+/// SYN-ACKs dropped for 1.5 s: the server sends them again for the connection request, before
+/// the kernel makes the accepted socket; its SYN_RECV span begins at the request's first SYN-ACK
+/// and carries them.
+#[test]
+fn syn_acks_sent_again_are_retransmit_events_of_the_accepted_syn_recv_span() {
+    let (client, accepted) = slowed_handshake(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 33007)),
+        "table inet slow { chain output { type filter hook output priority 0; \
+         tcp sport 33007 tcp flags & (syn | ack) == syn | ack drop; }; }",
+    );
+    assert_retransmitted_in(&accepted, "SYN_RECV", "synack");
+    assert_retransmitted_in(&client, "SYN_SENT", "syn");
 }

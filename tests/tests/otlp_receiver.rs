@@ -1,5 +1,5 @@
 //! Self-test of the OTLP receiver harness (`integration_tests::otlp`), without the agent: spans
-//! with known ids, times, kinds, statuses and attributes are exported with the OpenTelemetry Rust
+//! with known ids, times, kinds, statuses, attributes, links and events are exported with the OpenTelemetry Rust
 //! SDK's own OTLP exporter, over gRPC and over HTTP, to a real rotel process, and must come back
 //! parsed exactly. Also covers a receiver that stops and restarts on the same ports, and a chain
 //! of two receivers. No root needed; ports are free ones the kernel picks.
@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use integration_tests::otlp::{AttrValue, Ports, ReceivedSpan, Receiver, SpanKind, StatusCode};
+use integration_tests::otlp::{
+    AttrValue, Ports, ReceivedEvent, ReceivedSpan, Receiver, SpanKind, StatusCode,
+};
 use opentelemetry::trace::{
-    Link, SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
+    Event, Link, SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -94,6 +96,16 @@ impl Sample {
             start_time: at(ROOT_START + 1),
             end_time: at(ROOT_START + 1_234_568),
             attributes: vec![KeyValue::new("network.connection.state", "syn_sent")],
+            events: {
+                let mut events = SpanEvents::default();
+                events.events.push(Event::new(
+                    "retransmit",
+                    at(ROOT_START + 1_000_003),
+                    vec![KeyValue::new("tcpstates.retransmit.kind", "syn")],
+                    0,
+                ));
+                events
+            },
             links: {
                 let mut links = SpanLinks::default();
                 links
@@ -145,6 +157,7 @@ impl Sample {
             ]),
             resource,
             links: Vec::new(),
+            events: Vec::new(),
             scope_name: "otlp-selftest".into(),
             scope_version: "1.2.3".into(),
         };
@@ -162,6 +175,14 @@ impl Sample {
                 AttrValue::Str("syn_sent".into()),
             )]),
             links: vec![(self.trace_hex(), format!("{:016x}", self.root_id()))],
+            events: vec![ReceivedEvent {
+                name: "retransmit".into(),
+                time_unix_nano: ROOT_START + 1_000_003,
+                attributes: BTreeMap::from([(
+                    "tcpstates.retransmit.kind".to_owned(),
+                    AttrValue::Str("syn".into()),
+                )]),
+            }],
             ..root.clone()
         };
         vec![child, root]

@@ -16,7 +16,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use agent_common::{
-    decode::{ResetSent, StateChange},
+    decode::{ResetSent, Retransmit, StateChange},
     state::{CLOSE, LISTEN, SYN_SENT},
 };
 
@@ -91,6 +91,11 @@ impl SessionStage {
         {
             ended.outcome = ended.outcome.with_reset_sent();
         }
+    }
+
+    /// A socket sent a segment again: an event of its session's state in progress.
+    pub fn retransmitted(&mut self, retransmit: &Retransmit) {
+        self.table.retransmitted(retransmit);
     }
 
     /// A drain of the ring buffer is over: hands on the sessions held since the one before,

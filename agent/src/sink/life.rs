@@ -365,7 +365,7 @@ mod tests {
     use super::*;
     use crate::{
         failure::Failure,
-        session::{Context, Endpoints, Incomplete, Links, Outcome, Session},
+        session::{Context, Endpoints, Incomplete, Links, Outcome, Retransmits, Session},
         sink::fixtures::{self, SharedBuf},
     };
 
@@ -411,6 +411,7 @@ mod tests {
                 states_done: 0,
                 continues: None,
                 reset_sent: false,
+                retransmits: Retransmits::default(),
                 links: Links::default(),
                 indexed: false,
             },

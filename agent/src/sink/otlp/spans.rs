@@ -13,7 +13,7 @@ use agent_common::{
 };
 use opentelemetry::{
     KeyValue,
-    trace::{Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
 };
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_semantic_conventions::attribute::{
@@ -26,7 +26,9 @@ use opentelemetry_semantic_conventions::attribute::{
 use crate::{
     clock::WallClock,
     details::SessionDetails,
-    session::{Context, Endpoints, Incomplete, Role, Session, SessionEnded, StateEnded},
+    session::{
+        Context, Endpoints, Incomplete, Retransmits, Role, Session, SessionEnded, StateEnded,
+    },
 };
 
 /// Vendor attribute: kernel address of the socket, hex.
@@ -60,6 +62,10 @@ pub const BYTES_SENT: &str = "tcpstates.bytes.sent";
 pub const BYTES_RECEIVED: &str = "tcpstates.bytes.received";
 /// Vendor attribute: segments retransmitted over the connection's life, at CLOSE.
 pub const RETRANSMITS: &str = "tcpstates.retransmits";
+/// Name of the span event of a retransmission, on the state span it happened in.
+pub const RETRANSMIT_EVENT: &str = "retransmit";
+/// Vendor attribute of a retransmission event: what was sent again (`syn`, `synack`, `data`).
+pub const RETRANSMIT_KIND: &str = "tcpstates.retransmit.kind";
 /// Vendor attribute: the smoothed round-trip time at CLOSE, µs.
 pub const RTT_SMOOTHED: &str = "tcpstates.rtt.smoothed_us";
 /// Vendor attribute: the minimum round-trip time seen, µs.
@@ -94,6 +100,7 @@ impl SpanFactory {
             start_ns,
             end_ns,
             incomplete,
+            retransmits,
             failure,
             endpoints,
             context,
@@ -119,7 +126,7 @@ impl SpanFactory {
             Some(name) => Cow::Borrowed(name),
             None => Cow::Owned(state.to_string()),
         };
-        self.data(
+        let mut span = self.data(
             ids,
             SpanId::from_bytes(ids.state_span_id(*index)),
             SpanId::from_bytes(*parent_span_id),
@@ -128,7 +135,29 @@ impl SpanFactory {
             (*start_ns, *end_ns),
             attributes,
             status,
-        )
+        );
+        span.events = self.retransmit_events(retransmits);
+        span
+    }
+
+    /// One `retransmit` event per retransmission kept, at its kernel time; those beyond are
+    /// counted as dropped events.
+    fn retransmit_events(&self, retransmits: &Retransmits) -> SpanEvents {
+        let mut events = SpanEvents::default();
+        events.events = retransmits
+            .kept
+            .iter()
+            .map(|(ts_ns, kind)| {
+                Event::new(
+                    RETRANSMIT_EVENT,
+                    self.clock.system_time(*ts_ns),
+                    vec![KeyValue::new(RETRANSMIT_KIND, kind.as_str())],
+                    0,
+                )
+            })
+            .collect();
+        events.dropped_count = retransmits.beyond;
+        events
     }
 
     /// The span of a session that ended (its trace's root, or a continuation's span);
@@ -410,7 +439,7 @@ mod tests {
 
     use agent_common::{
         correlation::BootId,
-        decode::{Comm, Owner},
+        decode::{Comm, Owner, RetransmitKind},
         event::COMM_LEN,
     };
     use opentelemetry::Value;
@@ -454,6 +483,7 @@ mod tests {
             states_done: 0,
             continues: None,
             reset_sent: false,
+            retransmits: Retransmits::default(),
             links: Links::default(),
             indexed: false,
         }
@@ -482,6 +512,13 @@ mod tests {
                 start_ns: 1_234_567,
                 end_ns: 201_234_568,
                 incomplete: None,
+                retransmits: Retransmits {
+                    kept: vec![
+                        (1_234_567 + 1_000, RetransmitKind::Data),
+                        (1_234_567 + 3_000, RetransmitKind::Data),
+                    ],
+                    beyond: 5,
+                },
                 failure: None,
                 endpoints: session(Role::Connect).endpoints,
                 context: session(Role::Connect).context,
@@ -513,6 +550,38 @@ mod tests {
         assert_eq!(span.status, Status::Unset);
         // A later state span shares its trace with the first, which says whose it is.
         assert_eq!(span.attributes.len(), 1, "{:?}", span.attributes);
+        // Its retransmissions, at their kernel times; those not kept counted as dropped.
+        let events: Vec<(String, Duration, Option<Value>)> = span
+            .events
+            .iter()
+            .map(|event| {
+                (
+                    event.name.to_string(),
+                    event
+                        .timestamp
+                        .duration_since(span.start_time)
+                        .expect("after the start"),
+                    event
+                        .attributes
+                        .iter()
+                        .find(|kv| kv.key.as_str() == RETRANSMIT_KIND)
+                        .map(|kv| kv.value.clone()),
+                )
+            })
+            .collect();
+        let data = Some(Value::from("data"));
+        assert_eq!(
+            events,
+            [
+                (
+                    "retransmit".to_owned(),
+                    Duration::from_nanos(1_000),
+                    data.clone()
+                ),
+                ("retransmit".to_owned(), Duration::from_nanos(3_000), data),
+            ]
+        );
+        assert_eq!(span.events.dropped_count, 5);
     }
 
     #[test]
@@ -527,6 +596,7 @@ mod tests {
                 start_ns: 1,
                 end_ns: 3_000_000_001,
                 incomplete: None,
+                retransmits: Retransmits::default(),
                 failure: Some(Failure::ConnectTimeout),
                 endpoints: session(Role::Connect).endpoints,
                 context: session(Role::Connect).context,
