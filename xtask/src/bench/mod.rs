@@ -32,7 +32,7 @@ use self::count::count_file;
 use self::cpus::Pinning;
 use self::netns::Netns;
 use self::receiver::Receiver;
-use self::report::{Config, OtlpRun, Run, TracerRun};
+use self::report::{Config, LineUnit, OtlpRun, Run, TracerRun};
 use self::scratch::Scratch;
 use self::summary::{OtlpSummary, Summary};
 use self::tracer::{Readiness, Running};
@@ -62,6 +62,8 @@ struct TracerSpec {
     has_summary: bool,
     /// Whether it is tcpstates exporting to the receiver instead of printing text.
     exports: bool,
+    /// What its output lines are.
+    unit: LineUnit,
 }
 
 /// How many of its unexpected stderr lines (or of its last ones) the bench shows after a run.
@@ -163,13 +165,24 @@ fn tracer_specs(
     peer: Option<&str>,
 ) -> Result<Vec<TracerSpec>> {
     let agent = agent.to_string_lossy().into_owned();
-    let mut tracers = vec![TracerSpec {
-        name: "tcpstates".into(),
-        argv: vec![agent.clone()],
-        readiness: Readiness::StderrLine(READY_LINE),
-        has_summary: true,
-        exports: false,
-    }];
+    let mut tracers = vec![
+        TracerSpec {
+            name: "tcpstates".into(),
+            argv: vec![agent.clone()],
+            readiness: Readiness::StderrLine(READY_LINE),
+            has_summary: true,
+            exports: false,
+            unit: LineUnit::Transitions,
+        },
+        TracerSpec {
+            name: "tcpstates --life".into(),
+            argv: vec![agent.clone(), "--life".into()],
+            readiness: Readiness::StderrLine(READY_LINE),
+            has_summary: true,
+            exports: false,
+            unit: LineUnit::Sessions,
+        },
+    ];
     if let Some(receiver) = receiver {
         tracers.push(TracerSpec {
             name: "tcpstates --otlp".into(),
@@ -182,6 +195,7 @@ fn tracer_specs(
             readiness: Readiness::StderrLine(READY_LINE),
             has_summary: true,
             exports: true,
+            unit: LineUnit::Transitions,
         });
     }
     if let Some(peer) = peer {
@@ -197,6 +211,11 @@ fn tracer_specs(
             readiness: Readiness::PerfEvent,
             has_summary: false,
             exports: false,
+            unit: if name.contains("tcplife") {
+                LineUnit::Sessions
+            } else {
+                LineUnit::Transitions
+            },
         });
     }
     Ok(tracers)
@@ -252,6 +271,7 @@ fn traced_run(
             exit: stopped.exit,
             stopping: stopped.stopping,
             lines,
+            unit: spec.unit,
             summary,
             closing,
             otlp,

@@ -32,12 +32,23 @@ pub(super) const LISTENER_TRANSITIONS: [&str; 2] = ["CLOSE->LISTEN", "LISTEN->CL
 pub const EVENTS_PER_CONNECTION: u64 = CONNECTION_TRANSITIONS.len() as u64;
 /// State changes of the load generator's listener per run.
 pub const LISTENER_EVENTS: u64 = LISTENER_TRANSITIONS.len() as u64;
+/// Sessions per load-generator connection (its two ends; a listener is no `--life` line).
+pub const SESSIONS_PER_CONNECTION: u64 = 2;
+
+/// What a tracer's output lines are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineUnit {
+    /// One line per state change (tcpstates, bcc's tcpstates).
+    Transitions,
+    /// One line per closed session (`tcpstates --life`, tcplife).
+    Sessions,
+}
 
 /// What the table's ratio, event and CPU rows mean.
 pub const LEGEND: &str = "ratio to no tracer = median rate / the no-tracer median rate; median of \
     round ratios = the median over rounds of each run's rate / the no-tracer rate of its round \
     (robust to the machine's speed drifting between rounds); events expected = 10 per connection \
-    + 2 for the listener; printed = output lines with the port as LPORT or RPORT; written and \
+    + 2 for the listener (for --life, sessions: 2 per connection); printed = output lines with the port as LPORT or RPORT; written and \
     lost = tcpstates' own exit summary (written: events handled, printed or turned into spans); \
     CPU time = user + system time of the tracer process (wait4), start to exit, and its share of \
     one core over the load's seconds; SIGINT to exit = the slowest stop (the OTLP agent flushes \
@@ -54,6 +65,8 @@ pub struct TracerRun {
     pub stopping: Duration,
     /// Its output's line counts; `None` for a tracer that prints nothing (`tcpstates --otlp -q`).
     pub lines: Option<LineCounts>,
+    /// What its lines are.
+    pub unit: LineUnit,
     /// Its own event counts (tcpstates only; peers print none).
     pub summary: Option<Summary>,
     /// The bench's sockets still closing when it was stopped, by `ss` state: their last state
@@ -82,9 +95,12 @@ pub struct Run {
 }
 
 impl Run {
-    /// Events the tracer should have printed for the bench's port.
+    /// Lines the tracer should have printed for the bench's port: state changes, or sessions.
     pub fn expected_events(&self) -> u64 {
-        EVENTS_PER_CONNECTION * self.load.connections + LISTENER_EVENTS
+        match self.tracer.as_ref().map(|tracer| tracer.unit) {
+            Some(LineUnit::Sessions) => SESSIONS_PER_CONNECTION * self.load.connections,
+            _ => EVENTS_PER_CONNECTION * self.load.connections + LISTENER_EVENTS,
+        }
     }
 }
 
@@ -373,6 +389,9 @@ pub fn transition_deviations(configs: &[Config]) -> String {
         for run in &config.runs {
             let Some(tracer) = &run.tracer else { continue };
             let Some(lines) = &tracer.lines else { continue };
+            if tracer.unit == LineUnit::Sessions {
+                continue;
+            }
             traced = true;
             for (state, n) in &tracer.closing {
                 *closing.entry(state).or_default() += n;
@@ -472,6 +491,25 @@ mod tests {
     }
 
     #[test]
+    fn a_tracer_of_sessions_expects_a_line_per_end_and_none_for_the_listener() {
+        let run = |unit| Run {
+            load: load(1.0),
+            tracer: Some(TracerRun {
+                cpu: Duration::ZERO,
+                exit: "exit 0".into(),
+                stopping: Duration::ZERO,
+                lines: None,
+                unit,
+                summary: None,
+                closing: BTreeMap::new(),
+                otlp: None,
+            }),
+        };
+        assert_eq!(run(LineUnit::Transitions).expected_events(), 100 * 10 + 2);
+        assert_eq!(run(LineUnit::Sessions).expected_events(), 100 * 2);
+    }
+
+    #[test]
     fn round_ratios_pair_each_run_with_the_baseline_of_its_round() {
         let config = |rates: &[f64]| Config {
             name: "x".into(),
@@ -525,6 +563,7 @@ mod tests {
                                 .chain(LISTENER_TRANSITIONS.map(|name| (name.to_string(), 1)))
                                 .collect(),
                         }),
+                        unit: LineUnit::Transitions,
                         closing: BTreeMap::from([("LAST-ACK".to_string(), 1)]),
                         summary: Some(Summary {
                             written: 1099,
@@ -545,6 +584,7 @@ mod tests {
                         exit: "exit 0".into(),
                         stopping: Duration::from_millis(1500),
                         lines: None,
+                        unit: LineUnit::Transitions,
                         closing: BTreeMap::new(),
                         summary: Some(Summary {
                             written: 1010,
