@@ -30,6 +30,8 @@ examples:
     tcpstates --netns /run/netns/blue   # only sockets in that network namespace
     tcpstates --json    # one JSON object per line, for scripts
     tcpstates --otlp -q # export sessions as traces to $OTEL_EXPORTER_OTLP_ENDPOINT only
+    tcpstates --otlp --metrics -q   # traces and metrics
+    tcpstates --metrics -q          # metrics only
     tcpstates --life    # one line per closed session, as tcplife (also: invoked as tcplife)";
 
 /// What `--version` prints after the name: the crate's version and the commit it was built from
@@ -103,6 +105,16 @@ pub struct Cli {
     /// OTEL_EXPORTER_OTLP_PROTOCOL picks grpc (default), http/protobuf or http/json.
     #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
     pub otlp: Option<String>,
+    /// Export OpenTelemetry metrics of every session over OTLP (handshake and connection
+    /// durations, successes and failures, time in each state, sockets by state, the agent's
+    /// health), to ENDPOINT, else to --otlp's, else to OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; every OTEL_METRIC_EXPORT_INTERVAL ms (default 60000).
+    #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
+    pub metrics: Option<String>,
+    /// With --metrics: the connection metrics also carry the peer's address (one series per
+    /// peer: mind the cardinality).
+    #[arg(long, requires = "metrics")]
+    pub metrics_peer_address: bool,
     /// One line per closed session instead of one per state change, as bcc's tcplife prints
     /// them (PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS; -x adds ERROR and RETRANS);
     /// the default when invoked as `tcplife`.

@@ -3,11 +3,12 @@
 use std::{collections::BTreeSet, fmt, num::NonZeroUsize, str::FromStr};
 
 use agent_common::state::{AF_INET, AF_INET6};
+use opentelemetry_sdk::metrics::Temporality;
 
 use crate::{
     cgroup::CgroupRef,
     cli::Cli,
-    sink::otlp::settings::{ExportSettings, SettingsError},
+    sink::otlp::settings::{ExportSettings, SettingsError, Signal},
 };
 
 /// A non-empty set of TCP ports, parsed from a comma-separated list such as `80,443`.
@@ -108,6 +109,68 @@ pub struct Config {
     pub max_sessions: NonZeroUsize,
     /// OpenTelemetry export, with `--otlp`.
     pub otlp: Option<OtlpConfig>,
+    /// OpenTelemetry metrics, with `--metrics`.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `--metrics` settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsConfig {
+    /// Transport and endpoint.
+    pub export: ExportSettings,
+    /// Delta or cumulative (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`).
+    pub temporality: Temporality,
+    /// Whether the connection metrics carry the peer's address.
+    pub peer_address: bool,
+}
+
+/// The variable naming the metrics' temporality.
+const TEMPORALITY_VARIABLE: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+/// The variable naming the metrics' export interval, in milliseconds (read by the SDK).
+const INTERVAL_VARIABLE: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+
+impl MetricsConfig {
+    /// `--metrics [ENDPOINT]` with `otlp_endpoint` (`--otlp`'s, used when `endpoint` is
+    /// empty) and the environment; refuses what the SDK would silently ignore.
+    fn resolve(
+        endpoint: &str,
+        otlp_endpoint: Option<&str>,
+        peer_address: bool,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SettingsError> {
+        let endpoint = Some(endpoint)
+            .filter(|endpoint| !endpoint.is_empty())
+            .or(otlp_endpoint.filter(|endpoint| !endpoint.is_empty()));
+        let temporality = match var(TEMPORALITY_VARIABLE) {
+            None => Temporality::Cumulative,
+            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "cumulative" => Temporality::Cumulative,
+                "delta" => Temporality::Delta,
+                "lowmemory" => Temporality::LowMemory,
+                _ => {
+                    return Err(SettingsError::Variable {
+                        variable: TEMPORALITY_VARIABLE,
+                        value,
+                        expected: "the temporality must be cumulative, delta or lowmemory",
+                    });
+                }
+            },
+        };
+        if let Some(value) = var(INTERVAL_VARIABLE)
+            && !value.trim().parse::<u64>().is_ok_and(|ms| ms > 0)
+        {
+            return Err(SettingsError::Variable {
+                variable: INTERVAL_VARIABLE,
+                value,
+                expected: "the interval must be a positive number of milliseconds",
+            });
+        }
+        Ok(Self {
+            export: ExportSettings::resolve(Signal::Metrics, endpoint, &var)?,
+            temporality,
+            peer_address,
+        })
+    }
 }
 
 /// `--otlp` settings.
@@ -130,10 +193,22 @@ impl Config {
             .map(|endpoint| {
                 let endpoint = Some(endpoint).filter(|endpoint| !endpoint.is_empty());
                 Ok::<_, SettingsError>(OtlpConfig {
-                    export: ExportSettings::resolve(endpoint, &var)?,
+                    export: ExportSettings::resolve(Signal::Traces, endpoint, &var)?,
                     queue_capacity: cli.otlp_queue as usize,
                     trace_self: cli.trace_self,
                 })
+            })
+            .transpose()?;
+        let metrics = cli
+            .metrics
+            .as_deref()
+            .map(|endpoint| {
+                MetricsConfig::resolve(
+                    endpoint,
+                    cli.otlp.as_deref(),
+                    cli.metrics_peer_address,
+                    &var,
+                )
             })
             .transpose()?;
         let format = if cli.quiet {
@@ -169,6 +244,7 @@ impl Config {
             life: cli.life,
             max_sessions: NonZeroUsize::new(cli.max_sessions as usize).unwrap_or(NonZeroUsize::MIN),
             otlp,
+            metrics,
         })
     }
 

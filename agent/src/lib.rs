@@ -40,7 +40,8 @@ use crate::{
     sink::{
         SessionSink, Sink,
         journal::{JournalSink, JournalUnavailable},
-        otlp::{OtlpSink, export::ExportError},
+        metrics::{MetricsSink, export::MetricsExport},
+        otlp::{OtlpSink, export::ExportError, settings},
     },
     tracer::{Summary, TraceError},
 };
@@ -111,6 +112,15 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         (sink::output(&config, clock, stdout), None)
     };
     session_sinks.extend(life_output);
+    if let Some(metrics) = &config.metrics {
+        let host_name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok());
+        let resource = settings::resource(host_name, std::env::var("OTEL_SERVICE_NAME").ok());
+        let export = MetricsExport::start(&metrics.export, metrics.temporality, resource)?;
+        // Last: it finishes after the others, whose accounts its health metrics report.
+        session_sinks.push(Box::new(MetricsSink::new(export, metrics.peer_address)));
+    }
     let sessions = if session_sinks.is_empty() {
         None
     } else {

@@ -122,6 +122,10 @@ fn report(summary: &Summary) {
                 SessionSinkAccount::Life { printed } => {
                     eprintln!("tcpstates: {printed} sessions printed");
                 }
+                SessionSinkAccount::Metrics(metrics) => eprintln!(
+                    "tcpstates: OTLP metrics: {} exports, {} failed",
+                    metrics.exported, metrics.failed
+                ),
             }
         }
     }

@@ -124,6 +124,15 @@ impl Endpoints {
         }
     }
 
+    /// `ipv4` or `ipv6` (`network.type`): the socket's family, as its local address tells.
+    pub fn network_type(&self) -> &'static str {
+        if self.local_addr.is_ipv4() {
+            "ipv4"
+        } else {
+            "ipv6"
+        }
+    }
+
     /// Takes the newer values, keeping known ones where the newer event has none.
     fn update(&mut self, newer: Self) {
         if newer.local_port != 0 {
@@ -270,6 +279,21 @@ impl Session {
     }
 }
 
+/// A session began: the state its socket is in when first seen.
+#[derive(Clone, Debug)]
+pub struct SessionBegan {
+    /// The state it is in.
+    pub state: TcpState,
+    /// Kernel time it was first seen.
+    pub ts_ns: u64,
+    /// The session's ends, as first seen.
+    pub endpoints: Endpoints,
+    /// The session's owner and location.
+    pub context: Context,
+    /// How it began.
+    pub role: Role,
+}
+
 /// A session left a state: one state span.
 #[derive(Clone, Debug)]
 pub struct StateEnded {
@@ -281,6 +305,8 @@ pub struct StateEnded {
     pub parent_span_id: [u8; 8],
     /// The state left.
     pub state: TcpState,
+    /// The state entered; `None` when the session was ended early in `state`.
+    pub next_state: Option<TcpState>,
     /// Kernel time the state was entered.
     pub start_ns: u64,
     /// Kernel time it was left.
@@ -323,6 +349,8 @@ pub struct SessionEnded {
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum Completed {
+    /// A session began.
+    Began(SessionBegan),
     /// The session left a state.
     State(StateEnded),
     /// The session ended.
@@ -501,6 +529,7 @@ impl SessionTable {
                 index: session.states_done,
                 parent_span_id: session.span_id(),
                 state: change.oldstate,
+                next_state: Some(change.newstate),
                 start_ns,
                 end_ns: change.ts_ns,
                 incomplete: None,
@@ -522,6 +551,15 @@ impl SessionTable {
                 session.state_since_ns = Some(request.requested_ns);
                 session.start_ns = session.start_ns.min(request.requested_ns);
             }
+        }
+        if created && change.newstate != TcpState(CLOSE) {
+            out.push(Completed::Began(SessionBegan {
+                state: change.newstate,
+                ts_ns: change.ts_ns,
+                endpoints: session.endpoints,
+                context: session.context,
+                role: session.role,
+            }));
         }
         if change.newstate == TcpState(CLOSE)
             && let Some(session) = self.remove(cookie)
@@ -693,6 +731,7 @@ fn end_early(mut session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<C
             index: next_index,
             parent_span_id: session.span_id(),
             state: session.state,
+            next_state: None,
             start_ns,
             end_ns: end_ns.max(start_ns),
             incomplete: Some(why),
@@ -848,7 +887,10 @@ mod tests {
         ] {
             table.observe(&change, &mut out);
         }
-        assert!(out.is_empty(), "nothing ends before the end");
+        assert!(
+            out.iter().all(|c| matches!(c, Completed::Began(_))),
+            "nothing ends before the end: {out:?}"
+        );
         table.end_all(99, &mut out);
         let mut summary: Vec<_> = sessions(&out)
             .iter()
@@ -874,7 +916,7 @@ mod tests {
                     end_ns,
                     ..
                 }) => Some((state.to_string(), *start_ns, *end_ns)),
-                Completed::Session(SessionEnded { .. }) => None,
+                Completed::Began(_) | Completed::Session(SessionEnded { .. }) => None,
             })
             .collect()
     }
@@ -889,7 +931,7 @@ mod tests {
                     incomplete,
                     ..
                 }) => Some((session, *end_ns, *outcome, *incomplete)),
-                Completed::State(StateEnded { .. }) => None,
+                Completed::Began(_) | Completed::State(StateEnded { .. }) => None,
             })
             .collect()
     }
@@ -1134,6 +1176,7 @@ mod tests {
                         (session.span_id(), parent, None)
                     })
                 }
+                Completed::Began(_) => None,
             })
             .collect()
     }
@@ -1227,7 +1270,7 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 Completed::State(StateEnded { index, .. }) => Some(*index),
-                Completed::Session(SessionEnded { .. }) => None,
+                Completed::Began(_) | Completed::Session(SessionEnded { .. }) => None,
             })
             .collect();
         assert_eq!(indexes, [0, 0], "each session numbers its own states");
@@ -1243,7 +1286,7 @@ mod tests {
                     ended.end_ns,
                     ended.retransmits.clone(),
                 )),
-                Completed::Session(_) => None,
+                Completed::Began(_) | Completed::Session(_) => None,
             })
             .collect()
     }

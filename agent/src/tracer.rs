@@ -251,13 +251,13 @@ pub async fn trace(
             _ = loss_tick.tick() => {
                 let counts = counters.read().map_err(TraceError::Counters)?;
                 report_growth(&reported, &counts);
-                reported = counts;
                 let gaps = delivery.gaps.gaps();
                 report_gap_growth(&reported_gaps, &gaps);
                 reported_gaps = gaps;
                 if let Some(sessions) = &mut delivery.sessions {
-                    sessions.report_growth();
+                    sessions.report_growth(&counts);
                 }
+                reported = counts;
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -279,7 +279,11 @@ pub async fn trace(
         .filter_map(|sink| sink.report())
         .collect();
     let now_ns = monotonic_now_ns().unwrap_or(u64::MAX);
-    delivery.summary.sessions = delivery.sessions.take().map(|stage| stage.finish(now_ns));
+    let kernel = delivery.summary.counts;
+    delivery.summary.sessions = delivery
+        .sessions
+        .take()
+        .map(|stage| stage.finish(now_ns, &kernel));
     Ok(delivery.summary)
 }
 

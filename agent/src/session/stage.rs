@@ -22,8 +22,9 @@ use agent_common::{
 
 use super::{Completed, Outcome, SessionEnded, SessionTable};
 use crate::{
+    counters::Counts,
     details::{DetailsCache, SessionDetails},
-    sink::{SessionSink, SessionSinkAccount},
+    sink::{Health, SessionSink, SessionSinkAccount},
 };
 
 /// The account of the session stage at exit.
@@ -132,24 +133,45 @@ impl SessionStage {
         self.hand_on();
     }
 
-    /// Has each sink say what went wrong since it was last asked.
-    pub fn report_growth(&mut self) {
+    /// Has each sink say what went wrong since it was last asked; `kernel` are the kernel's
+    /// counts so far.
+    pub fn report_growth(&mut self, kernel: &Counts) {
+        let mut health = Health {
+            kernel: *kernel,
+            evictions: self.table.evictions(),
+            spans: None,
+        };
+        for sink in &self.sinks {
+            note_account(&mut health, sink.account());
+        }
         for sink in &mut self.sinks {
-            sink.report_growth();
+            sink.report_growth(&health);
         }
     }
 
     /// Ends every open session at `now_ns` (tracing is stopping), hands them on, and lets each
-    /// sink finish.
-    pub fn finish(mut self, now_ns: u64) -> SessionsSummary {
+    /// sink finish in turn, telling it the agent's health at the end (`kernel`: the kernel's
+    /// final counts) with the accounts of those finished before it.
+    pub fn finish(mut self, now_ns: u64, kernel: &Counts) -> SessionsSummary {
         self.table.end_all(now_ns, &mut self.completed);
         self.hand_on();
         while let Some((_, ended)) = self.held.pop_front() {
             self.hand_on_session(&ended);
         }
-        SessionsSummary {
+        let mut health = Health {
+            kernel: *kernel,
             evictions: self.table.evictions(),
-            sinks: self.sinks.into_iter().map(|sink| sink.finish()).collect(),
+            spans: None,
+        };
+        let mut sinks = Vec::with_capacity(self.sinks.len());
+        for sink in self.sinks {
+            let account = sink.finish(&health);
+            note_account(&mut health, account);
+            sinks.push(account);
+        }
+        SessionsSummary {
+            evictions: health.evictions,
+            sinks,
         }
     }
 
@@ -157,6 +179,12 @@ impl SessionStage {
         let completed = std::mem::take(&mut self.completed);
         for completed in &completed {
             match completed {
+                Completed::Began(began) => {
+                    let details = self.details.describe(&began.context);
+                    for sink in &mut self.sinks {
+                        sink.session_began(began, &details);
+                    }
+                }
                 Completed::State(state) => {
                     // Only the state that begins a trace carries the owner's details (the
                     // later ones share its trace): the cache is not asked for every state.
@@ -188,6 +216,13 @@ impl SessionStage {
     }
 }
 
+/// Puts what a sink's `account` says of the agent's health into `health`.
+fn note_account(health: &mut Health, account: SessionSinkAccount) {
+    if let SessionSinkAccount::Otlp(spans) = account {
+        health.spans = Some(spans);
+    }
+}
+
 /// Whether a session that ended may still get a reset its socket sends after its CLOSE: it
 /// closed (not ended early) from a state other than SYN_SENT or LISTEN, with no reset seen yet.
 fn may_send_reset_after_close(ended: &SessionEnded) -> bool {
@@ -214,6 +249,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        counters::Counts,
         session::{Incomplete, Role, SessionEnded, StateEnded},
         sink::otlp::export::ExportCounts,
     };
@@ -225,14 +261,24 @@ mod tests {
     struct Seen {
         states: Vec<StateEnded>,
         sessions: Vec<(SessionEnded, Option<String>)>,
-        reports: u32,
+        began: Vec<(u64, TcpState)>,
+        /// The health told at each report, then at the finish.
+        healths: Vec<Health>,
         finished: bool,
     }
 
-    /// A session sink that records what it is handed.
-    struct Recorder(Rc<RefCell<Seen>>);
+    /// A session sink that records what it is handed; its account says `dropped` spans.
+    struct Recorder(Rc<RefCell<Seen>>, u64);
 
     impl SessionSink for Recorder {
+        fn session_began(
+            &mut self,
+            began: &crate::session::SessionBegan,
+            _details: &crate::details::SessionDetails<'_>,
+        ) {
+            self.0.borrow_mut().began.push((began.ts_ns, began.state));
+        }
+
         fn state_ended(
             &mut self,
             state: &StateEnded,
@@ -253,13 +299,22 @@ mod tests {
                 .push((session.clone(), executable));
         }
 
-        fn report_growth(&mut self) {
-            self.0.borrow_mut().reports += 1;
+        fn report_growth(&mut self, health: &Health) {
+            self.0.borrow_mut().healths.push(*health);
         }
 
-        fn finish(self: Box<Self>) -> SessionSinkAccount {
-            self.0.borrow_mut().finished = true;
-            SessionSinkAccount::Otlp(ExportCounts::default())
+        fn account(&self) -> SessionSinkAccount {
+            SessionSinkAccount::Otlp(ExportCounts {
+                dropped: self.1,
+                ..ExportCounts::default()
+            })
+        }
+
+        fn finish(self: Box<Self>, health: &Health) -> SessionSinkAccount {
+            let mut seen = self.0.borrow_mut();
+            seen.healths.push(*health);
+            seen.finished = true;
+            self.account()
         }
     }
 
@@ -293,7 +348,10 @@ mod tests {
             SessionTable::new(capacity, BOOT_ID),
             DetailsCache::new(capacity),
             seen.iter()
-                .map(|seen| Box::new(Recorder(Rc::clone(seen))) as Box<dyn SessionSink>)
+                .enumerate()
+                .map(|(i, seen)| {
+                    Box::new(Recorder(Rc::clone(seen), i as u64 + 1)) as Box<dyn SessionSink>
+                })
                 .collect(),
         );
         (stage, seen)
@@ -311,13 +369,18 @@ mod tests {
         ] {
             stage.observe(&change(7, ts, old, new));
         }
-        let summary = stage.finish(100);
+        let summary = stage.finish(100, &Counts::default());
         assert_eq!(summary.evictions, 0);
         assert_eq!(summary.sinks.len(), 2);
         let ids = ConnectionIds::new(&BOOT_ID, 7);
         for seen in &seen {
             let seen = seen.borrow();
             assert!(seen.finished);
+            assert_eq!(
+                seen.began,
+                [(10, TcpState(SYN_SENT))],
+                "it began connecting"
+            );
             let states: Vec<_> = seen
                 .states
                 .iter()
@@ -344,6 +407,26 @@ mod tests {
     }
 
     #[test]
+    fn sinks_finish_in_turn_each_told_the_accounts_of_those_before() {
+        let (stage, seen) = stage(8, 2);
+        stage.finish(10, &Counts::default());
+        let dropped_told = |i: usize| -> Vec<Option<u64>> {
+            seen[i]
+                .borrow()
+                .healths
+                .iter()
+                .map(|h| h.spans.map(|spans| spans.dropped))
+                .collect()
+        };
+        assert_eq!(dropped_told(0), [None], "the first finishes first");
+        assert_eq!(
+            dropped_told(1),
+            [Some(1)],
+            "the second hears the first's account"
+        );
+    }
+
+    #[test]
     fn the_sockets_of_the_process_left_out_are_not_handed_on() {
         let (stage, seen) = stage(8, 1);
         let mut stage = stage.leaving_out(4242);
@@ -362,7 +445,7 @@ mod tests {
         // Another socket is traced as ever.
         stage.observe(&change(6, 40, CLOSE, SYN_SENT));
         stage.observe(&change(6, 50, SYN_SENT, CLOSE));
-        stage.finish(60);
+        stage.finish(60, &Counts::default());
         let seen = seen[0].borrow();
         let cookies: Vec<u64> = seen
             .sessions
@@ -379,11 +462,20 @@ mod tests {
         stage.observe(&change(1, 10, CLOSE, SYN_SENT));
         // The table holds one session: the second evicts the first.
         stage.observe(&change(2, 20, CLOSE, SYN_SENT));
-        stage.report_growth();
-        let summary = stage.finish(30);
+        let kernel = Counts {
+            ring_full: 3,
+            ..Counts::default()
+        };
+        stage.report_growth(&kernel);
+        let summary = stage.finish(30, &kernel);
         assert_eq!(summary.evictions, 1);
         let seen = seen[0].borrow();
-        assert_eq!(seen.reports, 1);
+        let told: Vec<(u64, u64)> = seen
+            .healths
+            .iter()
+            .map(|h| (h.kernel.ring_full, h.evictions))
+            .collect();
+        assert_eq!(told, [(3, 1), (3, 1)], "a report, then the finish");
         let ends: Vec<_> = seen
             .sessions
             .iter()

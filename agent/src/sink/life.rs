@@ -18,7 +18,7 @@ use std::{
 use chrono::{DateTime, TimeZone};
 use serde::Serialize;
 
-use super::{Elapsed, SessionSink, SessionSinkAccount};
+use super::{Elapsed, Health, SessionSink, SessionSinkAccount};
 use crate::{
     clock::WallClock,
     config::TimeColumns,
@@ -340,13 +340,17 @@ where
         self.result(flushed);
     }
 
-    fn report_growth(&mut self) {}
+    fn report_growth(&mut self, _health: &Health) {}
 
-    fn finish(mut self: Box<Self>) -> SessionSinkAccount {
-        self.end_of_drain();
+    fn account(&self) -> SessionSinkAccount {
         SessionSinkAccount::Life {
             printed: self.printed,
         }
+    }
+
+    fn finish(mut self: Box<Self>, _health: &Health) -> SessionSinkAccount {
+        self.end_of_drain();
+        self.account()
     }
 }
 
@@ -463,7 +467,7 @@ mod tests {
         for session in sessions {
             sink.session_ended(session, &SessionDetails::default());
         }
-        let _ = sink.finish();
+        let _ = sink.finish(&Health::default());
         buf.text()
     }
 

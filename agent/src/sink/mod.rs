@@ -5,12 +5,14 @@
 //! is decoded — standard output gets one of [`table`], [`csv`] or [`json`] (or nothing, with
 //! `-q`), and [`journal`] can be added beside it with `-Y`; per-session sinks ([`SessionSink`])
 //! get what the session stage ([`crate::session::stage`]) hands on — each state a session left
-//! and each session's end — [`otlp`] with `--otlp`.
+//! and each session's end — [`otlp`] with `--otlp`, [`metrics`] with `--metrics`, [`life`] with
+//! `--life`.
 
 pub mod csv;
 pub mod journal;
 pub mod json;
 pub mod life;
+pub mod metrics;
 pub mod otlp;
 pub mod table;
 
@@ -25,10 +27,11 @@ use chrono::Local;
 use crate::{
     clock::WallClock,
     config::{Config, Format},
+    counters::Counts,
     details::SessionDetails,
     failure::Failure,
-    session::{SessionEnded, StateEnded},
-    sink::otlp::export::ExportCounts,
+    session::{SessionBegan, SessionEnded, StateEnded},
+    sink::{metrics::export::MetricsCounts, otlp::export::ExportCounts},
 };
 
 /// A destination for state changes, one by one.
@@ -50,8 +53,23 @@ pub trait Sink {
     }
 }
 
+/// How the agent is doing: what its exit account says, so far. The session stage hands it to
+/// its sinks every second and as they finish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The kernel's counts of events lost and skipped.
+    pub kernel: Counts,
+    /// Sessions ended early (the session table full, or their CLOSE lost).
+    pub evictions: u64,
+    /// With `--otlp`: what became of the spans.
+    pub spans: Option<ExportCounts>,
+}
+
 /// A destination for sessions: what the session stage hands on.
 pub trait SessionSink {
+    /// A session began, in the state its socket is in; `details` describe its owner and where
+    /// its socket lives.
+    fn session_began(&mut self, _began: &SessionBegan, _details: &SessionDetails<'_>) {}
     /// A session left a state; `details` describe the session's owner and location for the
     /// first state of a trace (empty for the later ones).
     fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>);
@@ -60,10 +78,14 @@ pub trait SessionSink {
     fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>);
     /// A drain of the ring buffer is over (at least every 20 ms): push out what is buffered.
     fn end_of_drain(&mut self) {}
-    /// Says on standard error what went wrong since it was last asked (called every second).
-    fn report_growth(&mut self);
-    /// Delivers what it still holds (within its own deadline) and returns its account.
-    fn finish(self: Box<Self>) -> SessionSinkAccount;
+    /// Says on standard error what went wrong since it was last asked (called every second,
+    /// with the agent's `health` so far).
+    fn report_growth(&mut self, health: &Health);
+    /// Its account so far.
+    fn account(&self) -> SessionSinkAccount;
+    /// Delivers what it still holds (within its own deadline) and returns its account;
+    /// `health` is the agent's at the end, with the accounts of the sinks finished before it.
+    fn finish(self: Box<Self>, health: &Health) -> SessionSinkAccount;
 }
 
 /// The exit account of a [`SessionSink`].
@@ -76,6 +98,8 @@ pub enum SessionSinkAccount {
         /// Sessions printed.
         printed: u64,
     },
+    /// `--metrics`: what became of the metric exports.
+    Metrics(MetricsCounts),
 }
 
 /// The standard-output sink that `config` asks for, writing to `out`; none with `-q` or

@@ -23,7 +23,7 @@ use std::{
 
 use opentelemetry::trace::SpanId;
 use opentelemetry_otlp::{
-    RetryPolicy, SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+    RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::{
     Resource,
@@ -222,48 +222,60 @@ impl SpanExport {
 /// Retries within one request, by the exporter: on the failures the OTLP specification calls
 /// retryable, honouring the collector's Retry-After (HTTP) or RetryInfo (gRPC), within the
 /// request timeout; at most 0.5 s apart otherwise.
-fn retry_policy() -> RetryPolicy {
+pub fn retry_policy() -> RetryPolicy {
     RetryPolicy::recommended().with_max_delay(Duration::from_millis(500))
 }
 
 fn build_exporter(settings: &ExportSettings) -> Result<SpanExporter, ExportError> {
     tls::install_crypto_provider();
+    let builder = SpanExporter::builder();
     let exporter = match settings.protocol {
-        Protocol::Grpc => {
-            let mut builder = SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(settings.timeout)
-                .with_retry_policy(retry_policy());
-            if settings.secure {
-                builder = builder.with_tls_config(tls::grpc_config(&settings.tls));
-            }
-            match &settings.endpoint {
-                Some(endpoint) => builder.with_endpoint(endpoint).build(),
-                None => builder.build(),
-            }
-        }
+        Protocol::Grpc => configure_grpc(builder.with_tonic(), settings).build(),
         Protocol::HttpProtobuf | Protocol::HttpJson => {
-            let protocol = if settings.protocol == Protocol::HttpJson {
-                opentelemetry_otlp::Protocol::HttpJson
-            } else {
-                opentelemetry_otlp::Protocol::HttpBinary
-            };
-            let mut builder = SpanExporter::builder()
-                .with_http()
-                .with_protocol(protocol)
-                .with_timeout(settings.timeout)
-                .with_retry_policy(retry_policy());
-            if !settings.tls.is_empty() {
-                builder =
-                    builder.with_http_client(tls::http_client(&settings.tls, settings.timeout)?);
-            }
-            match &settings.endpoint {
-                Some(endpoint) => builder.with_endpoint(endpoint).build(),
-                None => builder.build(),
-            }
+            configure_http(builder.with_http(), settings)?.build()
         }
     };
     Ok(exporter?)
+}
+
+/// A gRPC exporter builder (of spans or metrics) set up as `settings` say.
+pub fn configure_grpc<B: WithExportConfig + WithTonicConfig>(
+    builder: B,
+    settings: &ExportSettings,
+) -> B {
+    let mut builder = builder
+        .with_timeout(settings.timeout)
+        .with_retry_policy(retry_policy());
+    if settings.secure {
+        builder = builder.with_tls_config(tls::grpc_config(&settings.tls));
+    }
+    match &settings.endpoint {
+        Some(endpoint) => builder.with_endpoint(endpoint),
+        None => builder,
+    }
+}
+
+/// An HTTP exporter builder (of spans or metrics) set up as `settings` say.
+pub fn configure_http<B: WithExportConfig + WithHttpConfig>(
+    builder: B,
+    settings: &ExportSettings,
+) -> Result<B, ExportError> {
+    let protocol = if settings.protocol == Protocol::HttpJson {
+        opentelemetry_otlp::Protocol::HttpJson
+    } else {
+        opentelemetry_otlp::Protocol::HttpBinary
+    };
+    let mut builder = builder
+        .with_protocol(protocol)
+        .with_timeout(settings.timeout)
+        .with_retry_policy(retry_policy());
+    if !settings.tls.is_empty() {
+        builder = builder.with_http_client(tls::http_client(&settings.tls, settings.timeout)?);
+    }
+    Ok(match &settings.endpoint {
+        Some(endpoint) => builder.with_endpoint(endpoint),
+        None => builder,
+    })
 }
 
 /// What a failed export request means for its batch.

@@ -16,7 +16,7 @@ use self::{
     settings::ExportSettings,
     spans::SpanFactory,
 };
-use super::{SessionSink, SessionSinkAccount};
+use super::{Health, SessionSink, SessionSinkAccount};
 use crate::{
     clock::WallClock,
     details::SessionDetails,
@@ -61,7 +61,7 @@ impl SessionSink for OtlpSink {
             .push(self.factory.session_span(session, details));
     }
 
-    fn report_growth(&mut self) {
+    fn report_growth(&mut self, _health: &Health) {
         let counts = self.export.counts();
         if counts.dropped > self.reported.dropped {
             eprintln!(
@@ -73,9 +73,13 @@ impl SessionSink for OtlpSink {
         self.reported = counts;
     }
 
-    fn finish(mut self: Box<Self>) -> SessionSinkAccount {
+    fn account(&self) -> SessionSinkAccount {
+        SessionSinkAccount::Otlp(self.export.counts())
+    }
+
+    fn finish(mut self: Box<Self>, health: &Health) -> SessionSinkAccount {
         // Spans of the sessions ended at exit may have met a full queue: said like any other.
-        self.report_growth();
+        self.report_growth(health);
         SessionSinkAccount::Otlp(self.export.finish())
     }
 }

@@ -1,7 +1,8 @@
 //! Where and how to export: the `--otlp` endpoint and the standard `OTEL_*` variables.
 //!
-//! The exporter itself reads `OTEL_EXPORTER_OTLP_{,TRACES_}ENDPOINT`, `_HEADERS` and
-//! `_COMPRESSION`; this module picks the transport from `_PROTOCOL`, refuses a compression this
+//! Each signal (traces, metrics) has its own variables, read before the generic ones:
+//! `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_*`, then `OTEL_EXPORTER_OTLP_*`. The exporter itself
+//! reads the endpoint variables, `_HEADERS` and `_COMPRESSION`; this module picks the transport from `_PROTOCOL`, refuses a compression this
 //! build cannot do (the exporter would silently send uncompressed), reads `_TIMEOUT` (which a
 //! client built for TLS files needs too) and the TLS files ([`super::tls`]), applies the
 //! `--otlp ENDPOINT` override and builds the resource.
@@ -21,6 +22,66 @@ use super::tls::{TlsError, TlsFiles};
 const DEFAULT_SERVICE_NAME: &str = "tcpstates";
 /// How long an export request may take when `OTEL_EXPORTER_OTLP_TIMEOUT` says nothing.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an exporter sends: it names the variables read before the generic ones, and the path
+/// an OTLP/HTTP endpoint gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Spans (`OTEL_EXPORTER_OTLP_TRACES_*`, `/v1/traces`).
+    Traces,
+    /// Metrics (`OTEL_EXPORTER_OTLP_METRICS_*`, `/v1/metrics`).
+    Metrics,
+}
+
+/// A setting with a variable of its own per signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Setting {
+    Endpoint,
+    Protocol,
+    Compression,
+    Timeout,
+    Certificate,
+    ClientCertificate,
+    ClientKey,
+}
+
+impl Signal {
+    /// The signal's own variable for `setting` and the generic one, in the order the exporter
+    /// reads them.
+    pub(super) fn variables(self, setting: Setting) -> [&'static str; 2] {
+        macro_rules! variables {
+            ($suffix:literal) => {
+                match self {
+                    Self::Traces => [
+                        concat!("OTEL_EXPORTER_OTLP_TRACES_", $suffix),
+                        concat!("OTEL_EXPORTER_OTLP_", $suffix),
+                    ],
+                    Self::Metrics => [
+                        concat!("OTEL_EXPORTER_OTLP_METRICS_", $suffix),
+                        concat!("OTEL_EXPORTER_OTLP_", $suffix),
+                    ],
+                }
+            };
+        }
+        match setting {
+            Setting::Endpoint => variables!("ENDPOINT"),
+            Setting::Protocol => variables!("PROTOCOL"),
+            Setting::Compression => variables!("COMPRESSION"),
+            Setting::Timeout => variables!("TIMEOUT"),
+            Setting::Certificate => variables!("CERTIFICATE"),
+            Setting::ClientCertificate => variables!("CLIENT_CERTIFICATE"),
+            Setting::ClientKey => variables!("CLIENT_KEY"),
+        }
+    }
+
+    /// The path an OTLP/HTTP base URL gets for the signal.
+    fn http_path(self) -> &'static str {
+        match self {
+            Self::Traces => "/v1/traces",
+            Self::Metrics => "/v1/metrics",
+        }
+    }
+}
 
 /// OTLP transports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,18 +132,15 @@ pub struct ExportSettings {
 }
 
 impl ExportSettings {
-    /// Settings from `--otlp [ENDPOINT]` and the environment (`var` reads a variable).
+    /// Settings of `signal` from the command line's `endpoint` and the environment (`var`
+    /// reads a variable).
     pub fn resolve(
+        signal: Signal,
         endpoint: Option<&str>,
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SettingsError> {
-        if let Some((variable, value)) = first_set(
-            &var,
-            [
-                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-                "OTEL_EXPORTER_OTLP_COMPRESSION",
-            ],
-        ) && !["gzip", "none"].contains(&value.trim().to_ascii_lowercase().as_str())
+        if let Some((variable, value)) = first_set(&var, signal.variables(Setting::Compression))
+            && !["gzip", "none"].contains(&value.trim().to_ascii_lowercase().as_str())
         {
             return Err(SettingsError::Variable {
                 variable,
@@ -90,25 +148,19 @@ impl ExportSettings {
                 expected: "the compression must be gzip or none",
             });
         }
-        let protocol = first_set(
-            &var,
-            [
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-            ],
-        )
-        .map(|(variable, value)| match value.trim() {
-            "grpc" => Ok(Protocol::Grpc),
-            "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            "http/json" => Ok(Protocol::HttpJson),
-            _ => Err(SettingsError::Variable {
-                variable,
-                value,
-                expected: "the protocol must be grpc, http/protobuf or http/json",
-            }),
-        })
-        .transpose()?
-        .unwrap_or(Protocol::Grpc);
+        let protocol = first_set(&var, signal.variables(Setting::Protocol))
+            .map(|(variable, value)| match value.trim() {
+                "grpc" => Ok(Protocol::Grpc),
+                "http/protobuf" => Ok(Protocol::HttpProtobuf),
+                "http/json" => Ok(Protocol::HttpJson),
+                _ => Err(SettingsError::Variable {
+                    variable,
+                    value,
+                    expected: "the protocol must be grpc, http/protobuf or http/json",
+                }),
+            })
+            .transpose()?
+            .unwrap_or(Protocol::Grpc);
         let endpoint = endpoint
             .map(|endpoint| {
                 if !is_http_url(endpoint) {
@@ -117,17 +169,13 @@ impl ExportSettings {
                 Ok(match protocol {
                     Protocol::Grpc => endpoint.to_owned(),
                     // Like OTEL_EXPORTER_OTLP_ENDPOINT: a base URL gets the signal's path.
-                    Protocol::HttpProtobuf | Protocol::HttpJson => with_traces_path(endpoint),
+                    Protocol::HttpProtobuf | Protocol::HttpJson => {
+                        with_signal_path(endpoint, signal.http_path())
+                    }
                 })
             })
             .transpose()?;
-        let variable_endpoint = first_set(
-            &var,
-            [
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-            ],
-        );
+        let variable_endpoint = first_set(&var, signal.variables(Setting::Endpoint));
         // The exporter reads the variable only without `--otlp ENDPOINT`. A value without a
         // scheme is left to it (OTLP/gRPC takes `host:port`); another scheme than http(s) would
         // only fail later, as a failed name lookup.
@@ -147,29 +195,23 @@ impl ExportSettings {
             .clone()
             .or_else(|| variable_endpoint.map(|(_, value)| value))
             .is_some_and(|endpoint| endpoint.trim().to_ascii_lowercase().starts_with("https://"));
-        let timeout = first_set(
-            &var,
-            [
-                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-            ],
-        )
-        .map(|(variable, value)| match value.trim().parse() {
-            Ok(ms) => Ok(Duration::from_millis(ms)),
-            Err(_) => Err(SettingsError::Variable {
-                variable,
-                value,
-                expected: "the timeout must be a number of milliseconds",
-            }),
-        })
-        .transpose()?
-        .unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = first_set(&var, signal.variables(Setting::Timeout))
+            .map(|(variable, value)| match value.trim().parse() {
+                Ok(ms) => Ok(Duration::from_millis(ms)),
+                Err(_) => Err(SettingsError::Variable {
+                    variable,
+                    value,
+                    expected: "the timeout must be a number of milliseconds",
+                }),
+            })
+            .transpose()?
+            .unwrap_or(DEFAULT_TIMEOUT);
         Ok(Self {
             protocol,
             endpoint,
             secure,
             timeout,
-            tls: TlsFiles::read(&var)?,
+            tls: TlsFiles::read(signal, &var)?,
         })
     }
 }
@@ -205,14 +247,14 @@ fn is_http_url(endpoint: &str) -> bool {
         })
 }
 
-/// `http://host:4318` → `http://host:4318/v1/traces`; a URL with a path is kept.
-fn with_traces_path(endpoint: &str) -> String {
+/// `http://host:4318` → `http://host:4318/v1/traces` (`path`); a URL with a path is kept.
+fn with_signal_path(endpoint: &str, path: &str) -> String {
     let after_scheme = endpoint
         .split_once("://")
         .map_or(endpoint, |(_, rest)| rest);
     match after_scheme.split_once('/') {
         Some((_, path)) if !path.is_empty() => endpoint.to_owned(),
-        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+        _ => format!("{}{path}", endpoint.trim_end_matches('/')),
     }
 }
 
@@ -251,10 +293,11 @@ mod tests {
     #[test]
     fn grpc_by_default_and_endpoint_kept() {
         let settings =
-            ExportSettings::resolve(Some("http://127.0.0.1:4317"), env(&[])).expect("valid");
+            ExportSettings::resolve(Signal::Traces, Some("http://127.0.0.1:4317"), env(&[]))
+                .expect("valid");
         assert_eq!(settings.protocol, Protocol::Grpc);
         assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
-        let settings = ExportSettings::resolve(None, env(&[])).expect("valid");
+        let settings = ExportSettings::resolve(Signal::Traces, None, env(&[])).expect("valid");
         assert_eq!(settings.endpoint, None);
     }
 
@@ -262,14 +305,19 @@ mod tests {
     fn http_base_url_gets_the_traces_path() {
         let vars = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
         let settings =
-            ExportSettings::resolve(Some("http://127.0.0.1:4318"), env(&vars)).expect("valid");
+            ExportSettings::resolve(Signal::Traces, Some("http://127.0.0.1:4318"), env(&vars))
+                .expect("valid");
         assert_eq!(settings.protocol, Protocol::HttpProtobuf);
         assert_eq!(
             settings.endpoint.as_deref(),
             Some("http://127.0.0.1:4318/v1/traces")
         );
-        let custom =
-            ExportSettings::resolve(Some("http://c:4318/custom/path"), env(&vars)).expect("valid");
+        let custom = ExportSettings::resolve(
+            Signal::Traces,
+            Some("http://c:4318/custom/path"),
+            env(&vars),
+        )
+        .expect("valid");
         assert_eq!(
             custom.endpoint.as_deref(),
             Some("http://c:4318/custom/path")
@@ -282,20 +330,22 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ];
-        let settings = ExportSettings::resolve(None, env(&vars)).expect("valid");
+        let settings = ExportSettings::resolve(Signal::Traces, None, env(&vars)).expect("valid");
         assert_eq!(settings.protocol, Protocol::HttpJson);
     }
 
     #[test]
     fn bad_protocol_and_endpoint_are_named() {
         let vars = [("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")];
-        let err = ExportSettings::resolve(None, env(&vars)).expect_err("unknown protocol");
+        let err = ExportSettings::resolve(Signal::Traces, None, env(&vars))
+            .expect_err("unknown protocol");
         assert!(
             err.to_string()
                 .contains("OTEL_EXPORTER_OTLP_PROTOCOL=thrift"),
             "{err}"
         );
-        let err = ExportSettings::resolve(Some("localhost:4317"), env(&[])).expect_err("no scheme");
+        let err = ExportSettings::resolve(Signal::Traces, Some("localhost:4317"), env(&[]))
+            .expect_err("no scheme");
         assert!(err.to_string().contains("'localhost:4317'"), "{err}");
     }
 
@@ -306,7 +356,7 @@ mod tests {
             "https://c:4317",
             "HTTPS://c:4317/v1/traces",
         ] {
-            ExportSettings::resolve(Some(endpoint), env(&[])).expect(endpoint);
+            ExportSettings::resolve(Signal::Traces, Some(endpoint), env(&[])).expect(endpoint);
         }
         for endpoint in [
             "ftp://collector:4317",
@@ -314,7 +364,8 @@ mod tests {
             "http://",
             "c:4317",
         ] {
-            let err = ExportSettings::resolve(Some(endpoint), env(&[])).expect_err(endpoint);
+            let err = ExportSettings::resolve(Signal::Traces, Some(endpoint), env(&[]))
+                .expect_err(endpoint);
             assert!(
                 err.to_string()
                     .contains(&format!("'{endpoint}' is not an http:// or https:// URL")),
@@ -330,32 +381,35 @@ mod tests {
             ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
         ];
-        let err = ExportSettings::resolve(None, env(&vars)).expect_err("grpc:// scheme");
+        let err =
+            ExportSettings::resolve(Signal::Traces, None, env(&vars)).expect_err("grpc:// scheme");
         assert!(
             err.to_string()
                 .starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=grpc://collector:4317: "),
             "{err}"
         );
-        ExportSettings::resolve(Some("http://c:4317"), env(&vars)).expect("the flag wins");
+        ExportSettings::resolve(Signal::Traces, Some("http://c:4317"), env(&vars))
+            .expect("the flag wins");
         let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317")];
-        let err = ExportSettings::resolve(None, env(&vars)).expect_err("ftp:// scheme");
+        let err =
+            ExportSettings::resolve(Signal::Traces, None, env(&vars)).expect_err("ftp:// scheme");
         assert!(err.to_string().contains("http:// or https://"), "{err}");
         // OTLP/gRPC takes a bare host:port from the variables (the exporter adds the scheme).
         let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")];
-        ExportSettings::resolve(None, env(&vars)).expect("host:port");
+        ExportSettings::resolve(Signal::Traces, None, env(&vars)).expect("host:port");
     }
 
     #[test]
     fn compression_is_gzip_or_none() {
         for value in ["gzip", "GZIP", "none"] {
             let vars = [("OTEL_EXPORTER_OTLP_COMPRESSION", value)];
-            ExportSettings::resolve(None, env(&vars)).expect("valid");
+            ExportSettings::resolve(Signal::Traces, None, env(&vars)).expect("valid");
         }
         let vars = [
             ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
         ];
-        let err = ExportSettings::resolve(None, env(&vars)).expect_err("no zstd");
+        let err = ExportSettings::resolve(Signal::Traces, None, env(&vars)).expect_err("no zstd");
         assert!(
             err.to_string()
                 .contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=zstd"),
@@ -365,7 +419,7 @@ mod tests {
 
     #[test]
     fn timeout_in_milliseconds_and_https_from_the_flag_or_the_variables() {
-        let settings = ExportSettings::resolve(None, env(&[])).expect("valid");
+        let settings = ExportSettings::resolve(Signal::Traces, None, env(&[])).expect("valid");
         assert_eq!(
             (settings.timeout, settings.secure),
             (Duration::from_secs(10), false)
@@ -375,15 +429,16 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "x"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "HTTPS://collector:4317"),
         ];
-        let settings = ExportSettings::resolve(None, env(&vars)).expect("valid");
+        let settings = ExportSettings::resolve(Signal::Traces, None, env(&vars)).expect("valid");
         assert_eq!(
             (settings.timeout, settings.secure),
             (Duration::from_millis(250), true)
         );
-        let flag = ExportSettings::resolve(Some("http://c:4317"), env(&vars)).expect("valid");
+        let flag = ExportSettings::resolve(Signal::Traces, Some("http://c:4317"), env(&vars))
+            .expect("valid");
         assert!(!flag.secure, "the flag wins over the variable");
         let vars = [("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")];
-        let err = ExportSettings::resolve(None, env(&vars)).expect_err("not ms");
+        let err = ExportSettings::resolve(Signal::Traces, None, env(&vars)).expect_err("not ms");
         assert!(
             err.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT=10s"),
             "{err}"

@@ -97,6 +97,7 @@ impl SpanFactory {
             index,
             parent_span_id,
             state,
+            next_state: _,
             start_ns,
             end_ns,
             incomplete,
@@ -270,16 +271,11 @@ fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
 
 fn session_attributes(session: &Session) -> Vec<KeyValue> {
     let ends = &session.endpoints;
-    let network_type = if ends.local_addr.is_ipv4() {
-        "ipv4"
-    } else {
-        "ipv6"
-    };
     let local = (ends.local_addr.to_string(), i64::from(ends.local_port));
     let peer = (ends.remote_addr.to_string(), i64::from(ends.remote_port));
     let mut attributes = vec![
         KeyValue::new(NETWORK_TRANSPORT, "tcp"),
-        KeyValue::new(NETWORK_TYPE, network_type),
+        KeyValue::new(NETWORK_TYPE, ends.network_type()),
         KeyValue::new(NETWORK_LOCAL_ADDRESS, local.0.clone()),
         KeyValue::new(NETWORK_LOCAL_PORT, local.1),
         KeyValue::new(SKADDR, format!("{:x}", session.skaddr)),
@@ -413,7 +409,7 @@ fn push_incomplete(attributes: &mut Vec<KeyValue>, incomplete: Option<Incomplete
 }
 
 /// The semantic conventions' `network.connection.state` value of a kernel TCP state.
-fn connection_state(state: TcpState) -> Option<&'static str> {
+pub fn connection_state(state: TcpState) -> Option<&'static str> {
     Some(match state.name()? {
         "ESTABLISHED" => "established",
         "SYN_SENT" => "syn_sent",
@@ -509,6 +505,7 @@ mod tests {
                 index: 1,
                 parent_span_id: ids.root_span_id,
                 state: TcpState(agent_common::state::ESTABLISHED),
+                next_state: Some(TcpState(agent_common::state::FIN_WAIT1)),
                 start_ns: 1_234_567,
                 end_ns: 201_234_568,
                 incomplete: None,
@@ -593,6 +590,7 @@ mod tests {
                 index: 0,
                 parent_span_id: ids.root_span_id,
                 state: TcpState(agent_common::state::SYN_SENT),
+                next_state: Some(TcpState(agent_common::state::CLOSE)),
                 start_ns: 1,
                 end_ns: 3_000_000_001,
                 incomplete: None,

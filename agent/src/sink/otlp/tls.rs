@@ -1,13 +1,13 @@
 //! TLS to the collector, for `https://` endpoints: the system's trusted roots, plus the
 //! collector's CA and the agent's client certificate from the standard variables
-//! `OTEL_EXPORTER_OTLP_{,TRACES_}CERTIFICATE`, `_CLIENT_CERTIFICATE` and `_CLIENT_KEY` (PEM
+//! `OTEL_EXPORTER_OTLP_{,TRACES_,METRICS_}CERTIFICATE`, `_CLIENT_CERTIFICATE` and `_CLIENT_KEY` (PEM
 //! files, read and checked at start). Both transports use rustls with the ring provider.
 
 use std::{fs, path::PathBuf, time::Duration};
 
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
 
-use super::settings::first_set;
+use super::settings::{Setting, Signal, first_set};
 
 /// A file named by a TLS variable could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,24 +55,13 @@ pub struct TlsFiles {
 /// The signal's own variable and the generic one, in the order the exporter reads them.
 type Variables = [&'static str; 2];
 
-const CERTIFICATE: Variables = [
-    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_CERTIFICATE",
-];
-const CLIENT_CERTIFICATE: Variables = [
-    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-];
-const CLIENT_KEY: Variables = [
-    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-];
-
 impl TlsFiles {
     /// Reads the files the variables name (`var` reads a variable) and checks that they hold
     /// what they should.
-    pub fn read(var: impl Fn(&str) -> Option<String>) -> Result<Self, TlsError> {
-        let ca = read_named(&var, CERTIFICATE)?;
+    pub fn read(signal: Signal, var: impl Fn(&str) -> Option<String>) -> Result<Self, TlsError> {
+        let client_certificate = signal.variables(Setting::ClientCertificate);
+        let client_key = signal.variables(Setting::ClientKey);
+        let ca = read_named(&var, signal.variables(Setting::Certificate))?;
         if let Some(file) = &ca {
             reqwest::Certificate::from_pem_bundle(&file.contents)
                 .ok()
@@ -84,20 +73,20 @@ impl TlsFiles {
                 })?;
         }
         let identity = match (
-            read_named(&var, CLIENT_CERTIFICATE)?,
-            read_named(&var, CLIENT_KEY)?,
+            read_named(&var, client_certificate)?,
+            read_named(&var, client_key)?,
         ) {
             (None, None) => None,
             (Some(file), None) => {
                 return Err(TlsError::HalfIdentity {
                     given: file.variable,
-                    missing: CLIENT_KEY[1],
+                    missing: client_key[1],
                 });
             }
             (None, Some(file)) => {
                 return Err(TlsError::HalfIdentity {
                     given: file.variable,
-                    missing: CLIENT_CERTIFICATE[1],
+                    missing: client_certificate[1],
                 });
             }
             (Some(certificate), Some(key)) => {
