@@ -81,7 +81,7 @@ pub struct RawClose {
     pub total_retrans: u32,
     /// The socket's error (`sk_err`, a positive errno; 0 for none): why the connection failed.
     pub sk_err: u32,
-    /// 1 when the peer's FIN had arrived (`sk_shutdown & RCV_SHUTDOWN`), 0 otherwise.
+    /// 1 when the peer's FIN had arrived (`sk_flags`' `SOCK_DONE`), 0 otherwise.
     pub peer_fin: u32,
     /// The socket's soft error (`sk_err_soft`): an error kept while the socket was busy, such
     /// as an ICMP answer to a SYN while `connect()` held the socket; `sk_err` itself is cleared

@@ -65,9 +65,10 @@ pub struct FieldOffsets {
     pub bytes_retrans: u32,
     /// `tcp_sock.bytes_received` (u64): sequence space received, the peer's FIN included.
     pub bytes_received: u32,
-    /// `sock.sk_shutdown`'s `RCV_SHUTDOWN` bit: its *bit* offset from the start of the socket,
-    /// as [`Self::reuseport_bit`]. Set once the peer's FIN arrived (or `shutdown(SHUT_RD)`).
-    pub rcv_shutdown_bit: u32,
+    /// `sock.sk_flags`'s `SOCK_DONE` bit: its *bit* offset from the start of the socket, as
+    /// [`Self::reuseport_bit`]. Set when the peer's FIN arrived (`tcp_fin`); unlike
+    /// `sk_shutdown`'s `RCV_SHUTDOWN`, which this end's own `close()` sets too.
+    pub peer_fin_bit: u32,
     /// `tcp_sock.srtt_us` (u32): the smoothed round-trip time in µs, shifted left by 3.
     pub srtt_us: u32,
     /// `tcp_sock.rtt_min.s[0].v` (u32): the windowed minimum round-trip time in µs.

@@ -236,7 +236,7 @@ static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
     bytes_sent: 0,
     bytes_retrans: 0,
     bytes_received: 0,
-    rcv_shutdown_bit: 0,
+    peer_fin_bit: 0,
     srtt_us: 0,
     min_rtt_us: 0,
     total_retrans: 0,
@@ -862,7 +862,7 @@ fn closing(sk: *const u8, tcp: Option<Kernel>) -> RawClose {
             ..RawClose::default()
         };
     };
-    let bit = offset!(rcv_shutdown_bit);
+    let bit = offset!(peer_fin_bit);
     RawClose {
         bytes_sent: tcp.load::<u64>(offset!(bytes_sent)),
         bytes_retrans: tcp.load::<u64>(offset!(bytes_retrans)),

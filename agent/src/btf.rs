@@ -337,8 +337,11 @@ pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, B
         bytes_sent: field("tcp_sock", "bytes_sent", 8)?,
         bytes_retrans: field("tcp_sock", "bytes_retrans", 8)?,
         bytes_received: field("tcp_sock", "bytes_received", 8)?,
-        // RCV_SHUTDOWN is 1: bit 0 of the field, a bit field on some kernels, a u8 on others.
-        rcv_shutdown_bit: btf.bit("sock", "sk_shutdown", 0)?,
+        // SOCK_DONE is 1 in `enum sock_flags` (after SOCK_DEAD), on every kernel; the flags
+        // are in `sock_common` on newer kernels, in `sock` itself on older ones.
+        peer_fin_bit: btf
+            .bit("sock", "__sk_common.skc_flags", 1)
+            .or_else(|_| btf.bit("sock", "sk_flags", 1))?,
         srtt_us: field("tcp_sock", "srtt_us", 4)?,
         min_rtt_us: btf.member("tcp_sock", "rtt_min")?.offset + field("minmax_sample", "v", 4)?,
         total_retrans: field("tcp_sock", "total_retrans", 4)?,

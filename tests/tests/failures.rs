@@ -179,8 +179,12 @@ fn an_abortive_close_is_a_reset_sent_by_one_end_and_received_by_the_other() {
     let agent = start_agent(&ns, &receiver);
     ns.run(|| {
         let listener = TcpListener::bind(server).expect("listen");
-        let client = TcpStream::connect(server).expect("connect");
+        let mut client = TcpStream::connect(server).expect("connect");
         let (mut accepted, _) = listener.accept().expect("accept");
+        // The client receives data before it aborts: its count must not lose a byte to a FIN
+        // that never came (its own close() marks its receiving side shut down too).
+        accepted.write_all(&[9; 5]).expect("send to the client");
+        client.read_exact(&mut [0; 5]).expect("the client reads");
         let linger = libc::linger {
             l_onoff: 1,
             l_linger: 0,
@@ -222,6 +226,14 @@ fn an_abortive_close_is_a_reset_sent_by_one_end_and_received_by_the_other() {
         .iter()
         .find(|e| e.event.rport == server.port() && e.event.newstate == "CLOSE")
         .unwrap_or_else(|| panic!("the client's CLOSE: {lines:#?}"));
+    assert_eq!(
+        client_close
+            .close
+            .as_ref()
+            .and_then(|c| c["bytes_received"].as_u64()),
+        Some(5),
+        "{client_close:#?}"
+    );
     for (close, direction) in [(accepted_close, "received"), (client_close, "sent")] {
         let root = root_of(&receiver, server.port(), &close.event.skaddr);
         assert_eq!(
