@@ -184,19 +184,44 @@ fn tracer_specs(
         },
     ];
     if let Some(receiver) = receiver {
-        tracers.push(TracerSpec {
-            name: "tcpstates --otlp".into(),
-            argv: vec![
-                agent,
-                "--otlp".into(),
-                receiver.grpc_endpoint(),
-                "-q".into(),
-            ],
-            readiness: Readiness::StderrLine(READY_LINE),
-            has_summary: true,
-            exports: true,
-            unit: LineUnit::Transitions,
-        });
+        let endpoint = receiver.grpc_endpoint();
+        // Metrics every second (the default is every minute): the most a deployment would ask.
+        let every_second = ["/usr/bin/env", "OTEL_METRIC_EXPORT_INTERVAL=1000"];
+        let exporting = [
+            ("tcpstates --otlp", &[][..], &["--otlp", &endpoint][..]),
+            (
+                "tcpstates --otlp --metrics (1 s)",
+                &every_second[..],
+                &["--otlp", &endpoint, "--metrics"][..],
+            ),
+            (
+                "tcpstates --metrics (1 s)",
+                &every_second[..],
+                &["--metrics", &endpoint][..],
+            ),
+            (
+                "tcpstates --metrics (60 s)",
+                &[][..],
+                &["--metrics", &endpoint][..],
+            ),
+        ];
+        for (name, prefix, args) in exporting {
+            let argv = prefix
+                .iter()
+                .map(|arg| (*arg).to_owned())
+                .chain([agent.clone()])
+                .chain(args.iter().map(|arg| (*arg).to_owned()))
+                .chain(["-q".to_owned()])
+                .collect();
+            tracers.push(TracerSpec {
+                name: name.into(),
+                argv,
+                readiness: Readiness::StderrLine(READY_LINE),
+                has_summary: true,
+                exports: true,
+                unit: LineUnit::Transitions,
+            });
+        }
     }
     if let Some(peer) = peer {
         let argv: Vec<String> = peer.split_whitespace().map(str::to_owned).collect();

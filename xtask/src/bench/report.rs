@@ -275,6 +275,10 @@ pub fn table(configs: &[Config], seconds: u32) -> String {
         per_config(&|c| cpu(c, seconds, |t| Some(t.cpu))),
     ));
     rows.push((
+        "tracer CPU per connection (µs)".into(),
+        per_config(&cpu_per_connection),
+    ));
+    rows.push((
         "SIGINT to exit (s, slowest)".into(),
         per_config(&|c| {
             c.runs
@@ -375,6 +379,21 @@ fn cpu(config: &Config, seconds: u32, f: impl Fn(&TracerRun) -> Option<Duration>
     let total: f64 = times.iter().map(Duration::as_secs_f64).sum();
     let wall = f64::from(seconds) * times.len() as f64;
     format!("{total:.2} ({:.0} % of a core)", total * 100.0 / wall)
+}
+
+/// The tracer's CPU time over its runs divided by the connections the load made in them, or `-`.
+fn cpu_per_connection(config: &Config) -> String {
+    let (mut cpu, mut connections) = (Duration::ZERO, 0u64);
+    for run in &config.runs {
+        if let Some(tracer) = &run.tracer {
+            cpu += tracer.cpu;
+            connections += run.load.connections;
+        }
+    }
+    if connections == 0 {
+        return "-".into();
+    }
+    format!("{:.2}", cpu.as_secs_f64() * 1e6 / connections as f64)
 }
 
 /// For each tracer that prints text, the transitions printed more or fewer times than expected
