@@ -17,6 +17,7 @@ pub mod agent;
 pub mod deploy;
 pub mod events;
 pub mod journald;
+pub mod metrics;
 pub mod netns;
 pub mod otlp;
 pub mod owners;

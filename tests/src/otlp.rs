@@ -40,12 +40,14 @@
 //!           -> tcpstates.retransmit.kind: Str(syn)
 //! ```
 //!
-//! [`Receiver`] records both. A batch has no end marker: the last span of a burst of output is taken
-//! as complete once stdout stays quiet for [`QUIET`].
+//! [`Receiver`] records both. It also logs metrics (`--debug-log metrics`: see
+//! [`crate::metrics`] for that format), and parses those batches into [`ReceivedMetric`]s. A
+//! batch has no end marker: the last span or metric of a burst of output is taken as complete once
+//! stdout stays quiet for [`QUIET`].
 //!
 //! Each receiver listens on its own loopback ports (free ones by default, see [`Ports::free`]), so
-//! tests using it run in parallel. It keeps every span it parsed, across [`Receiver::stop`] and
-//! [`Receiver::restart`] on the same ports.
+//! tests using it run in parallel. It keeps every span and metric it parsed, across
+//! [`Receiver::stop`] and [`Receiver::restart`] on the same ports.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -57,17 +59,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::metrics::{MetricParser, ReceivedMetric};
+
 /// Environment variable that overrides where the `rotel-agent` executable is.
 pub const AGENT_ENV: &str = "ROTEL_AGENT";
 
 /// How long rotel may take to listen on both ports, or to exit after SIGTERM.
 pub const START_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long stdout must stay quiet for the last span printed to count as complete.
+/// How long stdout must stay quiet for the last span or metric printed to count as complete.
 pub const QUIET: Duration = Duration::from_millis(100);
 
-/// How many of the spans received (the last ones) a wait that timed out shows: on a busy host
-/// the agent exports other sessions than the test's, many more than a message can hold.
+/// How many of the spans or metrics received (the last ones) a wait that timed out shows: on a
+/// busy host the agent exports other sessions than the test's, many more than a message can hold.
 pub const SHOWN_ON_TIMEOUT: usize = 200;
 
 /// Asks Python where pip put `rotel-agent` (inside the `rotel` package, not on `PATH`).
@@ -195,7 +199,7 @@ impl AttrValue {
 
     /// Parses rotel's rendering of a value (`Str(…)`, `Int(…)`, `Double(…)`, `Bool(…)`, else
     /// [`AttrValue::Other`]).
-    fn parse(text: &str) -> Result<AttrValue, String> {
+    pub(crate) fn parse(text: &str) -> Result<AttrValue, String> {
         let inner = |tag: &str| text.strip_prefix(tag)?.strip_suffix(')');
         let bad = |what: &str| format!("bad {what} value {text:?}");
         if let Some(s) = inner("Str(") {
@@ -279,7 +283,8 @@ impl ReceivedSpan {
 #[derive(Debug, Default)]
 struct Collected {
     spans: Vec<ReceivedSpan>,
-    /// Lines the parser could not make sense of where it expected span fields.
+    metrics: Vec<ReceivedMetric>,
+    /// Lines the parser could not make sense of where it expected span or metric fields.
     errors: Vec<String>,
     /// Everything rotel printed (stdout and stderr), for failure messages.
     output: Vec<String>,
@@ -352,14 +357,19 @@ impl Receiver {
         format!("{}/v1/traces", self.http_endpoint())
     }
 
+    /// `http://127.0.0.1:PORT/v1/metrics`: the URL metrics are posted to over HTTP.
+    pub fn http_metrics_endpoint(&self) -> String {
+        format!("{}/v1/metrics", self.http_endpoint())
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.process.is_some()
     }
 
-    /// Starts rotel again on the same ports after [`Receiver::stop`] (spans received before are
-    /// kept) and waits until it listens. Panics if it is running, or does not listen within
-    /// [`START_STOP_TIMEOUT`].
+    /// Starts rotel again on the same ports after [`Receiver::stop`] (spans and metrics received
+    /// before are kept) and waits until it listens. Panics if it is running, or does not listen
+    /// within [`START_STOP_TIMEOUT`].
     pub fn restart(&mut self) {
         assert!(self.process.is_none(), "rotel is already running");
         let mut cmd = Command::new(agent_binary());
@@ -368,7 +378,8 @@ impl Receiver {
             .arg(format!("127.0.0.1:{}", self.ports.grpc))
             .arg("--otlp-http-endpoint")
             .arg(format!("127.0.0.1:{}", self.ports.http))
-            .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+            .args(["--debug-log", "traces", "--debug-log", "metrics"])
+            .args(["--debug-log-verbosity", "detailed"])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -460,7 +471,13 @@ impl Receiver {
     /// Every span received so far, in the order rotel printed them. Panics if some of its output
     /// could not be parsed.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        parsed(&self.lock()).clone()
+        parsed(&self.lock()).0.clone()
+    }
+
+    /// Every metric received so far (each export of a metric is one), in the order rotel printed
+    /// them. Panics if some of its output could not be parsed.
+    pub fn metrics(&self) -> Vec<ReceivedMetric> {
+        parsed(&self.lock()).1.clone()
     }
 
     /// Calls `done` on the spans received so far (in the order rotel printed them), each time
@@ -470,23 +487,61 @@ impl Receiver {
     /// Panics if some of rotel's output could not be parsed.
     pub fn try_wait_for(
         &self,
-        mut done: impl FnMut(&[ReceivedSpan]) -> bool,
+        done: impl FnMut(&[ReceivedSpan]) -> bool,
         timeout: Duration,
     ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
+        self.try_wait_for_parsed(|collected| parsed(collected).0, done, timeout)
+    }
+
+    /// Like [`Receiver::try_wait_for`], for metrics: calls `done` on the metrics received so far
+    /// each time more have arrived, until it holds, and returns them; `Err` with the metrics
+    /// received after `timeout`.
+    pub fn try_wait_for_metrics(
+        &self,
+        done: impl FnMut(&[ReceivedMetric]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<ReceivedMetric>, Vec<ReceivedMetric>> {
+        self.try_wait_for_parsed(|collected| parsed(collected).1, done, timeout)
+    }
+
+    /// Like [`Receiver::try_wait_for_metrics`], but panics after `timeout`, with the metrics
+    /// received (the last [`SHOWN_ON_TIMEOUT`] of them).
+    pub fn wait_for_metrics(
+        &self,
+        done: impl FnMut(&[ReceivedMetric]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ReceivedMetric> {
+        self.try_wait_for_metrics(done, timeout).unwrap_or_else(|metrics| {
+            panic!(
+                "the metrics wanted did not arrive within {timeout:?}; received {}, the last: {:#?}",
+                metrics.len(),
+                &metrics[metrics.len().saturating_sub(SHOWN_ON_TIMEOUT)..]
+            )
+        })
+    }
+
+    /// Calls `done` on the list `of` selects each time it has grown, until `done` holds or
+    /// `timeout` passes.
+    fn try_wait_for_parsed<T: Clone>(
+        &self,
+        of: impl Fn(&Collected) -> &Vec<T>,
+        mut done: impl FnMut(&[T]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<T>, Vec<T>> {
         let deadline = Instant::now() + timeout;
         let mut checked = None;
         loop {
             {
                 let collected = self.lock();
-                let spans = parsed(&collected);
-                if checked != Some(spans.len()) {
-                    checked = Some(spans.len());
-                    if done(spans) {
-                        return Ok(spans.clone());
+                let items = of(&collected);
+                if checked != Some(items.len()) {
+                    checked = Some(items.len());
+                    if done(items) {
+                        return Ok(items.clone());
                     }
                 }
                 if Instant::now() >= deadline {
-                    return Err(spans.clone());
+                    return Err(items.clone());
                 }
             }
             thread::sleep(Duration::from_millis(20));
@@ -542,18 +597,19 @@ pub fn spans_in_output(lines: &[String]) -> Vec<ReceivedSpan> {
     for line in lines {
         parser.line(line, &mut collected);
     }
-    parser.finish_span(&mut collected);
-    parsed(&collected).clone()
+    parser.finish(&mut collected);
+    parsed(&collected).0.clone()
 }
 
-/// The spans `collected` holds; panics if some of rotel's output could not be parsed.
-fn parsed(collected: &Collected) -> &Vec<ReceivedSpan> {
+/// The spans and the metrics `collected` holds; panics if some of rotel's output could not be
+/// parsed.
+fn parsed(collected: &Collected) -> (&Vec<ReceivedSpan>, &Vec<ReceivedMetric>) {
     assert!(
         collected.errors.is_empty(),
         "cannot parse rotel's output: {:#?}",
         collected.errors
     );
-    &collected.spans
+    (&collected.spans, &collected.metrics)
 }
 
 /// Sends each line of `source` (invalid UTF-8 replaced) until it ends.
@@ -570,8 +626,8 @@ fn spawn_reader(source: impl Read + Send + 'static, lines: Sender<String>) -> Jo
     })
 }
 
-/// Feeds the lines to a [`Parser`], publishing the span in progress once output pauses for
-/// [`QUIET`], until both readers are done.
+/// Feeds the lines to a [`Parser`], publishing the span or metric in progress once output pauses
+/// for [`QUIET`], until both readers are done.
 fn spawn_parser(lines: LineReceiver<String>, collected: Arc<Mutex<Collected>>) -> JoinHandle<()> {
     thread::spawn(move || {
         let lock = || collected.lock().unwrap_or_else(|p| p.into_inner());
@@ -583,12 +639,58 @@ fn spawn_parser(lines: LineReceiver<String>, collected: Arc<Mutex<Collected>>) -
                     collected.output.push(line.clone());
                     parser.line(&line, &mut collected);
                 }
-                Err(RecvTimeoutError::Timeout) => parser.finish_span(&mut lock()),
+                Err(RecvTimeoutError::Timeout) => parser.finish(&mut lock()),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        parser.finish_span(&mut lock());
+        parser.finish(&mut lock());
     })
+}
+
+/// Which kind of batch rotel is printing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// Spans (`ResourceSpans #N`), or nothing yet.
+    #[default]
+    Traces,
+    /// Metrics (`ResourceMetrics #N`).
+    Metrics,
+}
+
+/// A line-by-line parser of rotel's detailed log of spans and metrics, each batch handed to the
+/// parser of its signal.
+#[derive(Debug, Default)]
+struct Parser {
+    signal: Signal,
+    spans: SpanParser,
+    metrics: MetricParser,
+}
+
+impl Parser {
+    fn line(&mut self, line: &str, out: &mut Collected) {
+        let signal = if line.starts_with("ResourceSpans #") {
+            Signal::Traces
+        } else if line.starts_with("ResourceMetrics #") {
+            Signal::Metrics
+        } else {
+            self.signal
+        };
+        if signal != self.signal {
+            self.finish(out);
+            self.signal = signal;
+        }
+        match self.signal {
+            Signal::Traces => self.spans.line(line, out),
+            Signal::Metrics => self.metrics.line(line, &mut out.metrics, &mut out.errors),
+        }
+    }
+
+    /// Publishes the span or the metric in progress, if any.
+    fn finish(&mut self, out: &mut Collected) {
+        self.spans.finish_span(out);
+        self.metrics
+            .finish_metric(&mut out.metrics, &mut out.errors);
+    }
 }
 
 /// Which list the `     -> key: value` lines belong to.
@@ -636,7 +738,7 @@ struct PartialEvent {
 
 /// A line-by-line parser of rotel's detailed trace log.
 #[derive(Debug, Default)]
-struct Parser {
+struct SpanParser {
     resource_raw: Vec<(String, String)>,
     resource: BTreeMap<String, AttrValue>,
     scope_name: String,
@@ -645,7 +747,7 @@ struct Parser {
     span: Option<Partial>,
 }
 
-impl Parser {
+impl SpanParser {
     fn line(&mut self, line: &str, out: &mut Collected) {
         if let Some(attr) = line.strip_prefix("     -> ") {
             let (key, value) = attr.split_once(": ").unwrap_or((attr, ""));
@@ -732,7 +834,7 @@ impl Parser {
     }
 
     fn finish_resource(&mut self, out: &mut Collected) {
-        self.resource = parse_attributes(&self.resource_raw, out);
+        self.resource = parse_attributes(&self.resource_raw, &mut out.errors);
     }
 
     /// Publishes the span in progress, if any.
@@ -785,7 +887,7 @@ impl Partial {
         true
     }
 
-    fn build(&self, parser: &Parser, out: &mut Collected) -> Result<ReceivedSpan, String> {
+    fn build(&self, parser: &SpanParser, out: &mut Collected) -> Result<ReceivedSpan, String> {
         let kind = match self.kind.as_str() {
             "SPAN_KIND_UNSPECIFIED" => SpanKind::Unspecified,
             "SPAN_KIND_INTERNAL" => SpanKind::Internal,
@@ -825,7 +927,7 @@ impl Partial {
             end_unix_nano: nanos("end", &self.end)?,
             status_code,
             status_message: self.status_message.clone(),
-            attributes: parse_attributes(&self.attributes, out),
+            attributes: parse_attributes(&self.attributes, &mut out.errors),
             resource: parser.resource.clone(),
             links: self
                 .links
@@ -844,7 +946,7 @@ impl Partial {
                     Ok(ReceivedEvent {
                         name: event.name.clone(),
                         time_unix_nano: nanos("event", &event.timestamp)?,
-                        attributes: parse_attributes(&event.attributes, out),
+                        attributes: parse_attributes(&event.attributes, &mut out.errors),
                     })
                 })
                 .collect::<Result<_, String>>()?,
@@ -854,15 +956,18 @@ impl Partial {
     }
 }
 
-/// Parses `key: value` pairs; values that do not parse are reported in `out.errors`.
-fn parse_attributes(raw: &[(String, String)], out: &mut Collected) -> BTreeMap<String, AttrValue> {
+/// Parses `key: value` pairs; values that do not parse are reported in `errors`.
+pub(crate) fn parse_attributes(
+    raw: &[(String, String)],
+    errors: &mut Vec<String>,
+) -> BTreeMap<String, AttrValue> {
     let mut attributes = BTreeMap::new();
     for (key, value) in raw {
         match AttrValue::parse(value) {
             Ok(value) => {
                 attributes.insert(key.clone(), value);
             }
-            Err(error) => out.errors.push(format!("attribute {key}: {error}")),
+            Err(error) => errors.push(format!("attribute {key}: {error}")),
         }
     }
     attributes
@@ -870,7 +975,7 @@ fn parse_attributes(raw: &[(String, String)], out: &mut Collected) -> BTreeMap<S
 
 /// Whether `line` is one of rotel's own log lines (`2026-11-23T04:33:43.655699Z  INFO …`), its
 /// colours included (rotel colours them even into a pipe inside the matrix's guests).
-fn is_log_line(line: &str) -> bool {
+pub(crate) fn is_log_line(line: &str) -> bool {
     let mut line = line;
     while let Some(escape) = line.strip_prefix("\x1b[") {
         line = escape.split_once('m').map_or("", |(_, rest)| rest);
@@ -885,6 +990,7 @@ fn is_log_line(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{ExponentialBucket, MetricKind, NumberValue, Temporality};
 
     /// Parses `text` as one burst of output.
     fn parse(text: &str) -> Collected {
@@ -893,7 +999,7 @@ mod tests {
         for line in text.lines() {
             parser.line(line, &mut out);
         }
-        parser.finish_span(&mut out);
+        parser.finish(&mut out);
         out
     }
 
@@ -1028,5 +1134,222 @@ SpanEvent #1
             "{:?}",
             out.errors
         );
+    }
+
+    /// Metrics and spans as one rotel 0.0.1a15 logging both printed them, batch after batch:
+    /// metrics, spans, metrics (the first of its three), spans. opentelemetry-otlp 0.33.1 sent
+    /// them over gRPC, the metrics with delta temporality, with a resource the spans do not have.
+    const INTERLEAVED: &str = "\
+2026-12-02T06:16:24.027814Z  INFO Starting Rotel. grpc_endpoint=\"127.0.0.1:14417\" http_endpoint=\"127.0.0.1:14418\"
+ResourceMetrics #0
+Resource SchemaURL: 
+Resource attributes:
+     -> service.name: Str(metricgen)
+     -> host.name: Str(h1)
+ScopeMetrics #0
+ScopeMetrics SchemaURL: 
+InstrumentationScope gen-scope 9.8.7
+InstrumentationScope attributes:
+     -> scope.attr: Str(x)
+Metric #0
+Descriptor:
+     -> Name: tcp.fcounter
+     -> Description: 
+     -> Unit: 
+     -> DataType: Sum
+     -> IsMonotonic: true
+     -> AggregationTemporality: AGGREGATION_TEMPORALITY_DELTA
+NumberDataPoints #0
+Data point attributes:
+     -> integral: Bool(true)
+StartTimestamp: 1796192185432782333
+Timestamp: 1796192185433128009
+Value: 2
+Metric #1
+Descriptor:
+     -> Name: tcp.exp
+     -> Description: 
+     -> Unit: 
+     -> DataType: ExponentialHistogram
+     -> AggregationTemporality: AGGREGATION_TEMPORALITY_DELTA
+ExponentialHistogramDataPoints #0
+StartTimestamp: 1796192185432815172
+Timestamp: 1796192185433139736
+Count: 4
+Sum: 18.5
+Min: -1.5
+Max: 17
+Bucket [-1.681792830507429, -1.414213562373095), Count: 1
+Bucket [0, 0], Count: 1
+Bucket (2.82842712474619, 3.363585661014858], Count: 1
+Bucket (3.363585661014858, 4], Count: 0
+Bucket (4, 4.756828460010884], Count: 0
+Bucket (4.756828460010884, 5.656854249492381], Count: 0
+Bucket (5.656854249492381, 6.727171322029717], Count: 0
+Bucket (6.727171322029717, 7.999999999999998], Count: 0
+Bucket (7.999999999999998, 9.513656920021766], Count: 0
+Bucket (9.513656920021766, 11.31370849898476], Count: 0
+Bucket (11.31370849898476, 13.454342644059432], Count: 0
+Bucket (13.454342644059432, 15.999999999999998], Count: 0
+Bucket (15.999999999999998, 19.027313840043536], Count: 1
+Metric #2
+Descriptor:
+     -> Name: tcp.ucounter
+     -> Description: 
+     -> Unit: 
+     -> DataType: Sum
+     -> IsMonotonic: true
+     -> AggregationTemporality: AGGREGATION_TEMPORALITY_DELTA
+NumberDataPoints #0
+StartTimestamp: 1796192185432838908
+Timestamp: 1796192185433149861
+Value: 9223372036854775807
+ResourceSpans #0
+Resource SchemaURL: 
+ScopeSpans #0
+ScopeSpans SchemaURL: 
+InstrumentationScope span-scope 
+Span #0
+    Trace ID       : 0000000000000000000000000000abcd
+    Parent ID      : 
+    ID             : 0000000000001234
+    Name           : span-in-between
+    Kind           : SPAN_KIND_CLIENT
+Start time: 1700000000000000001
+End time: 1700000000000000002
+    Status code    : STATUS_CODE_UNSET
+    Status message : 
+Attributes:
+     -> a: Int(1)
+ResourceMetrics #0
+Resource SchemaURL: 
+Resource attributes:
+     -> service.name: Str(metricgen)
+     -> host.name: Str(h1)
+ScopeMetrics #0
+ScopeMetrics SchemaURL: 
+InstrumentationScope gen-scope 9.8.7
+InstrumentationScope attributes:
+     -> scope.attr: Str(x)
+Metric #0
+Descriptor:
+     -> Name: tcp.fcounter
+     -> Description: 
+     -> Unit: 
+     -> DataType: Sum
+     -> IsMonotonic: true
+     -> AggregationTemporality: AGGREGATION_TEMPORALITY_DELTA
+NumberDataPoints #0
+Data point attributes:
+     -> integral: Bool(true)
+StartTimestamp: 1796192185433128009
+Timestamp: 1796192186045502184
+Value: 2
+ResourceSpans #0
+Resource SchemaURL: 
+ScopeSpans #0
+ScopeSpans SchemaURL: 
+InstrumentationScope span-scope 
+Span #0
+    Trace ID       : 0000000000000000000000000000abcd
+    Parent ID      : 
+    ID             : 0000000000001234
+    Name           : span-in-between
+    Kind           : SPAN_KIND_CLIENT
+Start time: 1700000000000000001
+End time: 1700000000000000002
+    Status code    : STATUS_CODE_UNSET
+    Status message : 
+Attributes:
+     -> a: Int(1)
+2026-12-02T06:16:27.657104Z  INFO Shutdown signal received.
+";
+
+    #[test]
+    #[expect(
+        clippy::approx_constant,
+        reason = "rotel's bound -1.414213562373095 is not -SQRT_2 (1.4142135623730951)"
+    )]
+    fn spans_and_metrics_batches_interleave() {
+        let out = parse(INTERLEAVED);
+        assert_eq!(out.errors, Vec::<String>::new());
+        let names: Vec<&str> = out.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tcp.fcounter", "tcp.exp", "tcp.ucounter", "tcp.fcounter"]
+        );
+        assert_eq!(out.spans.len(), 2);
+        for span in &out.spans {
+            assert_eq!(span.name, "span-in-between");
+            assert!(span.resource.is_empty(), "the metrics' resource is theirs");
+            assert_eq!(span.scope_name, "span-scope");
+            assert_eq!(span.attributes["a"], AttrValue::Int(1));
+        }
+        for metric in &out.metrics {
+            assert_eq!(metric.resource["service.name"].as_str(), Some("metricgen"));
+            assert_eq!(metric.scope_name, "gen-scope");
+            assert_eq!(metric.temporality, Some(Temporality::Delta));
+        }
+        let [first, .., second] = out.metrics.as_slice() else {
+            unreachable!("4 metrics");
+        };
+        let point = |metric: &ReceivedMetric| {
+            metric
+                .point(&[("integral", AttrValue::Bool(true))])
+                .cloned()
+                .expect("the point of integral=true")
+        };
+        let (first, second) = (point(first), point(second));
+        assert_eq!(first.number(), Some(NumberValue::Int(2)), "2.0 prints as 2");
+        assert_eq!(first.number().map(NumberValue::as_f64), Some(2.0));
+        assert_eq!(
+            second.start_unix_nano, first.time_unix_nano,
+            "a delta point starts where the one before ended"
+        );
+        assert_eq!(
+            out.metrics[2].data_points[0].number(),
+            Some(NumberValue::Int(i64::MAX))
+        );
+
+        let exp = &out.metrics[1];
+        assert_eq!(exp.kind, MetricKind::ExponentialHistogram);
+        let histogram = exp.data_points[0]
+            .exponential_histogram()
+            .expect("an exponential histogram's point");
+        assert_eq!(
+            (histogram.count, histogram.sum, histogram.min, histogram.max),
+            (4, Some(18.5), Some(-1.5), Some(17.0))
+        );
+        assert_eq!(histogram.buckets.len(), 13);
+        assert_eq!(
+            histogram.buckets[..3],
+            [
+                ExponentialBucket {
+                    lower: -1.681792830507429,
+                    upper: -1.414213562373095,
+                    count: 1
+                },
+                ExponentialBucket {
+                    lower: 0.0,
+                    upper: 0.0,
+                    count: 1
+                },
+                ExponentialBucket {
+                    lower: 2.82842712474619,
+                    upper: 3.363585661014858,
+                    count: 1
+                },
+            ]
+        );
+        assert_eq!(
+            histogram.buckets[12],
+            ExponentialBucket {
+                lower: 15.999999999999998,
+                upper: 19.027313840043536,
+                count: 1
+            }
+        );
+        let counted: u64 = histogram.buckets.iter().map(|bucket| bucket.count).sum();
+        assert_eq!(counted, histogram.count);
     }
 }
