@@ -124,9 +124,10 @@ impl Endpoints {
         }
     }
 
-    /// `ipv4` or `ipv6` (`network.type`): the socket's family, as its local address tells.
+    /// `ipv4` or `ipv6` (`network.type`): the protocol on the wire, as the local address tells
+    /// (an IPv6 socket's IPv4-mapped address is IPv4).
     pub fn network_type(&self) -> &'static str {
-        if self.local_addr.is_ipv4() {
+        if self.local_addr.to_canonical().is_ipv4() {
             "ipv4"
         } else {
             "ipv6"
@@ -442,6 +443,12 @@ impl SessionTable {
             self.apply(&first, out);
         }
         self.apply(change, out);
+    }
+
+    /// Forgets the first transition of the accepted socket at `skaddr`, if it is waiting for
+    /// its next one: the socket is left out.
+    pub fn forget_accepted(&mut self, skaddr: u64) {
+        self.accepting.pop(&skaddr);
     }
 
     /// Applies the first transition of an accepted socket never seen again: under the cookie it

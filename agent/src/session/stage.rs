@@ -13,14 +13,17 @@
 //! by then, and the session is handed on as reset by this end. That delays such sessions by one
 //! drain interval (20 ms); the states they left are handed on at once.
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+};
 
 use agent_common::{
     decode::{ResetSent, Retransmit, StateChange},
     state::{CLOSE, LISTEN, SYN_SENT},
 };
 
-use super::{Completed, Outcome, SessionEnded, SessionTable};
+use super::{Completed, Outcome, SessionEnded, SessionTable, StateEnded};
 use crate::{
     counters::Counts,
     details::{DetailsCache, SessionDetails},
@@ -36,6 +39,15 @@ pub struct SessionsSummary {
     pub sinks: Vec<SessionSinkAccount>,
 }
 
+/// A closed session held for a reset its socket may still send, with the state it closed from.
+struct Held {
+    /// The drain of the ring buffer its CLOSE came in.
+    drain: u64,
+    /// The state it left at its CLOSE, which says how it failed as its root does.
+    last_state: Option<StateEnded>,
+    ended: SessionEnded,
+}
+
 /// Sessions, made from state changes and handed to sinks.
 pub struct SessionStage {
     table: SessionTable,
@@ -43,13 +55,49 @@ pub struct SessionStage {
     sinks: Vec<Box<dyn SessionSink>>,
     /// What the table completed and the sinks have not yet had.
     completed: Vec<Completed>,
-    /// Closed sessions waiting for a reset their socket may send, with the drain they came in.
-    held: VecDeque<(u64, SessionEnded)>,
+    /// Closed sessions waiting for a reset their socket may send.
+    held: VecDeque<Held>,
     /// Drains of the ring buffer so far.
     drains: u64,
-    /// Sockets of this process are left out: their cookies, from their first transition (which
-    /// names their owner) to their CLOSE.
-    left_out: Option<(u32, HashSet<u64>)>,
+    /// The sockets left out, when any are.
+    left_out: Option<LeftOut>,
+}
+
+/// The sockets left out of the sessions: those of one process (tcpstates' own connections to
+/// the collector) and, when the collector runs on this host, the collector's ends of them.
+struct LeftOut {
+    pid: u32,
+    /// Cookies of the sockets left out, from their first transition (or, for a collector's
+    /// end, the first that shows both its ends) to their CLOSE.
+    cookies: HashSet<u64>,
+    /// The ends of the process's connections as their peer sockets see them (local, remote;
+    /// IPv4-mapped addresses as IPv4), with the process's socket's cookie.
+    peers: HashMap<(SocketAddr, SocketAddr), u64>,
+}
+
+impl LeftOut {
+    /// Whether `change` is of a socket left out; keeps track of those.
+    fn takes(&mut self, change: &StateChange) -> bool {
+        let own = change.owner.is_some_and(|owner| owner.pid == self.pid);
+        let local = SocketAddr::new(change.local_addr.to_canonical(), change.local_port);
+        let remote = SocketAddr::new(change.remote_addr.to_canonical(), change.remote_port);
+        let left_out = own
+            || self.cookies.contains(&change.cookie)
+            || self.peers.remove(&(local, remote)).is_some();
+        if !left_out {
+            return false;
+        }
+        if change.newstate.0 == CLOSE {
+            self.cookies.remove(&change.cookie);
+            self.peers.retain(|_, cookie| *cookie != change.cookie);
+        } else {
+            self.cookies.insert(change.cookie);
+            if own && change.local_port != 0 && change.remote_port != 0 {
+                self.peers.insert((remote, local), change.cookie);
+            }
+        }
+        true
+    }
 }
 
 impl SessionStage {
@@ -71,26 +119,35 @@ impl SessionStage {
     }
 
     /// The same stage, leaving out the sockets process `pid` made (tcpstates' own: its
-    /// connections to the collector would otherwise be traced, and exported over themselves).
+    /// connections to the collector would otherwise be traced, and exported over themselves),
+    /// and the other ends of its connections when they are sockets of this host too (a
+    /// collector on this host).
     pub fn leaving_out(self, pid: u32) -> Self {
         Self {
-            left_out: Some((pid, HashSet::new())),
+            left_out: Some(LeftOut {
+                pid,
+                cookies: HashSet::new(),
+                peers: HashMap::new(),
+            }),
             ..self
         }
     }
 
-    /// A socket sent a reset: its open session, or its session held since its CLOSE, is
-    /// marked reset by this end.
+    /// A socket sent a reset: its open session, or its session held since its CLOSE (and the
+    /// state it closed from), is marked reset by this end.
     pub fn reset_sent(&mut self, reset: &ResetSent) {
         if self.table.reset_sent(reset.cookie) {
             return;
         }
-        if let Some((_, ended)) = self
+        if let Some(held) = self
             .held
             .iter_mut()
-            .find(|(_, ended)| ended.session.cookie == reset.cookie)
+            .find(|held| held.ended.session.cookie == reset.cookie)
         {
-            ended.outcome = ended.outcome.with_reset_sent();
+            held.ended.outcome = held.ended.outcome.with_reset_sent();
+            if let Some(state) = &mut held.last_state {
+                state.failure = held.ended.outcome.failure();
+            }
         }
     }
 
@@ -103,11 +160,11 @@ impl SessionStage {
     /// and lets the sinks push out what they buffer.
     pub fn end_of_drain(&mut self) {
         self.drains += 1;
-        while let Some((drain, _)) = self.held.front()
-            && *drain + 1 < self.drains
+        while let Some(held) = self.held.front()
+            && held.drain + 1 < self.drains
         {
-            if let Some((_, ended)) = self.held.pop_front() {
-                self.hand_on_session(&ended);
+            if let Some(held) = self.held.pop_front() {
+                self.hand_on_held(held);
             }
         }
         for sink in &mut self.sinks {
@@ -117,16 +174,12 @@ impl SessionStage {
 
     /// Applies one state change and hands on what it completes.
     pub fn observe(&mut self, change: &StateChange) {
-        if let Some((pid, cookies)) = &mut self.left_out {
-            let own = change.owner.is_some_and(|owner| owner.pid == *pid);
-            if own || cookies.contains(&change.cookie) {
-                if change.newstate.0 == CLOSE {
-                    cookies.remove(&change.cookie);
-                } else if own {
-                    cookies.insert(change.cookie);
-                }
-                return;
-            }
+        if let Some(left_out) = &mut self.left_out
+            && left_out.takes(change)
+        {
+            // A collector's end may have shown its first transition before its ends did.
+            self.table.forget_accepted(change.skaddr);
+            return;
         }
         self.details.learn(change);
         self.table.observe(change, &mut self.completed);
@@ -155,8 +208,8 @@ impl SessionStage {
     pub fn finish(mut self, now_ns: u64, kernel: &Counts) -> SessionsSummary {
         self.table.end_all(now_ns, &mut self.completed);
         self.hand_on();
-        while let Some((_, ended)) = self.held.pop_front() {
-            self.hand_on_session(&ended);
+        while let Some(held) = self.held.pop_front() {
+            self.hand_on_held(held);
         }
         let mut health = Health {
             kernel: *kernel,
@@ -176,36 +229,63 @@ impl SessionStage {
     }
 
     fn hand_on(&mut self) {
-        let completed = std::mem::take(&mut self.completed);
-        for completed in &completed {
-            match completed {
+        let mut completed = std::mem::take(&mut self.completed);
+        let mut items = completed.drain(..).peekable();
+        while let Some(item) = items.next() {
+            match item {
                 Completed::Began(began) => {
-                    let details = self.details.describe(&began.context);
                     for sink in &mut self.sinks {
-                        sink.session_began(began, &details);
+                        sink.session_began(&began);
                     }
                 }
-                Completed::State(state) => {
-                    // Only the state that begins a trace carries the owner's details (the
-                    // later ones share its trace): the cache is not asked for every state.
-                    let details = if state.index == 0 {
-                        self.details.describe(&state.context)
-                    } else {
-                        SessionDetails::default()
-                    };
-                    for sink in &mut self.sinks {
-                        sink.state_ended(state, &details);
+                // The state a session closed from comes just before the session; both are held
+                // while a reset may follow, so that the state says so too.
+                Completed::State(state)
+                    if matches!(items.peek(), Some(Completed::Session(ended))
+                        if ended.session.ids == state.ids && may_send_reset_after_close(ended)) =>
+                {
+                    if let Some(Completed::Session(ended)) = items.next() {
+                        self.hold(Some(state), ended);
                     }
                 }
-                Completed::Session(ended) if may_send_reset_after_close(ended) => {
-                    self.held.push_back((self.drains, ended.clone()));
+                Completed::State(state) => self.hand_on_state(&state),
+                Completed::Session(ended) if may_send_reset_after_close(&ended) => {
+                    self.hold(None, ended);
                 }
-                Completed::Session(ended) => self.hand_on_session(ended),
+                Completed::Session(ended) => self.hand_on_session(&ended),
             }
         }
+        drop(items);
         // The buffer's capacity is kept for the next change.
         self.completed = completed;
-        self.completed.clear();
+    }
+
+    fn hold(&mut self, last_state: Option<StateEnded>, ended: SessionEnded) {
+        self.held.push_back(Held {
+            drain: self.drains,
+            last_state,
+            ended,
+        });
+    }
+
+    fn hand_on_held(&mut self, held: Held) {
+        if let Some(state) = &held.last_state {
+            self.hand_on_state(state);
+        }
+        self.hand_on_session(&held.ended);
+    }
+
+    fn hand_on_state(&mut self, state: &StateEnded) {
+        // Only the state that begins a trace carries the owner's details (the later ones
+        // share its trace): the cache is not asked for every state.
+        let details = if state.index == 0 {
+            self.details.describe(&state.context)
+        } else {
+            SessionDetails::default()
+        };
+        for sink in &mut self.sinks {
+            sink.state_ended(state, &details);
+        }
     }
 
     fn hand_on_session(&mut self, ended: &SessionEnded) {
@@ -244,7 +324,7 @@ mod tests {
         correlation::{BootId, ConnectionIds},
         decode::{Comm, TcpState},
         event::COMM_LEN,
-        state::{CLOSE, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
+        state::{CLOSE, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_RECV, SYN_SENT},
     };
 
     use super::*;
@@ -271,11 +351,7 @@ mod tests {
     struct Recorder(Rc<RefCell<Seen>>, u64);
 
     impl SessionSink for Recorder {
-        fn session_began(
-            &mut self,
-            began: &crate::session::SessionBegan,
-            _details: &crate::details::SessionDetails<'_>,
-        ) {
+        fn session_began(&mut self, began: &crate::session::SessionBegan) {
             self.0.borrow_mut().began.push((began.ts_ns, began.state));
         }
 
@@ -407,6 +483,42 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_sent_after_the_close_marks_the_session_and_the_state_it_closed_from() {
+        let (mut stage, seen) = stage(8, 1);
+        for (ts, old, new) in [
+            (10, CLOSE, SYN_SENT),
+            (20, SYN_SENT, ESTABLISHED),
+            (50, ESTABLISHED, CLOSE),
+        ] {
+            stage.observe(&change(7, ts, old, new));
+        }
+        stage.end_of_drain();
+        assert_eq!(
+            seen[0].borrow().states.len(),
+            1,
+            "the state it closed from is held with the session"
+        );
+        // An SO_LINGER 0 close: the reset comes after the CLOSE, in the next drain.
+        stage.reset_sent(&ResetSent {
+            ts_ns: 51,
+            skaddr: 7 * 0x100,
+            cookie: 7,
+        });
+        stage.end_of_drain();
+        stage.end_of_drain();
+        let seen = seen[0].borrow();
+        let sent = Some(crate::failure::Failure::ConnectionReset(Some(
+            crate::failure::ResetDirection::Sent,
+        )));
+        let failures: Vec<_> = seen.states.iter().map(|s| (s.state.0, s.failure)).collect();
+        assert_eq!(failures, [(SYN_SENT, None), (ESTABLISHED, sent)]);
+        let [(session, _)] = seen.sessions.as_slice() else {
+            panic!("one session: {:?}", seen.sessions.len());
+        };
+        assert_eq!(session.outcome.failure(), sent);
+    }
+
+    #[test]
     fn sinks_finish_in_turn_each_told_the_accounts_of_those_before() {
         let (stage, seen) = stage(8, 2);
         stage.finish(10, &Counts::default());
@@ -454,6 +566,53 @@ mod tests {
             .collect();
         assert_eq!(cookies, [6]);
         assert!(seen.states.iter().all(|s| s.ids.cookie() == 6));
+    }
+
+    #[test]
+    fn the_collectors_end_of_the_processs_connection_is_left_out_too() {
+        let (stage, seen) = stage(8, 1);
+        let mut stage = stage.leaving_out(4242);
+        let agent = |ts, old, new, local_port| StateChange {
+            owner: Some(agent_common::decode::Owner {
+                pid: 4242,
+                comm: Comm::new([b't'; COMM_LEN]),
+            }),
+            local_port,
+            remote_port: 4317,
+            ..change(5, ts, old, new)
+        };
+        // The collector listens on a dual-stack socket: its ends are IPv4-mapped.
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("address");
+        let collector = |ts, old, new| StateChange {
+            local_addr: mapped,
+            local_port: 4317,
+            remote_addr: mapped,
+            remote_port: 50_000,
+            ..change(6, ts, old, new)
+        };
+        stage.observe(&agent(10, CLOSE, SYN_SENT, 0));
+        stage.observe(&agent(20, SYN_SENT, ESTABLISHED, 50_000));
+        stage.observe(&collector(21, LISTEN, SYN_RECV));
+        stage.observe(&collector(22, SYN_RECV, ESTABLISHED));
+        stage.observe(&collector(30, ESTABLISHED, CLOSE));
+        // Another connection to the collector (not the agent's) is traced.
+        stage.observe(&StateChange {
+            remote_port: 50_001,
+            ..collector(40, LISTEN, SYN_RECV)
+        });
+        stage.observe(&StateChange {
+            cookie: 8,
+            remote_port: 50_001,
+            ..collector(41, SYN_RECV, ESTABLISHED)
+        });
+        stage.finish(60, &Counts::default());
+        let seen = seen[0].borrow();
+        let cookies: Vec<u64> = seen
+            .sessions
+            .iter()
+            .map(|(s, _)| s.session.cookie)
+            .collect();
+        assert_eq!(cookies, [8]);
     }
 
     #[test]

@@ -67,9 +67,8 @@ pub struct Health {
 
 /// A destination for sessions: what the session stage hands on.
 pub trait SessionSink {
-    /// A session began, in the state its socket is in; `details` describe its owner and where
-    /// its socket lives.
-    fn session_began(&mut self, _began: &SessionBegan, _details: &SessionDetails<'_>) {}
+    /// A session began, in the state its socket is in.
+    fn session_began(&mut self, _began: &SessionBegan) {}
     /// A session left a state; `details` describe the session's owner and location for the
     /// first state of a trace (empty for the later ones).
     fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>);

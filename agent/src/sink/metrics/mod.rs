@@ -286,7 +286,7 @@ fn seconds(nanos: u64) -> f64 {
 }
 
 impl SessionSink for MetricsSink {
-    fn session_began(&mut self, began: &SessionBegan, _details: &SessionDetails<'_>) {
+    fn session_began(&mut self, began: &SessionBegan) {
         self.count(began.state, &began.endpoints, 1);
     }
 

@@ -271,8 +271,14 @@ fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
 
 fn session_attributes(session: &Session) -> Vec<KeyValue> {
     let ends = &session.endpoints;
-    let local = (ends.local_addr.to_string(), i64::from(ends.local_port));
-    let peer = (ends.remote_addr.to_string(), i64::from(ends.remote_port));
+    let local = (
+        ends.local_addr.to_canonical().to_string(),
+        i64::from(ends.local_port),
+    );
+    let peer = (
+        ends.remote_addr.to_canonical().to_string(),
+        i64::from(ends.remote_port),
+    );
     let mut attributes = vec![
         KeyValue::new(NETWORK_TRANSPORT, "tcp"),
         KeyValue::new(NETWORK_TYPE, ends.network_type()),
@@ -356,12 +362,18 @@ fn push_identity(
     details: &SessionDetails<'_>,
 ) {
     attributes.extend([
-        KeyValue::new(NETWORK_LOCAL_ADDRESS, ends.local_addr.to_string()),
+        KeyValue::new(
+            NETWORK_LOCAL_ADDRESS,
+            ends.local_addr.to_canonical().to_string(),
+        ),
         KeyValue::new(NETWORK_LOCAL_PORT, i64::from(ends.local_port)),
     ]);
     if role != Role::Listen {
         attributes.extend([
-            KeyValue::new(NETWORK_PEER_ADDRESS, ends.remote_addr.to_string()),
+            KeyValue::new(
+                NETWORK_PEER_ADDRESS,
+                ends.remote_addr.to_canonical().to_string(),
+            ),
             KeyValue::new(NETWORK_PEER_PORT, i64::from(ends.remote_port)),
         ]);
     }
@@ -615,12 +627,23 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv4_peer_of_a_dual_stack_socket_reads_as_ipv4_in_the_root_name() {
-        let mut mapped = session(Role::Connect);
-        mapped.endpoints.remote_addr = "::ffff:127.0.0.1".parse().expect("address");
-        mapped.endpoints.remote_port = 18081;
-        let (name, _) = root_name_and_kind(Role::Connect, &mapped.endpoints);
-        assert_eq!(name, "tcp connect 127.0.0.1:18081");
+    fn an_ipv4_connection_of_a_dual_stack_socket_reads_as_ipv4() {
+        let mut mapped = session(Role::Accept);
+        mapped.endpoints.local_addr = "::ffff:127.0.0.1".parse().expect("address");
+        mapped.endpoints.local_port = 18081;
+        mapped.endpoints.remote_addr = "::ffff:127.0.0.2".parse().expect("address");
+        let (name, _) = root_name_and_kind(Role::Accept, &mapped.endpoints);
+        assert_eq!(name, "tcp accept 127.0.0.1:18081");
+        let attributes = session_attributes(&mapped);
+        let value = |key: &str| {
+            attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(value(NETWORK_TYPE).as_deref(), Some("ipv4"));
+        assert_eq!(value(SERVER_ADDRESS).as_deref(), Some("127.0.0.1"));
+        assert_eq!(value(NETWORK_PEER_ADDRESS).as_deref(), Some("127.0.0.2"));
     }
 
     #[test]
