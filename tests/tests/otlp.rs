@@ -1456,17 +1456,21 @@ fn serve_grpc_exports(
     });
 }
 
-/// tcpstates' own connection to the collector is left out of the traces unless `--trace-self`:
-/// the agent watches connections to the receiver's port and to `port`. A first client's trace
-/// is exported (the export connection is open from then on); a second client is still connected
-/// when the agent stops. Both the second client's session and the export connection's end at
-/// the stop and go out in the same last export, so the second client's root arriving shows the
-/// export connection's would have too. Returns the agent's pid and that root, if one came.
-fn own_connection(trace_self: bool, port: u16) -> (u32, Option<ReceivedSpan>) {
+/// tcpstates' own connection to the collector, and the collector's end of it, are left out of
+/// the traces unless `--trace-self`. The agent watches every port (a port filter would hide its
+/// own socket's transitions, by which it knows the collector's end). A first client's trace is
+/// exported (the export connection is open from then on); a second client is still connected
+/// when the agent stops. Both the second client's session and the export connection's ends end
+/// at the stop and go out in the same last export, so the second client's root arriving shows
+/// the export connection's would have too. Returns the agent's pid and the roots of the agent's
+/// end and of the collector's end, if they came.
+fn own_connection(
+    trace_self: bool,
+    port: u16,
+) -> (u32, Option<ReceivedSpan>, Option<ReceivedSpan>) {
     let receiver = Receiver::start();
     let ports = receiver.ports();
-    let filter = format!("{},{port}", ports.grpc);
-    let mut args = vec!["-q", "-D", &filter];
+    let mut args = vec!["-q"];
     if trace_self {
         args.push("--trace-self");
     }
@@ -1491,29 +1495,35 @@ fn own_connection(trace_self: bool, port: u16) -> (u32, Option<ReceivedSpan>) {
         ARRIVAL_TIMEOUT,
     );
     drop((held, listener));
-    let own: Vec<&ReceivedSpan> = spans
-        .iter()
-        .filter(|span| {
-            span.parent_span_id.is_none()
-                && span.int_attr("network.peer.port") == Some(i64::from(ports.grpc))
-        })
-        .collect();
+    let grpc = Some(i64::from(ports.grpc));
+    let roots = |port_key: &str| -> Vec<&ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|span| span.parent_span_id.is_none() && span.int_attr(port_key) == grpc)
+            .collect()
+    };
+    let (own, collector) = (roots("network.peer.port"), roots("network.local.port"));
     assert!(
-        own.len() <= 1,
-        "{own:#?}; stderr:\n{}",
+        own.len() <= 1 && collector.len() <= 1,
+        "{own:#?} {collector:#?}; stderr:\n{}",
         finished.stderr.join("\n")
     );
-    (pid, own.first().map(|span| (*span).clone()))
+    (
+        pid,
+        own.first().map(|span| (*span).clone()),
+        collector.first().map(|span| (*span).clone()),
+    )
 }
 
 #[test]
-fn the_agents_own_export_connection_is_not_traced() {
-    assert_eq!(own_connection(false, 28050).1, None);
+fn the_agents_own_export_connection_is_not_traced_nor_the_collectors_end() {
+    let (_, own, collector) = own_connection(false, 28050);
+    assert_eq!((own, collector), (None, None));
 }
 
 #[test]
 fn trace_self_traces_the_agents_own_export_connection_too() {
-    let (pid, own) = own_connection(true, 28051);
+    let (pid, own, collector) = own_connection(true, 28051);
     let own = own.expect("the export connection's root");
     assert_eq!(
         own.int_attr("process.pid"),
@@ -1521,6 +1531,7 @@ fn trace_self_traces_the_agents_own_export_connection_too() {
         "owned by the agent: {own:#?}"
     );
     assert_eq!(own.str_attr(END_REASON), Some("shutdown"), "{own:#?}");
+    assert!(collector.is_some(), "and the collector's end");
 }
 
 /// The accepted socket's root links to its listener's root, and the two ends of a loopback

@@ -14,7 +14,7 @@
 //! drain interval (20 ms); the states they left are handed on at once.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
 };
 
@@ -67,9 +67,10 @@ pub struct SessionStage {
 /// the collector) and, when the collector runs on this host, the collector's ends of them.
 struct LeftOut {
     pid: u32,
-    /// Cookies of the sockets left out, from their first transition (or, for a collector's
-    /// end, the first that shows both its ends) to their CLOSE.
-    cookies: HashSet<u64>,
+    /// The sockets left out, by cookie, from their first transition (or, for a collector's
+    /// end, the first that shows both its ends) to their CLOSE: whether each is the process's
+    /// own (its later transitions may not name their owner).
+    cookies: HashMap<u64, bool>,
     /// The ends of the process's connections as their peer sockets see them (local, remote;
     /// IPv4-mapped addresses as IPv4), with the process's socket's cookie.
     peers: HashMap<(SocketAddr, SocketAddr), u64>,
@@ -78,20 +79,19 @@ struct LeftOut {
 impl LeftOut {
     /// Whether `change` is of a socket left out; keeps track of those.
     fn takes(&mut self, change: &StateChange) -> bool {
-        let own = change.owner.is_some_and(|owner| owner.pid == self.pid);
         let local = SocketAddr::new(change.local_addr.to_canonical(), change.local_port);
         let remote = SocketAddr::new(change.remote_addr.to_canonical(), change.remote_port);
-        let left_out = own
-            || self.cookies.contains(&change.cookie)
-            || self.peers.remove(&(local, remote)).is_some();
-        if !left_out {
-            return false;
-        }
+        let own = match self.cookies.get(&change.cookie) {
+            Some(&own) => own,
+            None if change.owner.is_some_and(|owner| owner.pid == self.pid) => true,
+            None if self.peers.remove(&(local, remote)).is_some() => false,
+            None => return false,
+        };
         if change.newstate.0 == CLOSE {
             self.cookies.remove(&change.cookie);
             self.peers.retain(|_, cookie| *cookie != change.cookie);
         } else {
-            self.cookies.insert(change.cookie);
+            self.cookies.insert(change.cookie, own);
             if own && change.local_port != 0 && change.remote_port != 0 {
                 self.peers.insert((remote, local), change.cookie);
             }
@@ -126,7 +126,7 @@ impl SessionStage {
         Self {
             left_out: Some(LeftOut {
                 pid,
-                cookies: HashSet::new(),
+                cookies: HashMap::new(),
                 peers: HashMap::new(),
             }),
             ..self
@@ -591,7 +591,11 @@ mod tests {
             ..change(6, ts, old, new)
         };
         stage.observe(&agent(10, CLOSE, SYN_SENT, 0));
-        stage.observe(&agent(20, SYN_SENT, ESTABLISHED, 50_000));
+        // Its later transitions do not name their owner (no socket storage without filters).
+        stage.observe(&StateChange {
+            owner: None,
+            ..agent(20, SYN_SENT, ESTABLISHED, 50_000)
+        });
         stage.observe(&collector(21, LISTEN, SYN_RECV));
         stage.observe(&collector(22, SYN_RECV, ESTABLISHED));
         stage.observe(&collector(30, ESTABLISHED, CLOSE));
