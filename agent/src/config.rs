@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeSet, fmt, num::NonZeroUsize, str::FromStr};
 
-use agent_common::state::{AF_INET, AF_INET6};
+use agent_common::{
+    decode::StateChange,
+    state::{AF_INET, AF_INET6},
+};
 use opentelemetry_sdk::metrics::Temporality;
 
 use crate::{
@@ -246,6 +249,41 @@ impl Config {
             otlp,
             metrics,
         })
+    }
+
+    /// Whether the filters keep `socket`, as the kernel program applies them to transitions:
+    /// for sockets found open at the start, which no program filtered. `cgroup_path` gives a
+    /// cgroup's path from its id (for the cgroup filter, which keeps descendants too).
+    pub fn keeps(
+        &self,
+        socket: &StateChange,
+        mut cgroup_path: impl FnMut(u64) -> Option<String>,
+    ) -> bool {
+        let family = if socket.local_addr.is_ipv4() {
+            AF_INET
+        } else {
+            AF_INET6
+        };
+        let in_ports = |ports: &Option<PortList>, port: u16| {
+            ports.as_ref().is_none_or(|p| p.0.contains(&port))
+        };
+        let in_cgroup = |filter: &CgroupRef| {
+            filter.id == socket.cgroup_id
+                || match (cgroup_path(filter.id), cgroup_path(socket.cgroup_id)) {
+                    (Some(filter), Some(path)) => path
+                        .strip_prefix(&filter)
+                        .is_some_and(|rest| rest.starts_with('/')),
+                    _ => false,
+                }
+        };
+        self.family.is_none_or(|wanted| wanted == family)
+            && in_ports(&self.local_ports, socket.local_port)
+            && in_ports(&self.remote_ports, socket.remote_port)
+            && self
+                .owner_pid
+                .is_none_or(|pid| socket.owner.is_some_and(|owner| owner.pid == pid))
+            && self.netns.is_none_or(|netns| netns == socket.netns)
+            && self.cgroup.as_ref().is_none_or(in_cgroup)
     }
 
     /// Whether an output shows each transition with its socket's owner and time in the

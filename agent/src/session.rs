@@ -209,6 +209,11 @@ pub struct Session {
     pub continues: Option<u32>,
     /// The socket was seen sending a reset.
     pub reset_sent: bool,
+    /// The socket was open when tracing started (found then, not seen beginning): the session
+    /// starts when it was found.
+    pub found_at_start: bool,
+    /// The state it is in began before tracing did: its start is when the socket was found.
+    pub(crate) state_start_unknown: bool,
     /// What the socket sent again in the state it is in.
     pub(crate) retransmits: Retransmits,
     /// Sessions it is related to, by their trace ids: an accepted socket's listener, and the
@@ -237,6 +242,27 @@ impl Retransmits {
             self.kept.push((ts_ns, kind));
         } else {
             self.beyond = self.beyond.saturating_add(1);
+        }
+    }
+}
+
+/// A socket found open when tracing started, waiting for its first transition, which tells its
+/// cookie.
+#[derive(Clone, Debug)]
+struct Found {
+    /// The socket as found (a transition from its state to itself).
+    change: StateChange,
+    role: Role,
+}
+
+impl Found {
+    fn began(&self) -> SessionBegan {
+        SessionBegan {
+            state: self.change.newstate,
+            ts_ns: self.change.ts_ns,
+            endpoints: Endpoints::of(&self.change),
+            context: Context::of(&self.change),
+            role: self.role,
         }
     }
 }
@@ -314,6 +340,8 @@ pub struct StateEnded {
     pub end_ns: u64,
     /// The state was still current when the session was ended early.
     pub incomplete: Option<Incomplete>,
+    /// The state began before tracing did: `start_ns` is when the socket was found.
+    pub start_unknown: bool,
     /// What the socket sent again while in the state.
     pub retransmits: Retransmits,
     /// The connection failed as it left this state (its CLOSE): why.
@@ -352,6 +380,9 @@ pub struct SessionEnded {
 pub enum Completed {
     /// A session began.
     Began(SessionBegan),
+    /// A socket found open when tracing started is gone without a transition seen (its address
+    /// is a new socket's).
+    Vanished(SessionBegan),
     /// The session left a state.
     State(StateEnded),
     /// The session ended.
@@ -373,6 +404,9 @@ pub struct SessionTable {
     /// Connection requests whose SYN-ACK was sent again, by the cookie their socket will have.
     /// As bounded as `open`: most requests of a SYN flood never become sockets.
     requests: LruCache<u64, Request>,
+    /// Sockets found open when tracing started, by address, until their first transition. At
+    /// most as many as `open` holds.
+    found: HashMap<u64, Found>,
     evictions: u64,
     /// Evicted sockets pushed out of `evicted` (full) before they showed up again.
     forgotten: u64,
@@ -395,6 +429,7 @@ impl SessionTable {
             evicted: LruCache::new(capacity),
             accepting: LruCache::new(capacity),
             requests: LruCache::new(capacity),
+            found: HashMap::new(),
             evictions: 0,
             forgotten: 0,
             by_tuple: HashMap::with_capacity(capacity.get()),
@@ -487,6 +522,21 @@ impl SessionTable {
             && !self.open.contains(&cookie))
         .then(|| self.evicted.pop(&cookie))
         .flatten();
+        // A socket found open at the start shows its cookie at its first transition after it
+        // was found. One whose address a new socket has is gone; one whose transition came
+        // before it was found (between the programs' attachment and the listing) is taken back,
+        // and followed from its transitions as any other.
+        let found = (!self.found.is_empty() && !self.open.contains(&cookie))
+            .then(|| self.found.remove(&change.skaddr))
+            .flatten()
+            .filter(|found| {
+                let superseded = starts_socket(change.oldstate.0, change.newstate.0)
+                    || change.ts_ns < found.change.ts_ns;
+                if superseded {
+                    out.push(Completed::Vanished(found.began()));
+                }
+                !superseded
+            });
         if !self.open.contains(&cookie)
             && self.open.len() == self.open.cap().get()
             && let Some((&oldest, _)) = self.open.peek_lru()
@@ -496,21 +546,28 @@ impl SessionTable {
         let mut created = false;
         let session = self.open.get_or_insert_mut(cookie, || {
             created = true;
+            // As found, when it was (its owner known, its state timed from then on).
+            let (first, role) = match &found {
+                Some(found) => (&found.change, found.role),
+                None => (change, Role::of_first(change)),
+            };
             Session {
                 ids: ConnectionIds::new(&self.boot_id, cookie),
                 cookie,
                 skaddr: change.skaddr,
-                context: Context::of(change),
-                role: Role::of_first(change),
-                start_ns: change.ts_ns,
-                endpoints: Endpoints::of(change),
-                first_pid: change.pid,
-                first_comm: change.comm,
-                state: change.oldstate,
-                state_since_ns: None,
+                context: Context::of(first),
+                role,
+                start_ns: first.ts_ns,
+                endpoints: Endpoints::of(first),
+                first_pid: first.pid,
+                first_comm: first.comm,
+                state: first.oldstate,
+                state_since_ns: found.as_ref().map(|found| found.change.ts_ns),
                 states_done: continues.map_or(0, |index| index + 1),
                 continues,
                 reset_sent: false,
+                found_at_start: found.is_some(),
+                state_start_unknown: found.is_some(),
                 retransmits: Retransmits::default(),
                 links: Links::default(),
                 indexed: false,
@@ -540,6 +597,7 @@ impl SessionTable {
                 start_ns,
                 end_ns: change.ts_ns,
                 incomplete: None,
+                start_unknown: session.state_start_unknown,
                 retransmits: std::mem::take(&mut session.retransmits),
                 failure: Failure::of_close(change, session.reset_sent),
                 endpoints: session.endpoints,
@@ -547,6 +605,7 @@ impl SessionTable {
                 role: session.role,
             }));
             session.states_done += 1;
+            session.state_start_unknown = false;
         }
         session.state = change.newstate;
         session.state_since_ns = Some(change.ts_ns);
@@ -559,7 +618,7 @@ impl SessionTable {
                 session.start_ns = session.start_ns.min(request.requested_ns);
             }
         }
-        if created && change.newstate != TcpState(CLOSE) {
+        if created && found.is_none() && change.newstate != TcpState(CLOSE) {
             out.push(Completed::Began(SessionBegan {
                 state: change.newstate,
                 ts_ns: change.ts_ns,
@@ -593,6 +652,37 @@ impl SessionTable {
         }
     }
 
+    /// The sockets open when tracing started (`sockets`: each a transition from its state to
+    /// itself, with an owner that holds it): each is counted as begun in its state, and becomes
+    /// a session at its first transition, which tells its cookie. A socket in a listening
+    /// port's namespace and port is taken for an accepted one. At most as many as the table
+    /// holds; sockets in CLOSE (not connected) are left out.
+    pub fn found_at_start(&mut self, sockets: &[StateChange], out: &mut Vec<Completed>) {
+        let listening: std::collections::HashSet<(u32, u16)> = sockets
+            .iter()
+            .filter(|socket| socket.newstate == TcpState(LISTEN))
+            .map(|socket| (socket.netns, socket.local_port))
+            .chain(self.listeners.keys().copied())
+            .collect();
+        for socket in sockets {
+            if socket.newstate == TcpState(CLOSE) || self.found.len() >= self.open.cap().get() {
+                continue;
+            }
+            let role = match socket.newstate.0 {
+                LISTEN => Role::Listen,
+                SYN_SENT => Role::Connect,
+                _ if listening.contains(&(socket.netns, socket.local_port)) => Role::Accept,
+                _ => Role::Connect,
+            };
+            let found = Found {
+                change: *socket,
+                role,
+            };
+            out.push(Completed::Began(found.began()));
+            self.found.insert(socket.skaddr, found);
+        }
+    }
+
     /// A socket sent a segment again: a span event of the state its session is in. A SYN-ACK
     /// of a connection request waits for the socket the request becomes.
     pub fn retransmitted(&mut self, retransmit: &Retransmit) {
@@ -623,6 +713,7 @@ impl SessionTable {
         self.listeners.clear();
         self.evicted.clear();
         self.requests.clear();
+        self.found.clear();
     }
 
     /// Ends the open session `cookie` early, counts it, and remembers where its trace is, in
@@ -742,6 +833,7 @@ fn end_early(mut session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<C
             start_ns,
             end_ns: end_ns.max(start_ns),
             incomplete: Some(why),
+            start_unknown: session.state_start_unknown,
             retransmits: std::mem::take(&mut session.retransmits),
             failure: None,
             endpoints: session.endpoints,
@@ -923,7 +1015,9 @@ mod tests {
                     end_ns,
                     ..
                 }) => Some((state.to_string(), *start_ns, *end_ns)),
-                Completed::Began(_) | Completed::Session(SessionEnded { .. }) => None,
+                Completed::Began(_)
+                | Completed::Vanished(_)
+                | Completed::Session(SessionEnded { .. }) => None,
             })
             .collect()
     }
@@ -938,7 +1032,9 @@ mod tests {
                     incomplete,
                     ..
                 }) => Some((session, *end_ns, *outcome, *incomplete)),
-                Completed::Began(_) | Completed::State(StateEnded { .. }) => None,
+                Completed::Began(_)
+                | Completed::Vanished(_)
+                | Completed::State(StateEnded { .. }) => None,
             })
             .collect()
     }
@@ -1183,7 +1279,7 @@ mod tests {
                         (session.span_id(), parent, None)
                     })
                 }
-                Completed::Began(_) => None,
+                Completed::Began(_) | Completed::Vanished(_) => None,
             })
             .collect()
     }
@@ -1277,7 +1373,9 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 Completed::State(StateEnded { index, .. }) => Some(*index),
-                Completed::Began(_) | Completed::Session(SessionEnded { .. }) => None,
+                Completed::Began(_)
+                | Completed::Vanished(_)
+                | Completed::Session(SessionEnded { .. }) => None,
             })
             .collect();
         assert_eq!(indexes, [0, 0], "each session numbers its own states");
@@ -1293,7 +1391,7 @@ mod tests {
                     ended.end_ns,
                     ended.retransmits.clone(),
                 )),
-                Completed::Began(_) | Completed::Session(_) => None,
+                Completed::Began(_) | Completed::Vanished(_) | Completed::Session(_) => None,
             })
             .collect()
     }
@@ -1388,5 +1486,69 @@ mod tests {
             .find(|(session, ..)| session.cookie == 2)
             .map(|(session, ..)| session.start_ns);
         assert_eq!(accepted, Some(100), "the session begins with its request");
+    }
+
+    #[test]
+    fn a_socket_found_at_the_start_becomes_a_session_at_its_first_transition_after() {
+        let mut table = SessionTable::new(NonZeroUsize::new(8).expect("non-zero"), BOOT_ID);
+        let mut out = Vec::new();
+        // Found (cookie unknown: 0) at 100: an established connection (address 1) and one
+        // whose address a new socket takes (2), and one whose transition came before the
+        // listing (3).
+        let found = |skaddr, state| StateChange {
+            cookie: 0,
+            ..change(skaddr, 100, state, state, 5000)
+        };
+        table.found_at_start(
+            &[
+                found(1, ESTABLISHED),
+                found(2, ESTABLISHED),
+                found(3, ESTABLISHED),
+            ],
+            &mut out,
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|c| matches!(c, Completed::Began(b) if b.state == TcpState(ESTABLISHED)))
+                .count(),
+            3
+        );
+        out.clear();
+        table.observe(&change(1, 200, ESTABLISHED, FIN_WAIT1, 5000), &mut out);
+        table.observe(&change(2, 210, CLOSE, SYN_SENT, 5000), &mut out);
+        table.observe(&change(3, 90, SYN_SENT, ESTABLISHED, 5000), &mut out);
+        let vanished: Vec<TcpState> = out
+            .iter()
+            .filter_map(|c| match c {
+                Completed::Vanished(found) => Some(found.state),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            vanished,
+            [TcpState(ESTABLISHED), TcpState(ESTABLISHED)],
+            "2 and 3"
+        );
+        let states: Vec<(u64, String, u64, u64, bool)> = out
+            .iter()
+            .filter_map(|c| match c {
+                Completed::State(s) => Some((
+                    s.ids.cookie(),
+                    s.state.to_string(),
+                    s.start_ns,
+                    s.end_ns,
+                    s.start_unknown,
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [(1, "ESTABLISHED".to_owned(), 100, 200, true)],
+            "the found state, timed from when it was found"
+        );
+        let session = table.open.peek(&1).expect("socket 1's session");
+        assert!(session.found_at_start);
+        assert_eq!((session.start_ns, session.role), (100, Role::Connect));
     }
 }

@@ -64,7 +64,7 @@ fn change(skaddr: u64, cookie: u64, ts_ns: u64, old: u32, new: u32) -> StateChan
 /// The span id a completion takes, with its trace id; none for a session's beginning.
 fn span_key(completed: &Completed) -> Option<([u8; 16], [u8; 8])> {
     match completed {
-        Completed::Began(_) => None,
+        Completed::Began(_) | Completed::Vanished(_) => None,
         Completed::State(StateEnded { ids, index, .. }) => {
             Some((ids.trace_id, ids.state_span_id(*index)))
         }

@@ -172,6 +172,19 @@ impl SessionStage {
         }
     }
 
+    /// The sockets open when tracing started (found by listing them, after the programs were
+    /// attached): each is handed on as begun in its state, and becomes a session at its first
+    /// transition. tcpstates' own are left out.
+    pub fn found_at_start(&mut self, sockets: &[StateChange]) {
+        let own = |socket: &StateChange| {
+            let pid = self.left_out.as_ref().map(|left_out| left_out.pid);
+            socket.owner.is_some_and(|owner| Some(owner.pid) == pid)
+        };
+        let kept: Vec<StateChange> = sockets.iter().filter(|s| !own(s)).copied().collect();
+        self.table.found_at_start(&kept, &mut self.completed);
+        self.hand_on();
+    }
+
     /// Applies one state change and hands on what it completes.
     pub fn observe(&mut self, change: &StateChange) {
         if let Some(left_out) = &mut self.left_out
@@ -236,6 +249,11 @@ impl SessionStage {
                 Completed::Began(began) => {
                     for sink in &mut self.sinks {
                         sink.session_began(&began);
+                    }
+                }
+                Completed::Vanished(found) => {
+                    for sink in &mut self.sinks {
+                        sink.session_vanished(&found);
                     }
                 }
                 // The state a session closed from comes just before the session; both are held

@@ -415,6 +415,8 @@ mod tests {
                 states_done: 0,
                 continues: None,
                 reset_sent: false,
+                found_at_start: false,
+                state_start_unknown: false,
                 retransmits: Retransmits::default(),
                 links: Links::default(),
                 indexed: false,

@@ -69,6 +69,9 @@ pub struct Health {
 pub trait SessionSink {
     /// A session began, in the state its socket is in.
     fn session_began(&mut self, _began: &SessionBegan) {}
+    /// A socket found open when tracing started (and told as begun) is gone without a
+    /// transition seen: no session came of it.
+    fn session_vanished(&mut self, _found: &SessionBegan) {}
     /// A session left a state; `details` describe the session's owner and location for the
     /// first state of a trace (empty for the later ones).
     fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>);

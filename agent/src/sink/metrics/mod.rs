@@ -290,6 +290,10 @@ impl SessionSink for MetricsSink {
         self.count(began.state, &began.endpoints, 1);
     }
 
+    fn session_vanished(&mut self, found: &SessionBegan) {
+        self.count(found.state, &found.endpoints, -1);
+    }
+
     fn state_ended(&mut self, ended: &StateEnded, details: &SessionDetails<'_>) {
         match (ended.next_state, ended.incomplete) {
             (Some(next), _) => {
@@ -303,7 +307,8 @@ impl SessionSink for MetricsSink {
             (None, Some(Incomplete::Evicted)) => self.count(ended.state, &ended.endpoints, -1),
             (None, _) => {}
         }
-        if ended.incomplete.is_some() {
+        // A state that began before tracing did has no duration to tell.
+        if ended.incomplete.is_some() || ended.start_unknown {
             return;
         }
         let duration = seconds(ended.end_ns.saturating_sub(ended.start_ns));
@@ -334,10 +339,12 @@ impl SessionSink for MetricsSink {
             &session.context,
             details,
         );
-        self.instruments.connection.record(
-            seconds(ended.end_ns.saturating_sub(session.start_ns)),
-            &attributes,
-        );
+        if !session.found_at_start {
+            self.instruments.connection.record(
+                seconds(ended.end_ns.saturating_sub(session.start_ns)),
+                &attributes,
+            );
+        }
         if let Some(failure) = ended.outcome.failure() {
             attributes.push(KeyValue::new(ERROR_TYPE, failure.error_type()));
             self.instruments.failures.add(1, &attributes);

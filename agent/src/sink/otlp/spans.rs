@@ -52,6 +52,12 @@ pub const CGROUP_ID: &str = "tcpstates.cgroup.id";
 pub const CGROUP_PATH: &str = "tcpstates.cgroup.path";
 /// Vendor attribute: the session (or state) was ended before its CLOSE was seen.
 pub const INCOMPLETE: &str = "tcpstates.session.incomplete";
+/// Vendor attribute: the socket was open when tracing started; the session starts when it was
+/// found.
+pub const FOUND_AT_START: &str = "tcpstates.session.found_at_start";
+/// Vendor attribute of a state span: the state began before tracing did; the span starts when
+/// the socket was found.
+pub const STATE_START_UNKNOWN: &str = "tcpstates.state.start_unknown";
 /// Vendor attribute: why it was ended early (`shutdown` or `evicted`).
 pub const END_REASON: &str = "tcpstates.session.end_reason";
 /// Vendor attribute: which end reset the connection (`received`: the peer; `sent`: this end).
@@ -101,6 +107,7 @@ impl SpanFactory {
             start_ns,
             end_ns,
             incomplete,
+            start_unknown,
             retransmits,
             failure,
             endpoints,
@@ -115,6 +122,9 @@ impl SpanFactory {
             push_identity(&mut attributes, *role, endpoints, context, details);
         }
         push_incomplete(&mut attributes, *incomplete);
+        if *start_unknown {
+            attributes.push(KeyValue::new(STATE_START_UNKNOWN, true));
+        }
         // The state in which the connection failed says so too, as its root does.
         let status = match failure {
             Some(failure) => {
@@ -188,6 +198,9 @@ impl SpanFactory {
             push_close(&mut attributes, close);
         }
         push_incomplete(&mut attributes, *incomplete);
+        if session.found_at_start {
+            attributes.push(KeyValue::new(FOUND_AT_START, true));
+        }
         let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
         let mut span = self.data(
             &session.ids,
@@ -491,6 +504,8 @@ mod tests {
             states_done: 0,
             continues: None,
             reset_sent: false,
+            found_at_start: false,
+            state_start_unknown: false,
             retransmits: Retransmits::default(),
             links: Links::default(),
             indexed: false,
@@ -521,6 +536,7 @@ mod tests {
                 start_ns: 1_234_567,
                 end_ns: 201_234_568,
                 incomplete: None,
+                start_unknown: false,
                 retransmits: Retransmits {
                     kept: vec![
                         (1_234_567 + 1_000, RetransmitKind::Data),
@@ -606,6 +622,7 @@ mod tests {
                 start_ns: 1,
                 end_ns: 3_000_000_001,
                 incomplete: None,
+                start_unknown: false,
                 retransmits: Retransmits::default(),
                 failure: Some(Failure::ConnectTimeout),
                 endpoints: session(Role::Connect).endpoints,
