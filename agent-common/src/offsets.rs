@@ -78,7 +78,27 @@ pub struct FieldOffsets {
     /// `tcp_request_sock.snt_synack` (u64): when a connection request's first SYN-ACK went
     /// out, in µs of CLOCK_MONOTONIC (`tcp_clock_us`).
     pub snt_synack: u32,
+    /// `sock.sk_type` (u16): `SOCK_STREAM` for a TCP socket (a raw socket may name
+    /// `IPPROTO_TCP` as its protocol too).
+    pub sk_type: u32,
+    /// `socket.sk` (pointer to `struct sock`): the network half of a socket file.
+    pub socket_sk: u32,
+    /// `bpf_iter_meta.seq` (pointer to `struct seq_file`): where an iterator program writes.
+    pub iter_seq: u32,
+    /// `sock.__sk_common.skc_cookie` (u64): the socket's cookie, 0 until something asks for it
+    /// (`bpf_get_socket_cookie`, `SO_COOKIE`, a `sock_diag` dump).
+    pub sk_cookie: u32,
 }
+
+/// Argument slots of the `iter/task_file` program's context, `struct bpf_iter__task_file`: the
+/// arguments of the kernel's `bpf_iter_task_file(meta, task, fd, file)`, one 8-byte slot each,
+/// read at offsets fixed in the program (the verifier refuses a context read at a variable
+/// offset). Slot of the iterator's `struct bpf_iter_meta *`.
+pub const TASK_FILE_META: usize = 0;
+/// Slot of the `struct task_struct *` whose file it is (NULL on the iterator's last call).
+pub const TASK_FILE_TASK: usize = 1;
+/// Slot of the `struct file *` (NULL on the iterator's last call).
+pub const TASK_FILE_FILE: usize = 3;
 
 #[cfg(feature = "user")]
 // SAFETY: `FieldOffsets` is `repr(C)`, `Copy`, u32 fields without padding; any bit pattern is

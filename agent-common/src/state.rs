@@ -6,6 +6,8 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 /// `IPPROTO_TCP`.
 pub const IPPROTO_TCP: u16 = 6;
+/// `SOCK_STREAM`.
+pub const SOCK_STREAM: u16 = 1;
 
 /// `TCP_ESTABLISHED`.
 pub const ESTABLISHED: u32 = 1;

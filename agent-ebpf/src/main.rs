@@ -6,10 +6,12 @@
 //! one [`RawStateChange`](agent_common::event::RawStateChange) to the `EVENTS` ring buffer. The
 //! backstop program does the same for the hits the kernel skips for the main one (see
 //! [`tracepoint`]). Every transition that passes the filters is counted, and so is every one
-//! that could not be delivered, so user space can report each loss.
+//! that could not be delivered, so user space can report each loss. An iterator program
+//! ([`iter`]) lists the TCP sockets processes already hold, for user space to start from.
 #![no_std]
 #![no_main]
 
+mod iter;
 mod tracepoint;
 
 #[cfg(not(test))]

@@ -209,7 +209,7 @@ static FILTER: Filter = Filter {
 
 /// Offsets of the fields read from the socket, set by user space at load time.
 #[unsafe(no_mangle)]
-static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
+pub(crate) static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
     family: 0,
     protocol: 0,
     num: 0,
@@ -241,6 +241,10 @@ static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
     min_rtt_us: 0,
     total_retrans: 0,
     snt_synack: 0,
+    sk_type: 0,
+    socket_sk: 0,
+    iter_seq: 0,
+    sk_cookie: 0,
 };
 
 /// Reads one offset of [`FIELD_OFFSETS`] on its own, so the verifier sees it as the constant of
@@ -248,9 +252,14 @@ static FIELD_OFFSETS: FieldOffsets = FieldOffsets {
 macro_rules! offset {
     ($field:ident) => {
         // SAFETY: a read-only global; the volatile read keeps its load-time value.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(FIELD_OFFSETS.$field)) as usize }
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                $crate::tracepoint::FIELD_OFFSETS.$field
+            )) as usize
+        }
     };
 }
+pub(crate) use offset;
 
 /// Entry point of the main program.
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -402,16 +411,16 @@ fn port_in(set: &Array<u64>, port: u16) -> bool {
 /// A kernel object the tracepoint handed over, read with typed loads the verifier checks
 /// against BTF (a faulting load reads 0 instead of faulting).
 #[derive(Clone, Copy)]
-struct Kernel(*const u8);
+pub(crate) struct Kernel(pub(crate) *const u8);
 
 impl Kernel {
-    fn load<T: Copy>(self, offset: usize) -> T {
+    pub(crate) fn load<T: Copy>(self, offset: usize) -> T {
         // SAFETY: `offset` is the offset of a field of type `T` per the kernel's BTF, and the
         // verifier rewrites loads from BTF pointers into fault-tolerant ones.
         unsafe { core::ptr::read_volatile(self.0.wrapping_add(offset).cast::<T>()) }
     }
 
-    fn follow(self, offset: usize) -> Self {
+    pub(crate) fn follow(self, offset: usize) -> Self {
         Self(self.load::<*const u8>(offset))
     }
 
@@ -440,7 +449,7 @@ impl Kernel {
 /// Two loads of its `comm` cost a fraction of `bpf_get_current_comm`, which copies the name
 /// byte by byte and pads it.
 #[derive(Clone, Copy)]
-struct Task(Kernel);
+pub(crate) struct Task(pub(crate) Kernel);
 
 impl Task {
     fn current() -> Self {
@@ -451,12 +460,12 @@ impl Task {
     }
 
     /// The process id (the kernel's `tgid`).
-    fn pid(self) -> u32 {
+    pub(crate) fn pid(self) -> u32 {
         self.0.load::<i32>(offset!(task_tgid)) as u32
     }
 
     /// The command name as the kernel keeps it, NUL-padded (`set_task_comm` pads).
-    fn comm(self) -> [u8; COMM_LEN] {
+    pub(crate) fn comm(self) -> [u8; COMM_LEN] {
         self.0.bytes16(offset!(task_comm))
     }
 }
@@ -533,7 +542,7 @@ fn inherited_owner(sk: *const u8, key: &ListenerKey) -> Option<Owner> {
 
 /// Why a hit of the tracepoint was not recorded: one reason per check of [`try_record`].
 #[derive(Clone, Copy)]
-enum Skip {
+pub(crate) enum Skip {
     /// Not a TCP socket.
     NotTcp,
     /// Another address family than `-4` or `-6` asks for.
@@ -568,12 +577,12 @@ fn record(ctx: &BtfTracePointContext) {
 
 /// One hit of the tracepoint: the socket and the two states.
 #[derive(Clone, Copy)]
-struct Transition {
-    sk: *const u8,
-    sock: Kernel,
-    oldstate: u32,
-    newstate: u32,
-    family: u16,
+pub(crate) struct Transition {
+    pub(crate) sk: *const u8,
+    pub(crate) sock: Kernel,
+    pub(crate) oldstate: u32,
+    pub(crate) newstate: u32,
+    pub(crate) family: u16,
 }
 
 /// What the socket's storage (or the transition itself) says of its owner and last state.
@@ -804,7 +813,7 @@ fn try_cgroup(sock: Kernel, filter: &Filter) -> Result<u64, Skip> {
 }
 
 /// The socket's local and remote addresses, for IPv4 and IPv6.
-fn try_addresses(change: Transition) -> Result<([u8; 16], [u8; 16]), Skip> {
+pub(crate) fn try_addresses(change: Transition) -> Result<([u8; 16], [u8; 16]), Skip> {
     let sock = change.sock;
     match change.family {
         AF_INET => Ok((

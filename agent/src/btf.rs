@@ -296,8 +296,9 @@ impl Btf {
 
 /// Offsets of the fields the kernel program reads: the socket's addresses, ports, family,
 /// protocol, uid and `SO_REUSEPORT` flag, the path to its network namespace's inode and its
-/// cgroup's id, the on-CPU task's process id and command name, and what a socket's CLOSE
-/// reports: its error and its `tcp_sock` counters.
+/// cgroup's id, the on-CPU task's process id and command name, what a socket's CLOSE
+/// reports: its error and its `tcp_sock` counters; and for the iterator of the sockets processes
+/// hold, a socket file's socket, the socket's type and cookie, and the iterator's output.
 pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, BtfError> {
     let field = |outer: &str, path: &str, size: u32| -> Result<u32, BtfError> {
         let member = btf.member(outer, path)?;
@@ -346,6 +347,10 @@ pub fn field_offsets(btf: &Btf) -> Result<agent_common::offsets::FieldOffsets, B
         min_rtt_us: btf.member("tcp_sock", "rtt_min")?.offset + field("minmax_sample", "v", 4)?,
         total_retrans: field("tcp_sock", "total_retrans", 4)?,
         snt_synack: field("tcp_request_sock", "snt_synack", 8)?,
+        sk_type: field("sock", "sk_type", 2)?,
+        socket_sk: field("socket", "sk", 8)?,
+        iter_seq: field("bpf_iter_meta", "seq", 8)?,
+        sk_cookie: field("sock", "__sk_common.skc_cookie", 8)?,
     })
 }
 
@@ -383,6 +388,29 @@ mod tests {
             ("net", offsets.net),
         ] {
             assert!(offset < sock_common.size, "{name} lies within sock_common");
+        }
+    }
+
+    #[test]
+    fn the_task_file_iterator_context_has_the_slots_the_program_reads() {
+        use agent_common::offsets::{TASK_FILE_FILE, TASK_FILE_META, TASK_FILE_TASK};
+        let btf = Btf::from_file(VMLINUX).expect("the CI kernel has BTF");
+        for (member, slot) in [
+            ("meta", TASK_FILE_META),
+            ("task", TASK_FILE_TASK),
+            ("file", TASK_FILE_FILE),
+        ] {
+            let found = btf
+                .member("bpf_iter__task_file", member)
+                .expect("bpf_iter__task_file");
+            assert_eq!(
+                found,
+                Member {
+                    offset: 8 * slot as u32,
+                    size: 8
+                },
+                "{member}"
+            );
         }
     }
 
