@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod details;
+pub mod existing;
 pub mod failure;
 pub mod gaps;
 pub mod privileges;

@@ -1,6 +1,9 @@
 //! Loading the kernel programs with the run's filters and attaching them to the tracepoint.
 
-use agent_common::filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word};
+use agent_common::{
+    decode::StateChange,
+    filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
+};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
@@ -11,6 +14,7 @@ use crate::{
     btf::{self, BtfError},
     config::{Config, PortList},
     counters::KernelCounters,
+    existing::{self, ExistingSocketsError},
 };
 
 /// The tracepoint both programs attach to (`sock:inet_sock_set_state`, by its BTF name).
@@ -109,6 +113,16 @@ pub struct Probe {
     pub counters: KernelCounters,
 }
 
+impl Probe {
+    /// The TCP sockets processes already hold: see [`existing::existing_sockets`]. Called while
+    /// the tracepoint programs are attached (before [`Attachment::detach`]), so each socket is
+    /// listed, or has its next transition traced, or both.
+    pub fn existing_sockets(&mut self) -> Result<Vec<StateChange>, ExistingSocketsError> {
+        let btf = aya::Btf::from_sys_fs().map_err(ExistingSocketsError::Btf)?;
+        existing::existing_sockets(&mut self.attachment.ebpf, &btf)
+    }
+}
+
 /// Ring-buffer fill at which the kernel wakes the reader: a quarter of the buffer, so a burst
 /// is drained long before it fills; below it the reader drains on its own timer.
 fn wakeup_bytes(ring_bytes: u32) -> u32 {
@@ -171,7 +185,7 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 /// The verdict of a verifier log: its last line that is not a statistic.
-fn verdict(log: &str) -> String {
+pub(crate) fn verdict(log: &str) -> String {
     log.lines()
         .map(str::trim)
         .rfind(|line| {
@@ -237,7 +251,7 @@ fn load_and_attach(config: &Config) -> Result<Probe, ProbeError> {
     })?;
     Ok(Probe {
         attachment: Attachment {
-            _ebpf: ebpf,
+            ebpf,
             links: vec![
                 main,
                 backstop,
@@ -254,8 +268,8 @@ fn load_and_attach(config: &Config) -> Result<Probe, ProbeError> {
 
 /// The loaded programs, attached until [`Attachment::detach`] or drop.
 pub struct Attachment {
-    /// Keeps the programs and their maps alive.
-    _ebpf: Ebpf,
+    /// Keeps the programs and their maps alive; the iterator program runs from it.
+    ebpf: Ebpf,
     /// The programs' attachments; empty once detached.
     links: Vec<BtfTracePointLink>,
 }
