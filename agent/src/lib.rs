@@ -95,7 +95,7 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         .enable_time()
         .build()
         .map_err(Error::Runtime)?;
-    let probe = probe::attach(&config)?;
+    let mut probe = probe::attach(&config)?;
     let clock = WallClock::now().map_err(Error::Clock)?;
     let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
     let mut session_sinks: Vec<Box<dyn SessionSink>> = Vec::new();
@@ -122,7 +122,7 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         // Last: it finishes after the others, whose accounts its health metrics report.
         session_sinks.push(Box::new(MetricsSink::new(export, metrics.peer_address)));
     }
-    let sessions = if session_sinks.is_empty() {
+    let mut sessions = if session_sinks.is_empty() {
         None
     } else {
         // Trace ids derive from the boot id; only traces need them.
@@ -142,6 +142,9 @@ pub fn run(config: Config) -> Result<Summary, Error> {
             stage.leaving_out(std::process::id())
         })
     };
+    if let Some(stage) = &mut sessions {
+        found_at_start(&config, &mut probe, stage);
+    }
     let sinks: Vec<Box<dyn Sink>> = event_output
         .into_iter()
         .chain(journal.map(|journal| Box::new(journal) as Box<dyn Sink>))
@@ -155,4 +158,25 @@ pub fn run(config: Config) -> Result<Summary, Error> {
         || config.cgroup.is_some();
     let gaps = GapTracker::new(GAP_TRACKER_SOCKETS, !filtered);
     Ok(runtime.block_on(tracer::trace(probe, sinks, sessions, gaps))?)
+}
+
+/// Hands `stage` the sockets open before tracing started that the filters keep; a listing that
+/// fails is said in one line, and those sockets are followed from their next transition.
+fn found_at_start(config: &Config, probe: &mut probe::Probe, stage: &mut SessionStage) {
+    match probe.existing_sockets() {
+        Ok(sockets) => {
+            let mut cgroups = cgroup::CgroupPaths::new(config.max_sessions).ok();
+            let kept: Vec<_> = sockets
+                .into_iter()
+                .filter(|socket| {
+                    config.keeps(socket, |id| cgroups.as_mut()?.path(id).map(str::to_owned))
+                })
+                .collect();
+            stage.found_at_start(&kept);
+        }
+        Err(err) => eprintln!(
+            "tcpstates: the sockets open before the start could not be listed ({err}); each is \
+             followed from its next transition"
+        ),
+    }
 }

@@ -246,3 +246,100 @@ fn the_health_metrics_agree_with_the_exit_account() {
         account.recursion
     );
 }
+
+/// The count of sockets by state in `metric`'s point for `state` (0 when it has none).
+fn sockets_in(metric: &ReceivedMetric, state: &str) -> i64 {
+    metric
+        .point(&[
+            ("network.connection.state", AttrValue::Str(state.into())),
+            ("network.transport", AttrValue::Str("tcp".into())),
+            ("network.type", AttrValue::Str("ipv4".into())),
+        ])
+        .and_then(|point| point.number())
+        .map_or(0, |number| number.as_f64() as i64)
+}
+
+/// 50 connections and their listener opened before the agent starts: the sockets-by-state count
+/// includes all of them at once, and returns to nothing when they are closed; their traces
+/// start from their state and owner when the agent found them.
+#[test]
+fn sockets_open_before_the_start_are_counted_and_traced_with_their_owner() {
+    const HELD: usize = 50;
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 36004));
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let (listener, held) = ns.run(|| {
+        let listener = TcpListener::bind(server).expect("listen");
+        let held: Vec<(TcpStream, TcpStream)> = (0..HELD)
+            .map(|_| {
+                let client = TcpStream::connect(server).expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                (client, accepted)
+            })
+            .collect();
+        (listener, held)
+    });
+    let path = format!("/run/netns/{}", ns.name());
+    let endpoint = receiver.grpc_endpoint();
+    let mut command = agent::command(&["-q", "--netns", &path, "--otlp", &endpoint, "--metrics"]);
+    command.env("OTEL_METRIC_EXPORT_INTERVAL", "200");
+    let agent = Agent::start_command(command);
+    let counted = |established: i64, listening: i64| {
+        move |metrics: &[ReceivedMetric]| {
+            metrics
+                .iter()
+                .rev()
+                .find(|m| m.name == "system.network.connection.count")
+                .is_some_and(|m| {
+                    sockets_in(m, "established") == established
+                        && sockets_in(m, "listen") == listening
+                })
+        }
+    };
+    receiver
+        .try_wait_for_metrics(counted(2 * HELD as i64, 1), ARRIVAL_TIMEOUT)
+        .unwrap_or_else(|metrics| {
+            panic!(
+                "never 100 established and 1 listening: {:#?}",
+                metrics.last()
+            )
+        });
+    drop((held, listener));
+    ns.await_no_tcp_sockets(EVENT_TIMEOUT);
+    receiver
+        .try_wait_for_metrics(counted(0, 0), ARRIVAL_TIMEOUT)
+        .unwrap_or_else(|metrics| panic!("the count never came back: {:#?}", metrics.last()));
+    let finished = agent.stop(libc::SIGINT);
+    assert_eq!(finished.code(), 0, "{}", finished.stderr.join("\n"));
+    let found_roots = |name: String| {
+        move |spans: &[integration_tests::otlp::ReceivedSpan]| {
+            spans
+                .iter()
+                .filter(|span| {
+                    span.parent_span_id.is_none()
+                        && span.name == name
+                        && span.attributes.get("tcpstates.session.found_at_start")
+                            == Some(&AttrValue::Bool(true))
+                        && span.int_attr("process.pid") == Some(i64::from(std::process::id()))
+                })
+                .count()
+        }
+    };
+    for name in [
+        format!("tcp connect {server}"),
+        format!("tcp accept {server}"),
+        format!("tcp listen {server}"),
+    ] {
+        let expected = if name.contains("listen") { 1 } else { HELD };
+        let count = found_roots(name.clone());
+        receiver
+            .try_wait_for(|spans| count(spans) == expected, ARRIVAL_TIMEOUT)
+            .unwrap_or_else(|spans| {
+                panic!(
+                    "{} of {expected} {name} roots: {:#?}",
+                    count(&spans),
+                    spans.last()
+                )
+            });
+    }
+}
