@@ -15,6 +15,7 @@ pub mod counters;
 pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod listener;
 pub mod offsets;
 pub mod state;
 

@@ -25,6 +25,7 @@ use agent_common::{
         RETRANSMIT_SYNACK, RawClose, RawClosed, RawResetSent, RawRetransmit, RawStateChange,
     },
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
+    listener::{ListenerKey, Owner},
     offsets::FieldOffsets,
     state::{
         AF_INET, AF_INET6, CLOSE, IPPROTO_TCP, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT, TIME_WAIT,
@@ -88,47 +89,6 @@ struct SocketState {
     flags: u32,
     /// Owner's command name.
     owner_comm: [u8; COMM_LEN],
-}
-
-/// The process that made a socket.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Owner {
-    /// Thread-group id.
-    pid: u32,
-    /// Command name, NUL-padded.
-    comm: [u8; COMM_LEN],
-}
-
-/// What tells listening sockets apart: where they listen. The kernel allows one listener per
-/// key unless they share it through `SO_REUSEPORT`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ListenerKey {
-    /// Inode number of the socket's network namespace.
-    netns: u32,
-    /// Bound port.
-    port: u16,
-    /// Address family.
-    family: u16,
-    /// Bound address as the socket holds it (4 bytes for `AF_INET`, 16 for `AF_INET6`),
-    /// all zeros for a wildcard.
-    addr: [u8; 16],
-}
-
-impl ListenerKey {
-    /// The key of no listener.
-    const NONE: Self = Self {
-        netns: 0,
-        port: 0,
-        family: 0,
-        addr: [0; 16],
-    };
-
-    /// Whether the key names a listener (it has a port).
-    fn identifies(&self) -> bool {
-        self.port != 0
-    }
 }
 
 /// Declares a `BPF_MAP_TYPE_SK_STORAGE` (24) map in the BTF map format: values live and die

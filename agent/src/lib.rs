@@ -165,6 +165,10 @@ pub fn run(config: Config) -> Result<Summary, Error> {
 fn found_at_start(config: &Config, probe: &mut probe::Probe, stage: &mut SessionStage) {
     match probe.existing_sockets() {
         Ok(sockets) => {
+            // The sockets they accept from now on get their owner, as under tracing.
+            if let Err(err) = probe.remember_listeners(&sockets) {
+                eprintln!("tcpstates: the listeners open before the start are not known: {err}");
+            }
             let mut cgroups = cgroup::CgroupPaths::new(config.max_sessions).ok();
             let kept: Vec<_> = sockets
                 .into_iter()

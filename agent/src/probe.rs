@@ -1,8 +1,13 @@
 //! Loading the kernel programs with the run's filters and attaching them to the tracepoint.
 
+use std::{collections::HashMap, net::IpAddr};
+
 use agent_common::{
     decode::StateChange,
+    event::COMM_LEN,
     filter::{Filter, PORT_BITMAP_WORDS, port_mask, port_word},
+    listener::{ListenerKey, Owner as ListenerOwner},
+    state::{AF_INET, AF_INET6, LISTEN},
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -25,6 +30,10 @@ const MAIN: &str = "inet_sock_set_state";
 const BACKSTOP: &str = "inet_sock_set_state_backstop";
 /// The program on `tcp:tcp_receive_reset`, and that tracepoint's BTF name.
 const RESET_RECEIVED: &str = "tcp_receive_reset";
+/// The kernel's table of listeners' owners.
+const LISTENERS: &str = "LISTENERS";
+/// `BPF_NOEXIST`: insert only a key that is not there yet.
+const BPF_NOEXIST: u64 = 1;
 /// The program on `tcp:tcp_send_reset`, and that tracepoint's BTF name.
 const RESET_SENT: &str = "tcp_send_reset";
 /// The program on `tcp:tcp_retransmit_skb`, and that tracepoint's BTF name.
@@ -120,6 +129,79 @@ impl Probe {
     pub fn existing_sockets(&mut self) -> Result<Vec<StateChange>, ExistingSocketsError> {
         let btf = aya::Btf::from_sys_fs().map_err(ExistingSocketsError::Btf)?;
         existing::existing_sockets(&mut self.attachment.ebpf, &btf)
+    }
+
+    /// Enters the listeners among `sockets` (found open at start, each with the process that
+    /// holds it) in the kernel's listener table, so the sockets they accept from now on are
+    /// given that owner, as those of a listener that called `listen()` under tracing are. A
+    /// listener already entered keeps its entry; listeners sharing a key (an `SO_REUSEPORT`
+    /// group, which the table cannot tell apart) are left out. Returns how many were entered.
+    pub fn remember_listeners(&mut self, sockets: &[StateChange]) -> Result<usize, ProbeError> {
+        let mut keys: HashMap<ListenerKey, Option<ListenerOwner>> = HashMap::new();
+        for socket in sockets {
+            if socket.newstate.0 != LISTEN {
+                continue;
+            }
+            let Some(owner) = socket.owner else {
+                continue;
+            };
+            let mut comm = [0; COMM_LEN];
+            comm[..owner.comm.as_bytes().len()].copy_from_slice(owner.comm.as_bytes());
+            let owner = ListenerOwner {
+                pid: owner.pid,
+                comm,
+            };
+            keys.entry(listener_key(socket))
+                .and_modify(|shared| *shared = None)
+                .or_insert(Some(owner));
+        }
+        let map = self
+            .attachment
+            .ebpf
+            .map_mut(LISTENERS)
+            .ok_or(ProbeError::Map {
+                name: LISTENERS,
+                source: MapError::InvalidName {
+                    name: LISTENERS.to_owned(),
+                },
+            })?;
+        let mut table: aya::maps::HashMap<_, ListenerKey, ListenerOwner> =
+            aya::maps::HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: LISTENERS,
+                source,
+            })?;
+        let mut entered = 0;
+        for (key, owner) in keys {
+            // An entry already there is a listener's own, or a full table: either way kept.
+            if let Some(owner) = owner
+                && table.insert(key, owner, BPF_NOEXIST).is_ok()
+            {
+                entered += 1;
+            }
+        }
+        Ok(entered)
+    }
+}
+
+/// The kernel listener table's key of a listening socket: where it listens, its address as the
+/// socket holds it (4 bytes for IPv4).
+fn listener_key(socket: &StateChange) -> ListenerKey {
+    let mut addr = [0; 16];
+    let family = match socket.local_addr {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            AF_INET
+        }
+        IpAddr::V6(v6) => {
+            addr.copy_from_slice(&v6.octets());
+            AF_INET6
+        }
+    };
+    ListenerKey {
+        netns: socket.netns,
+        port: socket.local_port,
+        family,
+        addr,
     }
 }
 

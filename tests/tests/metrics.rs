@@ -261,7 +261,8 @@ fn sockets_in(metric: &ReceivedMetric, state: &str) -> i64 {
 
 /// 50 connections and their listener opened before the agent starts: the sockets-by-state count
 /// includes all of them at once, and returns to nothing when they are closed; their traces
-/// start from their state and owner when the agent found them.
+/// start from their state and owner when the agent found them, and a connection the old
+/// listener accepts later has the listener's owner.
 #[test]
 fn sockets_open_before_the_start_are_counted_and_traced_with_their_owner() {
     const HELD: usize = 50;
@@ -296,15 +297,21 @@ fn sockets_open_before_the_start_are_counted_and_traced_with_their_owner() {
                 })
         }
     };
+    // A connection the old listener accepts under tracing: its owner is the listener's.
+    let later = ns.run(|| {
+        let client = TcpStream::connect(server).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        (client, accepted)
+    });
     receiver
-        .try_wait_for_metrics(counted(2 * HELD as i64, 1), ARRIVAL_TIMEOUT)
+        .try_wait_for_metrics(counted(2 * HELD as i64 + 2, 1), ARRIVAL_TIMEOUT)
         .unwrap_or_else(|metrics| {
             panic!(
-                "never 100 established and 1 listening: {:#?}",
+                "never 102 established and 1 listening: {:#?}",
                 metrics.last()
             )
         });
-    drop((held, listener));
+    drop((held, listener, later));
     ns.await_no_tcp_sockets(EVENT_TIMEOUT);
     receiver
         .try_wait_for_metrics(counted(0, 0), ARRIVAL_TIMEOUT)
@@ -325,6 +332,19 @@ fn sockets_open_before_the_start_are_counted_and_traced_with_their_owner() {
                 .count()
         }
     };
+    let accepted_later = |spans: &[integration_tests::otlp::ReceivedSpan]| {
+        spans.iter().any(|span| {
+            span.parent_span_id.is_none()
+                && span.name == format!("tcp accept {server}")
+                && !span
+                    .attributes
+                    .contains_key("tcpstates.session.found_at_start")
+                && span.int_attr("process.pid") == Some(i64::from(std::process::id()))
+        })
+    };
+    receiver
+        .try_wait_for(accepted_later, ARRIVAL_TIMEOUT)
+        .unwrap_or_else(|spans| panic!("no owned later accept: {:#?}", spans.last()));
     for name in [
         format!("tcp connect {server}"),
         format!("tcp accept {server}"),
