@@ -23,6 +23,8 @@ use integration_tests::vm::{self, Console, Matrix};
 
 /// The port busybox `nc` listens on in the guest.
 const SERVER_PORT: u16 = 8080;
+/// Where the guest's listener older than the agents listens.
+const EARLY_PORT: u16 = 8081;
 /// The port the guest connects to where nothing listens.
 const REFUSED_PORT: u16 = 9;
 /// The command name of every socket owner in the guest.
@@ -114,6 +116,8 @@ struct Pids {
     server: u32,
     client: u32,
     refused: u32,
+    /// The listener started before the agents.
+    early: u32,
 }
 
 impl Pids {
@@ -131,6 +135,7 @@ impl Pids {
             server: pid("server"),
             client: pid("client"),
             refused: pid("refused"),
+            early: pid("early"),
         }
     }
 }
@@ -372,5 +377,26 @@ fn check_traces(console: &Console, lives: &Lives, pids: &Pids) {
         refused.root.str_attr("error.type"),
         Some("connection_refused"),
         "the refused connect's root"
+    );
+    // The listener older than the agents was found at start: the socket it accepted has its
+    // owner (the OTLP agent lists sockets; a failure to would be said on its stderr).
+    let errors = console.section("otlp.err").expect("otlp.err");
+    assert!(
+        !errors
+            .iter()
+            .any(|line| line.contains("could not be listed") || line.contains("not known")),
+        "{errors:?}"
+    );
+    let early = format!("tcp accept 127.0.0.1:{EARLY_PORT}");
+    let accepted: Vec<_> = spans
+        .iter()
+        .filter(|span| span.parent_span_id.is_none() && span.name == early)
+        .collect();
+    assert_eq!(accepted.len(), 1, "{early}: {accepted:#?}");
+    assert_eq!(
+        accepted[0].int_attr("process.pid"),
+        Some(i64::from(pids.early)),
+        "owned by the listener found at start: {:#?}",
+        accepted[0]
     );
 }

@@ -52,6 +52,12 @@ stop() {
 }
 
 echo "=== KERNEL $(uname -r)"
+# A listener older than the agents (and the classic tracepoint's record): the OTLP agent finds
+# it at start, and gives its owner to the socket it accepts later.
+nc -l -p 8081 > /dev/null &
+EARLY=$!
+await_listen 1F91 || echo "=== EARLY LISTENER NOT LISTENING"
+
 echo 1 > /sys/kernel/tracing/events/sock/inet_sock_set_state/enable
 
 /rotel-agent start --otlp-grpc-endpoint 127.0.0.1:4317 --otlp-http-endpoint 127.0.0.1:4318 \
@@ -80,12 +86,16 @@ if [ "$STARTED" = yes ]; then
     CLIENT=$!
     wait "$CLIENT"
     wait "$SERVER"
+    echo early | nc 127.0.0.1 8081 &
+    wait "$!"
+    wait "$EARLY"
     nc 127.0.0.1 9 &
     REFUSED=$!
     wait "$REFUSED"
     echo "server $SERVER" > /tmp/pids
     echo "client $CLIENT" >> /tmp/pids
     echo "refused $REFUSED" >> /tmp/pids
+    echo "early $EARLY" >> /tmp/pids
     section pids /tmp/pids
     # Every agent has seen the refused connect's CLOSE once it printed it: the last event.
     await /tmp/text "SYN_SENT    -> CLOSE" "$TEXT"
