@@ -422,4 +422,147 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
     }
+
+    /// The configuration `args` and the variables `vars` ask for.
+    fn with_vars(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, SettingsError> {
+        let cli = Cli::try_parse_from(std::iter::once("tcpstates").chain(args.iter().copied()))
+            .expect("valid flags");
+        Config::new(cli, |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn metrics_go_where_asked_else_where_the_traces_go() {
+        let metrics = |args: &[&str], vars: &[(&str, &str)]| {
+            with_vars(args, vars)
+                .expect("valid")
+                .metrics
+                .expect("--metrics given")
+        };
+        let alone = metrics(&["--metrics", "-q"], &[]);
+        assert_eq!(alone.export.endpoint, None, "the variables, or the default");
+        assert_eq!(alone.temporality, Temporality::Cumulative);
+        assert!(!alone.peer_address);
+        let with_traces = metrics(&["--otlp", "http://c:4317", "--metrics"], &[]);
+        assert_eq!(
+            with_traces.export.endpoint.as_deref(),
+            Some("http://c:4317")
+        );
+        let own = metrics(
+            &["--otlp", "http://c:4317", "--metrics", "http://m:4317"],
+            &[],
+        );
+        assert_eq!(own.export.endpoint.as_deref(), Some("http://m:4317"));
+        // Over HTTP the base URL gets the metrics' path; the metrics' own variable wins.
+        let http = metrics(
+            &[
+                "--otlp",
+                "http://c:4318",
+                "--metrics",
+                "--metrics-peer-address",
+            ],
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
+            ],
+        );
+        assert_eq!(
+            http.export.endpoint.as_deref(),
+            Some("http://c:4318/v1/metrics")
+        );
+        assert_eq!(http.temporality, Temporality::Delta);
+        assert!(http.peer_address);
+        assert_eq!(with_vars(&["-q"], &[]).expect("valid").metrics, None);
+    }
+
+    #[test]
+    fn metric_settings_the_sdk_would_ignore_are_refused_naming_the_variable() {
+        for (variable, value) in [
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                "weekly",
+            ),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1s"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "carrier-pigeon"),
+        ] {
+            let err =
+                with_vars(&["--metrics", "-q"], &[(variable, value)]).expect_err("must be refused");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{variable}={value}: ")),
+                "{err}"
+            );
+        }
+        // Traces alone do not read the metrics' variables.
+        with_vars(
+            &["--otlp", "-q"],
+            &[(
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                "weekly",
+            )],
+        )
+        .expect("not read");
+    }
+
+    #[test]
+    fn sockets_found_at_start_are_filtered_as_transitions_are() {
+        use agent_common::decode::{Comm, Owner, TcpState};
+        let socket = StateChange {
+            ts_ns: 1,
+            skaddr: 1,
+            cookie: 0,
+            owner: Some(Owner {
+                pid: 181,
+                comm: Comm::new([b'x'; agent_common::event::COMM_LEN]),
+            }),
+            uid: 0,
+            netns: 7,
+            cgroup_id: 30,
+            span_ns: 0,
+            pid: 181,
+            comm: Comm::new([b'x'; agent_common::event::COMM_LEN]),
+            local_addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            local_port: 80,
+            remote_addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            remote_port: 40_000,
+            oldstate: TcpState(agent_common::state::ESTABLISHED),
+            newstate: TcpState(agent_common::state::ESTABLISHED),
+            reset_received: false,
+            close: None,
+        };
+        // Cgroup 30 is /a/b, below 20 (/a); 40 is /ab, not below it.
+        let paths = |id: u64| match id {
+            20 => Some("/a".to_owned()),
+            30 => Some("/a/b".to_owned()),
+            40 => Some("/ab".to_owned()),
+            _ => None,
+        };
+        let keeps = |args: &[&str], change: &StateChange, cgroup: Option<u64>| {
+            let mut config = parse(args).expect("valid");
+            config.cgroup = cgroup.map(|id| CgroupRef { id, level: 1 });
+            config.keeps(change, paths)
+        };
+        assert!(keeps(&[], &socket, None));
+        assert!(keeps(
+            &["-4", "-L", "80", "-D", "40000", "--pid", "181"],
+            &socket,
+            None
+        ));
+        assert!(!keeps(&["-6"], &socket, None));
+        assert!(!keeps(&["-L", "81"], &socket, None));
+        assert!(!keeps(&["-D", "80"], &socket, None));
+        assert!(!keeps(&["--pid", "182"], &socket, None));
+        assert!(keeps(&[], &socket, Some(20)), "a descendant");
+        assert!(keeps(&[], &socket, Some(30)), "the cgroup itself");
+        let elsewhere = StateChange {
+            cgroup_id: 40,
+            ..socket
+        };
+        assert!(!keeps(&[], &elsewhere, Some(20)), "a prefix is no ancestor");
+    }
 }

@@ -69,6 +69,19 @@ fn otlp_endpoint_variable_of_another_scheme_than_http() {
 }
 
 #[test]
+fn a_metrics_temporality_the_sdk_does_not_know_is_a_usage_error_naming_the_variable() {
+    let mut command = agent::command(&["--metrics", "-q"]);
+    command.env(
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        "weekly",
+    );
+    agent::assert_usage_error(
+        command,
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=weekly",
+    );
+}
+
+#[test]
 fn lowest_and_highest_ports_are_accepted() {
     let agent = Agent::start(&["-L", "0,65535", "-D", "0,65535"]);
     let finished = agent.stop(libc::SIGINT);
