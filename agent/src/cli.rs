@@ -1,7 +1,8 @@
 //! Raw command-line flags, as the user typed them. [`crate::config::Config`] validates them.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
+use agent_common::decode::TcpState;
 use clap::{ArgGroup, Parser};
 
 use crate::{
@@ -32,6 +33,7 @@ examples:
     tcpstates --otlp -q # export sessions as traces to $OTEL_EXPORTER_OTLP_ENDPOINT only
     tcpstates --otlp --metrics -q   # traces and metrics
     tcpstates --metrics -q          # metrics only
+    OTEL_TRACES_SAMPLER=always_off tcpstates --otlp --keep-errors -q   # only failed sessions
     tcpstates --life    # one line per closed session, as tcplife (also: invoked as tcplife)";
 
 /// What `--version` prints after the name: the crate's version and the commit it was built from
@@ -131,6 +133,22 @@ pub struct Cli {
     /// are left out otherwise.
     #[arg(long)]
     pub trace_self: bool,
+    /// With --otlp: export the sessions the sampler dropped that failed (refused, timed out,
+    /// unreachable, reset…) or were evicted.
+    #[arg(long, requires = "otlp")]
+    pub keep_errors: bool,
+    /// With --otlp: export the sessions the sampler dropped that spent longer than DURATION in
+    /// STATE, e.g. SYN_SENT:100ms or ESTABLISHED:30s (repeatable).
+    #[arg(long, value_name = "STATE:DURATION", requires = "otlp", value_parser = parse_keep_slower)]
+    pub keep_slower: Vec<KeepSlower>,
+    /// With --otlp: export the sessions the sampler dropped that have one of these ports at
+    /// either end.
+    #[arg(long, value_name = "PORTS", requires = "otlp")]
+    pub keep_port: Option<PortList>,
+    /// With --otlp: most traces (sessions) exported a second, in bursts of as many; the
+    /// sessions beyond are refused whole (counted).
+    #[arg(long, value_name = "N", requires = "otlp", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_traces_per_second: Option<u32>,
     /// With --otlp: most spans held for the exporter (waiting, being sent, or kept to be sent
     /// again until the collector acknowledges them); beyond it spans are dropped (counted).
     #[arg(long, value_name = "N", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1..))]
@@ -138,6 +156,28 @@ pub struct Cli {
     /// Size of the kernel-to-user ring buffer, in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
+}
+
+/// `--keep-slower STATE:DURATION`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepSlower {
+    /// The state.
+    pub state: TcpState,
+    /// The time in it beyond which a session is kept.
+    pub duration: Duration,
+}
+
+fn parse_keep_slower(arg: &str) -> Result<KeepSlower, String> {
+    let (state, duration) = arg
+        .split_once(':')
+        .ok_or_else(|| format!("'{arg}' is not STATE:DURATION, e.g. SYN_SENT:100ms"))?;
+    let state = (0..=u32::from(u8::MAX))
+        .map(TcpState)
+        .find(|known| known.name() == Some(state))
+        .ok_or_else(|| format!("'{state}' is no TCP state (SYN_SENT, ESTABLISHED, …)"))?;
+    let duration = humantime::parse_duration(duration)
+        .map_err(|err| format!("'{duration}' is no duration (100ms, 30s): {err}"))?;
+    Ok(KeepSlower { state, duration })
 }
 
 fn parse_cgroup(path: &str) -> Result<CgroupRef, String> {

@@ -11,7 +11,10 @@ use opentelemetry_sdk::metrics::Temporality;
 use crate::{
     cgroup::CgroupRef,
     cli::Cli,
-    sink::otlp::settings::{ExportSettings, SettingsError, Signal},
+    sink::otlp::{
+        sampling::{KeepRules, SamplerChoice},
+        settings::{ExportSettings, SettingsError, Signal},
+    },
 };
 
 /// A non-empty set of TCP ports, parsed from a comma-separated list such as `80,443`.
@@ -21,6 +24,11 @@ use crate::{
 pub struct PortList(BTreeSet<u16>);
 
 impl PortList {
+    /// Whether `port` is one of them.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.contains(&port)
+    }
+
     /// The ports, in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.iter().copied()
@@ -185,6 +193,12 @@ pub struct OtlpConfig {
     pub queue_capacity: usize,
     /// Whether tcpstates' own connections are traced too.
     pub trace_self: bool,
+    /// Which sessions' traces are exported: the sampler (`OTEL_TRACES_SAMPLER`).
+    pub sampler: SamplerChoice,
+    /// The rules that keep a session the sampler dropped.
+    pub keep: KeepRules,
+    /// Most traces exported a second.
+    pub max_traces_per_second: Option<u32>,
 }
 
 impl Config {
@@ -199,6 +213,17 @@ impl Config {
                     export: ExportSettings::resolve(Signal::Traces, endpoint, &var)?,
                     queue_capacity: cli.otlp_queue as usize,
                     trace_self: cli.trace_self,
+                    sampler: SamplerChoice::from_env(&var)?,
+                    keep: KeepRules {
+                        errors: cli.keep_errors,
+                        slower: cli
+                            .keep_slower
+                            .iter()
+                            .map(|k| (k.state, k.duration))
+                            .collect(),
+                        ports: cli.keep_port.clone(),
+                    },
+                    max_traces_per_second: cli.max_traces_per_second,
                 })
             })
             .transpose()?;
@@ -264,9 +289,8 @@ impl Config {
         } else {
             AF_INET6
         };
-        let in_ports = |ports: &Option<PortList>, port: u16| {
-            ports.as_ref().is_none_or(|p| p.0.contains(&port))
-        };
+        let in_ports =
+            |ports: &Option<PortList>, port: u16| ports.as_ref().is_none_or(|p| p.contains(port));
         let in_cgroup = |filter: &CgroupRef| {
             filter.id == socket.cgroup_id
                 || match (cgroup_path(filter.id), cgroup_path(socket.cgroup_id)) {

@@ -42,7 +42,12 @@ use crate::{
         SessionSink, Sink,
         journal::{JournalSink, JournalUnavailable},
         metrics::{MetricsSink, export::MetricsExport},
-        otlp::{OtlpSink, export::ExportError, settings},
+        otlp::{
+            OtlpSink,
+            export::ExportError,
+            sampling::{RateLimit, TraceSampling},
+            settings,
+        },
     },
     tracer::{Summary, TraceError},
 };
@@ -100,8 +105,15 @@ pub fn run(config: Config) -> Result<Summary, Error> {
     let stdout = BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
     let mut session_sinks: Vec<Box<dyn SessionSink>> = Vec::new();
     if let Some(otlp) = &config.otlp {
+        let sampling = TraceSampling::new(
+            otlp.sampler,
+            otlp.keep.clone(),
+            config.max_sessions,
+            otlp.max_traces_per_second.map(RateLimit::new),
+        );
         session_sinks.push(Box::new(OtlpSink::start(
             &otlp.export,
+            sampling,
             clock,
             otlp.queue_capacity,
         )?));

@@ -108,17 +108,29 @@ fn report(summary: &Summary) {
     if let Some(sessions) = &summary.sessions {
         for account in &sessions.sinks {
             match account {
-                SessionSinkAccount::Otlp(spans) => eprintln!(
-                    "tcpstates: OTLP: {} sessions exported in {} spans, {} spans dropped (queue \
+                SessionSinkAccount::Otlp { spans, sampling } => {
+                    eprintln!(
+                        "tcpstates: OTLP: {} sessions exported in {} spans, {} spans dropped (queue \
                      full), {} failed, {} rejected, {} possible duplicates, {} sessions evicted",
-                    spans.exported_sessions,
-                    spans.exported,
-                    spans.dropped,
-                    spans.failed,
-                    spans.rejected,
-                    spans.possible_duplicates,
-                    sessions.evictions
-                ),
+                        spans.exported_sessions,
+                        spans.exported,
+                        spans.dropped,
+                        spans.failed,
+                        spans.rejected,
+                        spans.possible_duplicates,
+                        sessions.evictions
+                    );
+                    if sampling.by_rule + sampling.sampled_out + sampling.rate_limited > 0 {
+                        eprintln!(
+                            "tcpstates: OTLP sampling: {} sessions kept by the sampler, {} by a \
+                             keep rule, {} sampled out, {} refused by the rate limit",
+                            sampling.by_sampler,
+                            sampling.by_rule,
+                            sampling.sampled_out,
+                            sampling.rate_limited
+                        );
+                    }
+                }
                 SessionSinkAccount::Life { printed } => {
                     eprintln!("tcpstates: {printed} sessions printed");
                 }

@@ -206,6 +206,7 @@ impl SessionStage {
             kernel: *kernel,
             evictions: self.table.evictions(),
             spans: None,
+            sampling: None,
         };
         for sink in &self.sinks {
             note_account(&mut health, sink.account());
@@ -228,6 +229,7 @@ impl SessionStage {
             kernel: *kernel,
             evictions: self.table.evictions(),
             spans: None,
+            sampling: None,
         };
         let mut sinks = Vec::with_capacity(self.sinks.len());
         for sink in self.sinks {
@@ -316,8 +318,9 @@ impl SessionStage {
 
 /// Puts what a sink's `account` says of the agent's health into `health`.
 fn note_account(health: &mut Health, account: SessionSinkAccount) {
-    if let SessionSinkAccount::Otlp(spans) = account {
+    if let SessionSinkAccount::Otlp { spans, sampling } = account {
         health.spans = Some(spans);
+        health.sampling = Some(sampling);
     }
 }
 
@@ -398,10 +401,13 @@ mod tests {
         }
 
         fn account(&self) -> SessionSinkAccount {
-            SessionSinkAccount::Otlp(ExportCounts {
-                dropped: self.1,
-                ..ExportCounts::default()
-            })
+            SessionSinkAccount::Otlp {
+                spans: ExportCounts {
+                    dropped: self.1,
+                    ..ExportCounts::default()
+                },
+                sampling: crate::sink::otlp::sampling::SamplingCounts::default(),
+            }
         }
 
         fn finish(self: Box<Self>, health: &Health) -> SessionSinkAccount {

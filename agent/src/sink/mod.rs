@@ -31,7 +31,10 @@ use crate::{
     details::SessionDetails,
     failure::Failure,
     session::{SessionBegan, SessionEnded, StateEnded},
-    sink::{metrics::export::MetricsCounts, otlp::export::ExportCounts},
+    sink::{
+        metrics::export::MetricsCounts,
+        otlp::{export::ExportCounts, sampling::SamplingCounts},
+    },
 };
 
 /// A destination for state changes, one by one.
@@ -63,6 +66,8 @@ pub struct Health {
     pub evictions: u64,
     /// With `--otlp`: what became of the spans.
     pub spans: Option<ExportCounts>,
+    /// With `--otlp`: which sessions the sampler and the keep rules kept.
+    pub sampling: Option<SamplingCounts>,
 }
 
 /// A destination for sessions: what the session stage hands on.
@@ -93,8 +98,13 @@ pub trait SessionSink {
 /// The exit account of a [`SessionSink`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionSinkAccount {
-    /// `--otlp`: what became of the spans.
-    Otlp(ExportCounts),
+    /// `--otlp`: what became of the spans, and which sessions were sampled out.
+    Otlp {
+        /// The spans.
+        spans: ExportCounts,
+        /// The sessions, by the sampler's and the keep rules' decision.
+        sampling: SamplingCounts,
+    },
     /// `--life`: the session lines printed.
     Life {
         /// Sessions printed.

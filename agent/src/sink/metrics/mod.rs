@@ -64,7 +64,7 @@ struct Instruments {
     failures: Counter<u64>,
     count: UpDownCounter<i64>,
     /// The agent's health, read by the SDK at each collection; kept alive here.
-    _health: [ObservableCounter<u64>; 4],
+    _health: [ObservableCounter<u64>; 5],
 }
 
 impl Instruments {
@@ -119,7 +119,7 @@ impl Instruments {
 type Observe = fn(&Health) -> Vec<(u64, Vec<KeyValue>)>;
 
 /// The observable counters of the agent's health, read from `health` at each collection.
-fn health_instruments(meter: &Meter, health: &Arc<Mutex<Health>>) -> [ObservableCounter<u64>; 4] {
+fn health_instruments(meter: &Meter, health: &Arc<Mutex<Health>>) -> [ObservableCounter<u64>; 5] {
     let observed =
         |name: &'static str, unit: &'static str, description: &'static str, values: Observe| {
             let health = Arc::clone(health);
@@ -158,6 +158,24 @@ fn health_instruments(meter: &Meter, health: &Arc<Mutex<Health>>) -> [Observable
             "{span}",
             "Spans dropped because the export queue was full",
             |health| vec![(health.spans.map_or(0, |spans| spans.dropped), Vec::new())],
+        ),
+        observed(
+            "tcpstates.sessions.sampled",
+            "{session}",
+            "Sessions by what became of their trace: kept by the sampler or a keep rule, or \
+             sampled out",
+            |health| {
+                let counts = health.sampling.unwrap_or_default();
+                [
+                    (counts.by_sampler, "kept_by_sampler"),
+                    (counts.by_rule, "kept_by_rule"),
+                    (counts.sampled_out, "sampled_out"),
+                    (counts.rate_limited, "rate_limited"),
+                ]
+                .into_iter()
+                .map(|(value, decision)| (value, vec![KeyValue::new("decision", decision)]))
+                .collect()
+            },
         ),
         observed(
             "tcpstates.sessions.evicted",

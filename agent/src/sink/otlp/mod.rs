@@ -7,12 +7,14 @@
 
 pub mod answers;
 pub mod export;
+pub mod sampling;
 pub mod settings;
 pub mod spans;
 pub mod tls;
 
 use self::{
     export::{ExportCounts, ExportError, SpanExport},
+    sampling::{StateRoute, TraceSampling},
     settings::ExportSettings,
     spans::SpanFactory,
 };
@@ -27,15 +29,17 @@ use crate::{
 pub struct OtlpSink {
     factory: SpanFactory,
     export: SpanExport,
+    sampling: TraceSampling,
     /// The counts at the last report.
     reported: ExportCounts,
 }
 
 impl OtlpSink {
-    /// Starts exporting with `settings`; at most `queue_capacity` spans are held for the
-    /// exporter.
+    /// Starts exporting with `settings` the sessions `sampling` keeps; at most
+    /// `queue_capacity` spans are held for the exporter.
     pub fn start(
         settings: &ExportSettings,
+        sampling: TraceSampling,
         clock: WallClock,
         queue_capacity: usize,
     ) -> Result<Self, ExportError> {
@@ -46,6 +50,7 @@ impl OtlpSink {
         Ok(Self {
             factory: SpanFactory::new(clock),
             export: SpanExport::start(settings, resource, queue_capacity)?,
+            sampling,
             reported: ExportCounts::default(),
         })
     }
@@ -53,12 +58,23 @@ impl OtlpSink {
 
 impl SessionSink for OtlpSink {
     fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>) {
-        self.export.push(self.factory.state_span(state, details));
+        match self.sampling.route_state(state) {
+            StateRoute::Export => self.export.push(self.factory.state_span(state, details)),
+            StateRoute::Hold => self
+                .sampling
+                .hold(state, self.factory.state_span(state, details)),
+            StateRoute::Drop => {}
+        }
     }
 
     fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>) {
-        self.export
-            .push(self.factory.session_span(session, details));
+        if let Some(held) = self.sampling.route_session(session) {
+            for span in held {
+                self.export.push(span);
+            }
+            self.export
+                .push(self.factory.session_span(session, details));
+        }
     }
 
     fn report_growth(&mut self, _health: &Health) {
@@ -74,12 +90,19 @@ impl SessionSink for OtlpSink {
     }
 
     fn account(&self) -> SessionSinkAccount {
-        SessionSinkAccount::Otlp(self.export.counts())
+        SessionSinkAccount::Otlp {
+            spans: self.export.counts(),
+            sampling: self.sampling.counts(),
+        }
     }
 
     fn finish(mut self: Box<Self>, health: &Health) -> SessionSinkAccount {
         // Spans of the sessions ended at exit may have met a full queue: said like any other.
         self.report_growth(health);
-        SessionSinkAccount::Otlp(self.export.finish())
+        let sampling = self.sampling.counts();
+        SessionSinkAccount::Otlp {
+            spans: self.export.finish(),
+            sampling,
+        }
     }
 }
