@@ -204,6 +204,20 @@ fn tracer_specs(
                 &[][..],
                 &["--metrics", &endpoint][..],
             ),
+            (
+                "tcpstates --otlp, traceidratio 0.01",
+                &[
+                    "/usr/bin/env",
+                    "OTEL_TRACES_SAMPLER=traceidratio",
+                    "OTEL_TRACES_SAMPLER_ARG=0.01",
+                ][..],
+                &["--otlp", &endpoint][..],
+            ),
+            (
+                "tcpstates --otlp, always_off --keep-errors",
+                &["/usr/bin/env", "OTEL_TRACES_SAMPLER=always_off"][..],
+                &["--otlp", &endpoint, "--keep-errors"][..],
+            ),
         ];
         for (name, prefix, args) in exporting {
             let argv = prefix
