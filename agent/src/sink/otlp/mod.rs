@@ -60,17 +60,20 @@ impl SessionSink for OtlpSink {
     fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>) {
         match self.sampling.route_state(state) {
             StateRoute::Export => self.export.push(self.factory.state_span(state, details)),
-            StateRoute::Hold => self
-                .sampling
-                .hold(state, self.factory.state_span(state, details)),
+            StateRoute::Hold => self.sampling.hold(state),
             StateRoute::Drop => {}
         }
     }
 
     fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>) {
         if let Some(held) = self.sampling.route_session(session) {
-            for span in held {
-                self.export.push(span);
+            // The session's details are its first state's, which only that state's span
+            // carries.
+            let none = SessionDetails::default();
+            for state in &held {
+                let state_details = if state.index == 0 { details } else { &none };
+                self.export
+                    .push(self.factory.state_span(state, state_details));
             }
             self.export
                 .push(self.factory.session_span(session, details));

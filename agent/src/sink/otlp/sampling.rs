@@ -5,7 +5,8 @@
 //! (`--keep-slower`), a port (`--keep-port`).
 //!
 //! A session the sampler keeps streams its state spans as they end. One it drops while keep
-//! rules are set holds its state spans until its end decides (at most `--max-sessions` sessions
+//! rules are set holds its states (not yet made into spans: most such sessions are dropped)
+//! until its end decides (at most `--max-sessions` sessions
 //! held at once; beyond, a session's spans are dropped and it can no longer be kept): such a
 //! session's spans all arrive at its end.
 //!
@@ -21,7 +22,7 @@ use std::{
 
 use agent_common::decode::TcpState;
 use opentelemetry::trace::{SpanKind, TraceId};
-use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample as _, SpanData};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample as _};
 
 use super::settings::SettingsError;
 use crate::{
@@ -180,7 +181,7 @@ pub enum StateRoute {
 /// A session the sampler dropped, held until its end decides.
 #[derive(Debug, Default)]
 struct Held {
-    spans: Vec<SpanData>,
+    states: Vec<StateEnded>,
     /// A state already met a keep rule.
     kept: bool,
 }
@@ -262,8 +263,8 @@ impl TraceSampling {
         }
     }
 
-    /// Holds the span of `ended` (routed [`StateRoute::Hold`]) until its session ends.
-    pub fn hold(&mut self, ended: &StateEnded, span: SpanData) {
+    /// Holds `ended` (routed [`StateRoute::Hold`]) until its session ends.
+    pub fn hold(&mut self, ended: &StateEnded) {
         let kept = self.rules.keeps_state(ended);
         let full = self.held.len() >= self.capacity;
         if let Some(held) = match self.held.get_mut(&ended.ids.trace_id) {
@@ -271,13 +272,13 @@ impl TraceSampling {
             None if full => None,
             None => Some(self.held.entry(ended.ids.trace_id).or_default()),
         } {
-            held.spans.push(span);
+            held.states.push(ended.clone());
             held.kept |= kept;
         }
     }
 
-    /// Whether the session `ended` is exported: with the spans held for it, or `None`.
-    pub fn route_session(&mut self, ended: &SessionEnded) -> Option<Vec<SpanData>> {
+    /// Whether the session `ended` is exported: with the states held for it, or `None`.
+    pub fn route_session(&mut self, ended: &SessionEnded) -> Option<Vec<StateEnded>> {
         let trace_id = ended.session.ids.trace_id;
         if self.sampled(trace_id) {
             if self.refused.pop(&trace_id).is_some() {
@@ -295,7 +296,7 @@ impl TraceSampling {
                 return None;
             }
             self.counts.by_rule += 1;
-            Some(held.spans)
+            Some(held.states)
         } else {
             self.counts.sampled_out += 1;
             None
@@ -310,20 +311,12 @@ impl TraceSampling {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::{IpAddr, Ipv4Addr},
-        time::SystemTime,
-    };
+    use std::net::{IpAddr, Ipv4Addr};
 
     use agent_common::{
         correlation::{BootId, ConnectionIds},
         state::{ESTABLISHED, SYN_SENT},
     };
-    use opentelemetry::{
-        InstrumentationScope,
-        trace::{SpanContext, SpanId, Status},
-    };
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
 
     use super::*;
     use crate::{
@@ -430,24 +423,6 @@ mod tests {
         }
     }
 
-    fn span() -> SpanData {
-        SpanData {
-            span_context: SpanContext::empty_context(),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: "SYN_SENT".into(),
-            start_time: SystemTime::UNIX_EPOCH,
-            end_time: SystemTime::UNIX_EPOCH,
-            attributes: Vec::new(),
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: InstrumentationScope::builder("t").build(),
-        }
-    }
-
     /// The session of `cookie` ending, as `outcome` says.
     fn ended(cookie: u64, outcome: Outcome) -> SessionEnded {
         let crate::session::Completed::Session(mut ended) = ({
@@ -499,17 +474,17 @@ mod tests {
             sampling.route_state(&state(1, SYN_SENT, 1_000)),
             StateRoute::Hold
         );
-        sampling.hold(&state(1, SYN_SENT, 1_000), span());
+        sampling.hold(&state(1, SYN_SENT, 1_000));
         let failed = ended(1, Outcome::Failed(Failure::ConnectionRefused));
         assert_eq!(
             sampling.route_session(&failed).map(|held| held.len()),
             Some(1)
         );
         // A slow handshake: kept by its state.
-        sampling.hold(&state(2, SYN_SENT, 1_500_000_000), span());
+        sampling.hold(&state(2, SYN_SENT, 1_500_000_000));
         assert!(sampling.route_session(&ended(2, Outcome::Normal)).is_some());
         // A fast, orderly one: dropped, its held span with it.
-        sampling.hold(&state(3, SYN_SENT, 1_000), span());
+        sampling.hold(&state(3, SYN_SENT, 1_000));
         assert!(sampling.route_session(&ended(3, Outcome::Normal)).is_none());
         assert_eq!(
             sampling.counts(),
