@@ -6,9 +6,9 @@
 //!
 //! A session the sampler keeps streams its state spans as they end. One it drops while keep
 //! rules are set holds its states (not yet made into spans: most such sessions are dropped)
-until its end decides (at most `--max-sessions` sessions
-//! held at once; beyond, a session's states are not held, and a rule that keeps it exports its
-//! root alone): such a session's spans all arrive at its end.
+//! until its end decides (at most `--max-sessions` sessions held at once; beyond, a session's
+//! states are not held, and a rule that keeps it exports its root alone): such a session's spans
+//! all arrive at its end.
 //!
 //! `--max-traces-per-second N` puts a token bucket (N a second, bursts of N) in front of the
 //! exporter: a session takes a token when its first span would go out (its first state span, or
