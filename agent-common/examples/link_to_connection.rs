@@ -1,7 +1,7 @@
 //! An application span linked to the tcpstates agent's trace of its TCP connection.
 //!
 //! ```text
-//! link_to_connection --connect HOST:PORT [--line TEXT]
+//! link_to_connection --connect HOST:PORT [--line TEXT] [--agent-sampler-ratio R]
 //! ```
 //!
 //! Connects to `HOST:PORT`, computes the connection's `SpanContext` with
@@ -18,8 +18,14 @@
 //! On success it prints one line on stdout:
 //!
 //! ```text
-//! cookie=N trace_id=<32 hex> root_span_id=<16 hex> request_trace_id=<32 hex> request_span_id=<16 hex>
+//! cookie=N trace_id=<32 hex> root_span_id=<16 hex> request_trace_id=<32 hex> request_span_id=<16 hex> agent_kept=<true|false>
 //! ```
+//!
+//! `agent_kept` says whether the agent exports the connection's trace when it samples with
+//! `OTEL_TRACES_SAMPLER=traceidratio` and `OTEL_TRACES_SAMPLER_ARG=R` (`--agent-sampler-ratio
+//! R`, default 1): the agent's sampler is the SDK's, deciding on the trace id alone, so the
+//! application asks the same sampler about the same id (a keep rule may still keep a session
+//! the sampler dropped).
 //!
 //! and exits 0; on any failure (connecting, the exchange, the export) it prints one line on
 //! stderr and exits 1. Every wait is bounded: connect 5 s, write 5 s, read 1 s, export 15 s.
@@ -38,13 +44,15 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::Parser;
 use opentelemetry::{
     KeyValue,
-    trace::{Link, Span as _, SpanKind, Status, Tracer as _, TracerProvider as _},
+    trace::{Link, Span as _, SpanKind, Status, TraceId, Tracer as _, TracerProvider as _},
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::{
     Resource,
     error::{OTelSdkError, OTelSdkResult},
-    trace::{SdkTracerProvider, SpanData, SpanExporter},
+    trace::{
+        Sampler, SamplingDecision, SdkTracerProvider, ShouldSample as _, SpanData, SpanExporter,
+    },
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +73,10 @@ struct Args {
     /// The line written to the connection, followed by a blank line.
     #[arg(long, value_name = "TEXT", default_value = "GET / HTTP/1.0")]
     line: String,
+    /// The ratio the agent samples traces with (its `OTEL_TRACES_SAMPLER_ARG` with
+    /// `traceidratio`).
+    #[arg(long, value_name = "R", default_value_t = 1.0)]
+    agent_sampler_ratio: f64,
 }
 
 fn main() -> ExitCode {
@@ -145,8 +157,21 @@ fn run(args: &Args) -> anyhow::Result<String> {
     }
     shutdown.context("shutting the tracer provider down")?;
 
+    // The agent's decision: the SDK's sampler on the connection's trace id.
+    let agent_kept = Sampler::TraceIdRatioBased(args.agent_sampler_ratio)
+        .should_sample(
+            None,
+            TraceId::from(connection.trace_id_u128()),
+            "",
+            &SpanKind::Internal,
+            &[],
+            &[],
+        )
+        .decision
+        == SamplingDecision::RecordAndSample;
     Ok(format!(
-        "cookie={} trace_id={:032x} root_span_id={:016x} request_trace_id={} request_span_id={}",
+        "cookie={} trace_id={:032x} root_span_id={:016x} request_trace_id={} request_span_id={} \
+         agent_kept={agent_kept}",
         connection.cookie(),
         connection.trace_id_u128(),
         connection.root_span_id_u64(),

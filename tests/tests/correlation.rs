@@ -6,7 +6,7 @@
 //!
 //! The example exports to the receiver on the host's loopback, so the connection is made there
 //! too (a namespace of its own would cut it off from the receiver); the agent keeps only
-//! connections to the test's port, 30021 (block 30xxx).
+//! connections to the test's port, 30021 (30022 for the sampling test; block 30xxx).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -114,6 +114,77 @@ fn an_application_span_links_to_its_connections_root_span() {
         (root.trace_id.as_str(), root.span_id.as_str())
     );
     assert_eq!(check_ids(root), u64::try_from(cookie).expect("cookie"));
+    assert_eq!(
+        field(line, "agent_kept"),
+        "true",
+        "the agent samples everything"
+    );
     let finished = agent.stop(libc::SIGINT);
     assert_eq!(finished.code(), 0, "{finished:#?}");
+}
+
+/// With the agent sampling half its traces, the application knows which of its connections'
+/// traces the agent exports: over 8 connections, the roots exported are exactly those of the
+/// connections the example says are kept.
+#[test]
+fn the_application_knows_whether_the_agent_kept_its_connections_trace() {
+    const CONNECTIONS: usize = 8;
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 30022));
+    let receiver = Receiver::start();
+    let endpoint = receiver.grpc_endpoint();
+    let port = server.port().to_string();
+    let mut command = agent::command(&["--otlp", &endpoint, "-q", "-D", &port]);
+    command
+        .env("OTEL_TRACES_SAMPLER", "traceidratio")
+        .env("OTEL_TRACES_SAMPLER_ARG", "0.5");
+    let agent = Agent::start_command(command);
+    let listener = TcpListener::bind(server).expect("bind");
+    let answering = thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let _ = stream.read(&mut [0; 256]).expect("read the request");
+            stream
+                .write_all(b"HTTP/1.0 200 OK\r\n\r\n")
+                .expect("answer");
+        }
+    });
+    let mut kept = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let output = Command::new(example_binary())
+            .args([
+                "--connect",
+                &server.to_string(),
+                "--agent-sampler-ratio",
+                "0.5",
+            ])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run link_to_connection");
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().last().expect("a result line");
+        if field(line, "agent_kept") == "true" {
+            kept.push(field(line, "trace_id").to_owned());
+        }
+    }
+    answering.join().expect("the server thread");
+    let finished = agent.stop(libc::SIGINT);
+    assert_eq!(finished.code(), 0, "{finished:#?}");
+    // The agent watched only these connections: its exit account says how many it exported.
+    let exported = finished.otlp_summary().sessions as usize;
+    assert_eq!(exported, kept.len(), "{:#?}", finished.stderr);
+    let roots = |spans: &[ReceivedSpan]| -> Vec<String> {
+        let mut ids: Vec<String> = spans
+            .iter()
+            .filter(|span| span.parent_span_id.is_none() && span.name.starts_with("tcp connect"))
+            .map(|span| span.trace_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let spans = receiver.wait_for(|spans| roots(spans).len() >= kept.len(), ARRIVAL_TIMEOUT);
+    kept.sort();
+    assert_eq!(roots(&spans), kept);
 }
