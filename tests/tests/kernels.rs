@@ -18,11 +18,27 @@ use std::net::{IpAddr, SocketAddr};
 use integration_tests::events::{self, HasEvent, JsonEvent};
 use integration_tests::otlp;
 use integration_tests::traces::{self, Role};
-use integration_tests::traffic::{self, Closer};
+use integration_tests::traffic::{self, Closer, Transitions};
 use integration_tests::vm::{self, Console, Matrix};
 
 /// The port busybox `nc` listens on in the guest.
 const SERVER_PORT: u16 = 8080;
+/// A client whose server closes at the same time (both FINs cross).
+const CLIENT_CLOSING_WITH_PEER: Transitions = &[
+    ("CLOSE", "SYN_SENT"),
+    ("SYN_SENT", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "CLOSING"),
+    ("CLOSING", "CLOSE"),
+];
+/// An accepted socket whose client closes at the same time.
+const SERVER_CLOSING_WITH_PEER: Transitions = &[
+    ("LISTEN", "SYN_RECV"),
+    ("SYN_RECV", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "CLOSING"),
+    ("CLOSING", "CLOSE"),
+];
 /// Where the guest's listener older than the agents listens.
 const EARLY_PORT: u16 = 8081;
 /// The port the guest connects to where nothing listens.
@@ -146,31 +162,40 @@ struct Lives {
     client: Vec<JsonEvent>,
     accepted: Vec<JsonEvent>,
     refused: Vec<JsonEvent>,
-    /// Which end closed first.
-    closer: Closer,
+    /// The client's and the accepted socket's transitions: which end closed first, or both at
+    /// once.
+    closing: (Transitions, Transitions),
 }
 
 impl Lives {
     fn of(json: &[JsonEvent]) -> Lives {
         let lives = events::sessions(json);
-        let closer = if lives.iter().any(|life| {
-            events::transitions(life)
-                .iter()
-                .map(|(old, new)| (old.as_str(), new.as_str()))
-                .eq(Closer::Client.client_transitions().iter().copied())
-        }) {
-            Closer::Client
+        let closed = |transitions: Transitions| {
+            lives.iter().any(|life| {
+                events::transitions(life)
+                    .iter()
+                    .map(|(old, new)| (old.as_str(), new.as_str()))
+                    .eq(transitions.iter().copied())
+            })
+        };
+        // Both `nc`s close as soon as the line is through: either may be first, or both at
+        // once (a simultaneous close, through CLOSING on each side).
+        let closing = if closed(Closer::Client.client_transitions()) {
+            (
+                Closer::Client.client_transitions(),
+                Closer::Client.server_transitions(),
+            )
+        } else if closed(CLIENT_CLOSING_WITH_PEER) {
+            (CLIENT_CLOSING_WITH_PEER, SERVER_CLOSING_WITH_PEER)
         } else {
-            Closer::Server
+            (
+                Closer::Server.client_transitions(),
+                Closer::Server.server_transitions(),
+            )
         };
         let [listener, client, accepted, refused] = events::expect_lives(
             &lives,
-            &[
-                traffic::LISTENER,
-                closer.client_transitions(),
-                closer.server_transitions(),
-                traffic::REFUSED,
-            ],
+            &[traffic::LISTENER, closing.0, closing.1, traffic::REFUSED],
         )
         .try_into()
         .expect("four lives");
@@ -179,7 +204,7 @@ impl Lives {
             client,
             accepted,
             refused,
-            closer,
+            closing,
         }
     }
 }
@@ -335,16 +360,8 @@ fn check_traces(console: &Console, lives: &Lives, pids: &Pids) {
     let on_refused = traces::traces_on_port(&spans, REFUSED_PORT);
     let cases = [
         (&lives.listener, Role::Listen, traffic::LISTENER),
-        (
-            &lives.client,
-            Role::Connect,
-            lives.closer.client_transitions(),
-        ),
-        (
-            &lives.accepted,
-            Role::Accept,
-            lives.closer.server_transitions(),
-        ),
+        (&lives.client, Role::Connect, lives.closing.0),
+        (&lives.accepted, Role::Accept, lives.closing.1),
         (&lives.refused, Role::Connect, traffic::REFUSED),
     ];
     let owners = [pids.server, pids.client, pids.server, pids.refused];
