@@ -64,6 +64,26 @@ impl Netns {
 
     /// Runs `f` on a new thread (named [`THREAD_NAME`]) that has entered the namespace, and
     /// returns its result. Sockets `f` creates belong to the namespace and stay there when used
+    /// Runs `nft -f -` with `rules` inside the namespace; panics if nft refuses them.
+    pub fn nft(&self, rules: &str) {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", self.name(), "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft (cargo xtask setup installs nftables)");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("rules to nft");
+        assert!(
+            child.wait().expect("nft").success(),
+            "nft refused:\n{rules}"
+        );
+    }
+
     /// from other threads later. A panic in `f` is propagated.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         let path = format!("/run/netns/{}", self.name);

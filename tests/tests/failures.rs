@@ -12,7 +12,6 @@
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::agent::{self, Agent, EVENT_TIMEOUT, Finished};
@@ -32,23 +31,6 @@ fn start_agent(ns: &Netns, receiver: &Receiver) -> Agent {
         "--otlp",
         &receiver.grpc_endpoint(),
     ]))
-}
-
-/// Runs `nft -f -` with `rules` in `ns`; panics if nft refuses them.
-fn nft(ns: &Netns, rules: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft (cargo xtask setup installs nftables)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(rules.as_bytes())
-        .expect("rules to nft");
-    let status = child.wait().expect("nft");
-    assert!(status.success(), "nft refused:\n{rules}");
 }
 
 /// Sets a sysctl of `ns` (`/proc/sys/...` as seen from inside it).
@@ -103,7 +85,7 @@ fn failed_connect(server: SocketAddr, rules: &str, expected: &str, errno: i32) -
     let ns = Netns::create();
     sysctl(&ns, "/proc/sys/net/ipv4/tcp_syn_retries", "1");
     if !rules.is_empty() {
-        nft(&ns, rules);
+        ns.nft(rules);
     }
     let receiver = Receiver::start();
     let agent = start_agent(&ns, &receiver);
@@ -385,10 +367,10 @@ fn slowed_handshake(server: SocketAddr, rules: &str) -> (Trace, Trace) {
     let agent = start_agent(&ns, &receiver);
     ns.run(|| {
         let listener = TcpListener::bind(server).expect("listen");
-        nft(&ns, rules);
+        ns.nft(rules);
         let connecting = std::thread::spawn(move || TcpStream::connect(server));
         std::thread::sleep(DROPPED_FOR);
-        nft(&ns, "delete table inet slow");
+        ns.nft("delete table inet slow");
         let client = connecting
             .join()
             .expect("connect thread")

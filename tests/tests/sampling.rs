@@ -5,9 +5,7 @@
 //! Ports: 37001..37099 (block 37xxx).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agent_common::correlation::{BootId, ConnectionIds};
@@ -221,25 +219,6 @@ fn always_off_with_keep_errors_exports_exactly_the_failed_sessions() {
     );
 }
 
-/// Runs `nft -f -` with `rules` in `ns`; panics if nft refuses them.
-fn nft(ns: &Netns, rules: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft (cargo xtask setup installs nftables)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(rules.as_bytes())
-        .expect("rules to nft");
-    assert!(
-        child.wait().expect("nft").success(),
-        "nft refused:\n{rules}"
-    );
-}
-
 /// `always_off` with `--keep-slower SYN_SENT:1s`: a connect whose SYNs are dropped for 1.5 s is
 /// exported, whole; three fast ones are not.
 #[test]
@@ -261,14 +240,13 @@ fn always_off_with_keep_slower_exports_the_slow_handshake_only() {
             let client = TcpStream::connect(fast).expect("connect");
             drop((client, fast_listener.accept().expect("accept")));
         }
-        nft(
-            &ns,
+        ns.nft(
             "table inet slow { chain input { type filter hook input priority 0; \
              tcp dport 37005 tcp flags syn drop; }; }",
         );
         let connecting = std::thread::spawn(move || TcpStream::connect(slow));
         std::thread::sleep(Duration::from_millis(1500));
-        nft(&ns, "delete table inet slow");
+        ns.nft("delete table inet slow");
         let client = connecting
             .join()
             .expect("thread")
