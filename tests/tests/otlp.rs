@@ -54,6 +54,8 @@ enum Transport {
     /// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf --otlp http://127.0.0.1:HTTP` (a base URL, to
     /// which the agent appends `/v1/traces`).
     Http,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL=http/json --otlp http://127.0.0.1:HTTP`.
+    HttpJson,
 }
 
 impl Transport {
@@ -61,13 +63,19 @@ impl Transport {
     fn command(self, ports: Ports, args: &[&str]) -> Command {
         let endpoint = match self {
             Transport::Grpc => format!("http://127.0.0.1:{}", ports.grpc),
-            Transport::Http => format!("http://127.0.0.1:{}", ports.http),
+            Transport::Http | Transport::HttpJson => format!("http://127.0.0.1:{}", ports.http),
         };
         let mut all = vec!["--otlp", endpoint.as_str()];
         all.extend_from_slice(args);
         let mut command = agent::command(&all);
-        if self == Transport::Http {
-            command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+        match self {
+            Transport::Grpc => {}
+            Transport::Http => {
+                command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+            }
+            Transport::HttpJson => {
+                command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json");
+            }
         }
         command
     }
@@ -279,6 +287,64 @@ fn grpc_one_trace_per_socket() {
 #[test]
 fn http_one_trace_per_socket() {
     one_trace_per_socket(Transport::Http, "[::1]:28002".parse().expect("address"));
+}
+
+#[test]
+fn http_json_one_trace_per_socket() {
+    one_trace_per_socket(
+        Transport::HttpJson,
+        "127.0.0.1:28009".parse().expect("address"),
+    );
+}
+
+/// `--otlp` without an endpoint sends where the variables say: over OTLP/HTTP,
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL the agent appends `/v1/traces` to, and
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is taken as it is, before the generic one (which names a
+/// port nothing listens on here); over gRPC the generic one is taken as it is.
+#[test]
+fn otlp_endpoint_variables_say_where_spans_go() {
+    let ns = Netns::create();
+    let receiver = Receiver::start();
+    let ports = receiver.ports();
+    let http = format!("http://127.0.0.1:{}", ports.http);
+    let traces_url = format!("{http}/v1/traces");
+    let grpc = format!("http://127.0.0.1:{}", ports.grpc);
+    let cases: [(u16, &str, &[(&str, &str)]); 3] = [
+        (
+            28017,
+            "OTEL_EXPORTER_OTLP_ENDPOINT over http/protobuf",
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &http),
+            ],
+        ),
+        (
+            28018,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT first",
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &traces_url),
+            ],
+        ),
+        (
+            28019,
+            "OTEL_EXPORTER_OTLP_ENDPOINT over gRPC",
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", &grpc)],
+        ),
+    ];
+    for (port, case, env) in cases {
+        let filter = port.to_string();
+        let mut command = agent::command(&["--otlp", "-q", "-L", &filter]);
+        command.envs(env.iter().copied());
+        let agent = Agent::start_command(command);
+        let server = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        traffic::connect_and_close(&ns, server, Duration::ZERO, Closer::Client);
+        let expected = [LISTENER, Closer::Client.server_transitions()];
+        let traces = await_traces_on_port(&receiver, port, &expected, ARRIVAL_TIMEOUT);
+        assert_eq!(traces.len(), 2, "{case}: one trace per socket: {traces:#?}");
+        stop(agent, libc::SIGTERM);
+    }
 }
 
 /// MS as printed (three decimals), in whole microseconds.

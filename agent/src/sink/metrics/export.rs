@@ -15,7 +15,9 @@ use std::{
 };
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
-use opentelemetry_otlp::MetricExporter;
+use opentelemetry_otlp::{
+    MetricExporter, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -26,7 +28,7 @@ use opentelemetry_sdk::{
 };
 
 use crate::sink::otlp::{
-    export::{ExportError, configure_grpc, configure_http},
+    export::ExportError,
     settings::{ExportSettings, Protocol},
     tls,
 };
@@ -193,4 +195,51 @@ fn build_exporter(
         }
     };
     Ok(exporter?)
+}
+
+/// Retries within one request, by the exporter: on the failures the OTLP specification calls
+/// retryable, honouring the collector's Retry-After (HTTP) or RetryInfo (gRPC), within the
+/// request timeout; at most 0.5 s apart otherwise.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::recommended().with_max_delay(Duration::from_millis(500))
+}
+
+/// A gRPC exporter builder set up as `settings` say.
+fn configure_grpc<B: WithExportConfig + WithTonicConfig>(
+    builder: B,
+    settings: &ExportSettings,
+) -> B {
+    let mut builder = builder
+        .with_timeout(settings.timeout)
+        .with_retry_policy(retry_policy());
+    if settings.secure {
+        builder = builder.with_tls_config(tls::grpc_config(&settings.tls));
+    }
+    match &settings.endpoint {
+        Some(endpoint) => builder.with_endpoint(endpoint),
+        None => builder,
+    }
+}
+
+/// An HTTP exporter builder set up as `settings` say.
+fn configure_http<B: WithExportConfig + WithHttpConfig>(
+    builder: B,
+    settings: &ExportSettings,
+) -> Result<B, ExportError> {
+    let protocol = if settings.protocol == Protocol::HttpJson {
+        opentelemetry_otlp::Protocol::HttpJson
+    } else {
+        opentelemetry_otlp::Protocol::HttpBinary
+    };
+    let mut builder = builder
+        .with_protocol(protocol)
+        .with_timeout(settings.timeout)
+        .with_retry_policy(retry_policy());
+    if !settings.tls.is_empty() {
+        builder = builder.with_http_client(tls::http_client(&settings.tls, settings.timeout)?);
+    }
+    Ok(match &settings.endpoint {
+        Some(endpoint) => builder.with_endpoint(endpoint),
+        None => builder,
+    })
 }

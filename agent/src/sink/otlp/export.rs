@@ -1,11 +1,13 @@
 //! The export side: a bounded queue the event path pushes spans into without ever waiting,
-//! and a thread of its own that batches them and sends them with the OTLP exporter.
+//! and a thread of its own that batches them, encodes each batch's request once and sends it
+//! ([`super::transport`]).
 //!
-//! Delivery is at least once: a batch is kept until the collector acknowledges its request,
+//! Delivery is at least once: a request is kept until the collector acknowledges it,
 //! counted in the queue's bound until then (new spans are dropped while the queue is full),
 //! and after a failure the OTLP specification calls retryable it goes back to the head of the
-//! queue to be sent again. A request that timed out may still have been delivered, so its
-//! batch may arrive twice; such spans are counted as possible duplicates. A failure the
+//! queue to be sent again, as it is, after the pause the collector asked for (HTTP
+//! `Retry-After`, gRPC `RetryInfo`) if any. A request that timed out may still have been
+//! delivered, so its batch may arrive twice; such spans are counted as possible duplicates. A failure the
 //! specification calls permanent (an HTTP 4xx other than 429, gRPC `INVALID_ARGUMENT`, …) drops
 //! the batch at once, counted as rejected. After exit begins, what is left gets at most
 //! [`FLUSH_DEADLINE`]. Every span is accounted for: exported, dropped because the queue was full,
@@ -21,27 +23,22 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry::trace::SpanId;
-use opentelemetry_otlp::{
-    RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::InstrumentationScope,
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
-use opentelemetry_sdk::{
-    Resource,
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter as _},
-};
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use tokio::{
     sync::mpsc,
     task::{self, JoinSet},
     time::Instant,
 };
-use tracing::Instrument as _;
-use tracing_subscriber::{Registry, layer::SubscriberExt as _};
 
 use super::{
-    answers::{Answer, Answers, REQUEST_SPAN},
-    settings::{ExportSettings, Protocol},
-    tls,
+    settings::ExportSettings,
+    transport::{Accepted, Body, Failure, Refusal, TraceTransport},
 };
 
 /// Spans sent in one export request at most (about 0.5 MiB of protobuf).
@@ -52,9 +49,9 @@ const MAX_BATCH: usize = 2048;
 const MAX_IN_FLIGHT: usize = 32;
 /// How long a partial batch waits for more spans.
 const BATCH_DELAY: Duration = Duration::from_millis(200);
-/// First and longest pause before the next attempt while the collector is unreachable. With
-/// the exporter's own retries within a request (at most 0.5 s apart, [`retry_policy`]), a
-/// collector that comes back gets a request within a second.
+/// First and longest pause before the next attempt while the collector is unreachable: a
+/// collector that comes back gets a request within half a second (unless it asked for a longer
+/// pause).
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 /// After shutdown, how long exporting what is queued may take (retries included); then
@@ -73,6 +70,9 @@ pub enum ExportError {
     /// The HTTP client for the TLS files could not be built.
     #[error("OTLP/HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// The collector's endpoint cannot be used.
+    #[error("OTLP endpoint '{0}': {1}")]
+    Endpoint(String, String),
     /// The export thread or its runtime could not start.
     #[error("starting the OTLP export thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -138,7 +138,7 @@ impl Stats {
 
 /// The event path's handle on the export thread.
 pub struct SpanExport {
-    queue: mpsc::UnboundedSender<SpanData>,
+    queue: mpsc::UnboundedSender<Span>,
     capacity: usize,
     stats: Arc<Stats>,
     thread: thread::JoinHandle<()>,
@@ -149,37 +149,25 @@ impl SpanExport {
     /// again included (those in flight are not).
     pub fn start(
         settings: &ExportSettings,
-        resource: Resource,
+        origin: Origin,
         capacity: usize,
     ) -> Result<Self, ExportError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ExportError::Thread)?;
-        let mut exporter = {
+        let transport = {
             // The gRPC client needs the runtime it will run on while it is built.
             let _entered = runtime.enter();
-            build_exporter(settings)?
+            TraceTransport::new(settings, |name| std::env::var(name).ok())?
         };
-        exporter.set_resource(&resource);
         let (queue, receiver) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let thread_stats = Arc::clone(&stats);
-        let timeout = settings.timeout;
         let thread = thread::Builder::new()
             .name("otlp-export".into())
             .spawn(move || {
-                // The collector's messages, read from the exporter's events on this thread.
-                let answers = Answers::default();
-                let _events =
-                    tracing::subscriber::set_default(Registry::default().with(answers.layer()));
-                runtime.block_on(export_loop(
-                    exporter,
-                    timeout,
-                    receiver,
-                    &thread_stats,
-                    answers,
-                ));
+                runtime.block_on(export_loop(transport, origin, receiver, &thread_stats));
                 runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
             })
             .map_err(ExportError::Thread)?;
@@ -192,7 +180,7 @@ impl SpanExport {
     }
 
     /// Queues a span, or counts it dropped when the queue is full. Never waits.
-    pub fn push(&self, span: SpanData) {
+    pub fn push(&self, span: Span) {
         let stats = &self.stats;
         if stats.pending.fetch_add(1, Ordering::Relaxed) >= self.capacity
             || self.queue.send(span).is_err()
@@ -219,160 +207,95 @@ impl SpanExport {
     }
 }
 
-/// Retries within one request, by the exporter: on the failures the OTLP specification calls
-/// retryable, honouring the collector's Retry-After (HTTP) or RetryInfo (gRPC), within the
-/// request timeout; at most 0.5 s apart otherwise.
-pub fn retry_policy() -> RetryPolicy {
-    RetryPolicy::recommended().with_max_delay(Duration::from_millis(500))
+/// Where the spans come from: the resource and instrumentation scope every request names.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// The agent's resource (service, host, SDK).
+    pub resource: Resource,
+    /// Its schema URL, if any.
+    pub schema_url: String,
+    /// The agent as the instrumentation scope.
+    pub scope: InstrumentationScope,
 }
 
-fn build_exporter(settings: &ExportSettings) -> Result<SpanExporter, ExportError> {
-    tls::install_crypto_provider();
-    let builder = SpanExporter::builder();
-    let exporter = match settings.protocol {
-        Protocol::Grpc => configure_grpc(builder.with_tonic(), settings).build(),
-        Protocol::HttpProtobuf | Protocol::HttpJson => {
-            configure_http(builder.with_http(), settings)?.build()
+impl Origin {
+    /// The origin of spans the agent with `resource` makes as `scope`.
+    pub fn new(resource: &opentelemetry_sdk::Resource, scope: InstrumentationScope) -> Self {
+        let ResourceAttributesWithSchema {
+            attributes,
+            schema_url,
+        } = resource.into();
+        Self {
+            resource: Resource {
+                attributes: attributes.0,
+                dropped_attributes_count: 0,
+                entity_refs: Vec::new(),
+            },
+            schema_url: schema_url.unwrap_or_default(),
+            scope,
         }
-    };
-    Ok(exporter?)
-}
-
-/// A gRPC exporter builder (of spans or metrics) set up as `settings` say.
-pub fn configure_grpc<B: WithExportConfig + WithTonicConfig>(
-    builder: B,
-    settings: &ExportSettings,
-) -> B {
-    let mut builder = builder
-        .with_timeout(settings.timeout)
-        .with_retry_policy(retry_policy());
-    if settings.secure {
-        builder = builder.with_tls_config(tls::grpc_config(&settings.tls));
     }
-    match &settings.endpoint {
-        Some(endpoint) => builder.with_endpoint(endpoint),
-        None => builder,
-    }
-}
 
-/// An HTTP exporter builder (of spans or metrics) set up as `settings` say.
-pub fn configure_http<B: WithExportConfig + WithHttpConfig>(
-    builder: B,
-    settings: &ExportSettings,
-) -> Result<B, ExportError> {
-    let protocol = if settings.protocol == Protocol::HttpJson {
-        opentelemetry_otlp::Protocol::HttpJson
-    } else {
-        opentelemetry_otlp::Protocol::HttpBinary
-    };
-    let mut builder = builder
-        .with_protocol(protocol)
-        .with_timeout(settings.timeout)
-        .with_retry_policy(retry_policy());
-    if !settings.tls.is_empty() {
-        builder = builder.with_http_client(tls::http_client(&settings.tls, settings.timeout)?);
-    }
-    Ok(match &settings.endpoint {
-        Some(endpoint) => builder.with_endpoint(endpoint),
-        None => builder,
-    })
-}
-
-/// What a failed export request means for its batch.
-#[derive(Debug, PartialEq, Eq)]
-enum Failure {
-    /// Worth sending again: the collector was unreachable, overloaded or timed out.
-    Retryable,
-    /// Refused for good, with this status (`HTTP 415`, `gRPC InvalidArgument`).
-    Rejected(String),
-}
-
-/// Classifies a failed export request as the OTLP specification does.
-///
-/// opentelemetry-otlp 0.33 applies that classification to its own retries within a request
-/// but returns the outcome only as text in [`OTelSdkError::InternalFailure`]:
-/// `HTTP export failed with status code: 415`, `HTTP export failed: network error`,
-/// `TonicTracesClient export failed with gRPC code: Unavailable[: cause]` (it keeps the
-/// collector's message out on purpose). So the status is read back from that text, here only.
-/// Anything else (a network error, a timeout) is retryable. `RESOURCE_EXHAUSTED` is retryable
-/// here: the exporter has already failed it at once when the collector gave no RetryInfo, and
-/// the text no longer says which.
-fn classify(err: &OTelSdkError) -> Failure {
-    let OTelSdkError::InternalFailure(text) = err else {
-        return Failure::Retryable;
-    };
-    if let Some(code) = text.strip_prefix("HTTP export failed with status code: ") {
-        return match code.trim().parse::<u16>() {
-            Ok(429 | 502 | 503 | 504) | Err(_) => Failure::Retryable,
-            Ok(code) => Failure::Rejected(format!("HTTP {code}")),
-        };
-    }
-    if let Some((_, rest)) = text.split_once(" export failed with gRPC code: ") {
-        let (code, source) = rest.split_once(':').unwrap_or((rest, ""));
-        if source.trim_start().starts_with("transport error") {
-            // Not the collector's answer: tonic's own, for a request the connection failed
-            // under (a collector killed mid-request gives `Unknown: transport error`). A
-            // network error, retryable whatever code tonic put on it.
-            return Failure::Retryable;
+    /// The export request of `spans`.
+    fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(self.scope.clone()),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: self.schema_url.clone(),
+            }],
         }
-        return match code.trim() {
-            "Unavailable" | "Cancelled" | "DeadlineExceeded" | "Aborted" | "OutOfRange"
-            | "DataLoss" | "ResourceExhausted" => Failure::Retryable,
-            _ => Failure::Rejected(format!("gRPC {code}")),
-        };
     }
-    Failure::Retryable
 }
 
-/// Whether a request that failed may still have reached the collector: a gRPC request whose
-/// connection broke once it was made (not one that could not connect). (The HTTP exporter
-/// says only `network error`, which mostly means no connection: not counted.)
-fn may_have_arrived(err: &OTelSdkError) -> bool {
-    matches!(err, OTelSdkError::InternalFailure(text)
-        if text.contains(": transport error") && !text.contains("connect error"))
-}
-
-/// A batch of spans and what it holds.
+/// A batch's request, encoded, and what it holds.
 struct Batch {
-    spans: Vec<SpanData>,
+    body: Body,
+    spans: usize,
     sessions: u64,
-    /// An earlier request with this batch timed out: the collector may have it already.
+    /// An earlier attempt may have reached the collector (it timed out, or its connection
+    /// broke once it was sent): the collector may have it already.
     maybe_delivered: bool,
+    /// Not to be sent again before then: the pause the collector asked for.
+    not_before: Option<Instant>,
 }
 
 impl Batch {
-    fn new(spans: Vec<SpanData>) -> Self {
+    fn new(spans: Vec<Span>, origin: &Origin, transport: &TraceTransport) -> Self {
         let sessions = spans
             .iter()
-            .filter(|span| span.parent_span_id == SpanId::INVALID)
+            .filter(|span| span.parent_span_id.is_empty())
             .count() as u64;
+        let count = spans.len();
         Self {
-            spans,
+            body: transport.encode(&origin.request(spans)),
+            spans: count,
             sessions,
             maybe_delivered: false,
+            not_before: None,
         }
     }
 }
 
-/// A settled request: its batch, the exporter's answer, and how it went.
+/// A settled request: its batch, the collector's answer, and how it went.
 struct Attempt {
     batch: Batch,
-    result: OTelSdkResult,
-    /// The request ran into the request timeout.
-    timed_out: bool,
+    result: Result<Accepted, Refusal>,
     /// It was sent alone to see whether the collector is back.
     probe: bool,
-    /// Its number, under which [`Answers`] files what the collector said.
-    request: u64,
 }
 
 /// The export thread's state: the batch being filled, the batches waiting to be sent (the
 /// retried ones first), the requests in flight, and whether the collector is answering.
 struct Exporter<'a> {
-    exporter: Arc<SpanExporter>,
-    timeout: Duration,
+    transport: Arc<TraceTransport>,
+    origin: Origin,
     stats: &'a Stats,
-    filling: Vec<SpanData>,
+    filling: Vec<Span>,
     /// When the first span of `filling` came.
     filling_since: Option<Instant>,
     waiting: VecDeque<Batch>,
@@ -389,62 +312,57 @@ struct Exporter<'a> {
     last_rejection: Option<String>,
     /// The message of the last partial success reported, likewise.
     last_partial: Option<String>,
-    /// What the collector said about each request in flight.
-    answers: Answers,
-    /// The number of the next request.
-    next_request: u64,
 }
 
 impl Exporter<'_> {
-    /// Moves the batch being filled to the waiting ones once it is full, has waited
-    /// [`BATCH_DELAY`], or `now_or_never` (the queue is closed).
+    /// Moves the batch being filled to the waiting ones, its request encoded, once it is full,
+    /// has waited [`BATCH_DELAY`], or `now_or_never` (the queue is closed).
     fn close_batch(&mut self, now_or_never: bool) {
         let due = self
             .filling_since
             .is_some_and(|since| since.elapsed() >= BATCH_DELAY);
         if !self.filling.is_empty() && (now_or_never || due || self.filling.len() >= MAX_BATCH) {
             let spans = std::mem::replace(&mut self.filling, Vec::with_capacity(MAX_BATCH));
-            self.waiting.push_back(Batch::new(spans));
+            self.waiting
+                .push_back(Batch::new(spans, &self.origin, &self.transport));
             self.filling_since = None;
         }
     }
 
     /// Sends waiting batches: while the collector answers, up to [`MAX_IN_FLIGHT`] at once;
-    /// otherwise one probe at a time, after the retry pause.
+    /// otherwise one probe at a time, after the retry pause. None goes before the pause its
+    /// collector asked for.
     fn send_waiting(&mut self) {
         loop {
+            let now = Instant::now();
             let may_send = if self.healthy {
                 self.in_flight.len() < MAX_IN_FLIGHT
             } else {
-                self.in_flight.is_empty() && Instant::now() >= self.retry_at
+                self.in_flight.is_empty() && now >= self.retry_at
             };
-            if !may_send {
+            let paused = self
+                .waiting
+                .front()
+                .and_then(|batch| batch.not_before)
+                .is_some_and(|not_before| now < not_before);
+            if !may_send || paused {
                 return;
             }
             let Some(batch) = self.waiting.pop_front() else {
                 return;
             };
-            let exporter = Arc::clone(&self.exporter);
-            let (timeout, probe) = (self.timeout, !self.healthy);
-            let request = self.next_request;
-            self.next_request += 1;
-            let spans = batch.spans.len();
-            let span = tracing::debug_span!(target: "tcpstates", REQUEST_SPAN, request);
-            let handle = self.in_flight.spawn(
-                async move {
-                    let started = Instant::now();
-                    // The batch is kept until the answer: the request gets a copy.
-                    let result = exporter.export(batch.spans.clone()).await;
-                    Attempt {
-                        batch,
-                        timed_out: result.is_err() && started.elapsed() >= timeout,
-                        result,
-                        probe,
-                        request,
-                    }
+            let transport = Arc::clone(&self.transport);
+            let probe = !self.healthy;
+            let spans = batch.spans;
+            let handle = self.in_flight.spawn(async move {
+                // The encoded request is kept until the answer: the attempt shares its bytes.
+                let result = transport.send(batch.body.clone()).await;
+                Attempt {
+                    batch,
+                    result,
+                    probe,
                 }
-                .instrument(span),
-            );
+            });
             self.in_flight_spans.insert(handle.id(), spans);
         }
     }
@@ -467,21 +385,18 @@ impl Exporter<'_> {
         let Attempt {
             mut batch,
             result,
-            timed_out,
             probe,
-            request,
         } = attempt;
-        let spans = batch.spans.len();
+        let spans = batch.spans;
         let stats = self.stats;
-        let answer = self.answers.take(request);
-        if !matches!(&result, Err(err) if classify(err) == Failure::Retryable) {
+        if !matches!(&result, Err(refusal) if refusal.failure == Failure::Retryable) {
             // Settled for good: out of the queue's bound.
             stats.unqueued(spans);
         }
-        let err = match result {
-            Ok(()) => {
+        let refusal = match result {
+            Ok(accepted) => {
                 self.answered();
-                let rejected = self.partially_rejected(spans, answer);
+                let rejected = self.partially_rejected(spans, accepted);
                 stats.rejected.fetch_add(rejected, Ordering::Relaxed);
                 stats
                     .exported
@@ -496,26 +411,34 @@ impl Exporter<'_> {
                 }
                 return;
             }
-            Err(err) => err,
+            Err(refusal) => refusal,
         };
         stats.failed_requests.fetch_add(1, Ordering::Relaxed);
-        match classify(&err) {
+        let said = |separator: &str, closing: &str| {
+            refusal
+                .message
+                .as_ref()
+                .map_or_else(String::new, |message| {
+                    format!("{separator}{message}{closing}")
+                })
+        };
+        match &refusal.failure {
             Failure::Rejected(status) => {
                 self.answered();
-                if self.last_rejection.as_ref() != Some(&status) {
-                    let said = answer
-                        .message
-                        .map_or_else(String::new, |message| format!(": {message}"));
+                if self.last_rejection.as_ref() != Some(status) {
                     eprintln!(
-                        "tcpstates: OTLP collector rejected {spans} spans ({status}{said}), not \
-                         retrying rejected requests"
+                        "tcpstates: OTLP collector rejected {spans} spans ({status}{}), not \
+                         retrying rejected requests",
+                        said(": ", "")
                     );
-                    self.last_rejection = Some(status);
+                    self.last_rejection = Some(status.clone());
                 }
                 stats.rejected.fetch_add(spans as u64, Ordering::Relaxed);
             }
             Failure::Retryable => {
-                batch.maybe_delivered |= timed_out || may_have_arrived(&err);
+                batch.maybe_delivered |= refusal.may_have_arrived;
+                let now = Instant::now();
+                batch.not_before = refusal.retry_after.map(|pause| now + pause);
                 // Still in the queue's bound, first to go again.
                 self.waiting.push_front(batch);
                 // Only the first failure and failed probes lengthen the pause: the other
@@ -523,12 +446,13 @@ impl Exporter<'_> {
                 if self.healthy || probe {
                     self.failures += 1;
                     if self.failures == 1 {
-                        let said = answer
-                            .message
-                            .map_or_else(String::new, |message| format!(" ({message})"));
-                        eprintln!("tcpstates: OTLP export failing, will retry: {err}{said}");
+                        eprintln!(
+                            "tcpstates: OTLP export failing, will retry: {}{}",
+                            refusal.description,
+                            said(" (", ")")
+                        );
                     }
-                    self.retry_at = Instant::now() + retry_delay(self.failures);
+                    self.retry_at = now + retry_delay(self.failures);
                 }
                 self.healthy = false;
             }
@@ -537,15 +461,15 @@ impl Exporter<'_> {
 
     /// Of an accepted request's `spans`, those the collector said it rejected (partial
     /// success), reported when its message is new.
-    fn partially_rejected(&mut self, spans: usize, answer: Answer) -> u64 {
-        let rejected = answer.rejected_spans.min(spans as u64);
-        if rejected > 0 && self.last_partial != answer.message {
+    fn partially_rejected(&mut self, spans: usize, accepted: Accepted) -> u64 {
+        let rejected = accepted.rejected_spans.min(spans as u64);
+        if rejected > 0 && self.last_partial != accepted.message {
             eprintln!(
                 "tcpstates: OTLP collector accepted a request but rejected {rejected} of its \
                  {spans} spans (partial success): {}",
-                answer.message.as_deref().unwrap_or("no reason given")
+                accepted.message.as_deref().unwrap_or("no reason given")
             );
-            self.last_partial = answer.message;
+            self.last_partial = accepted.message;
         }
         rejected
     }
@@ -562,18 +486,13 @@ impl Exporter<'_> {
     /// Spans not yet settled: being filled, waiting, or in flight.
     fn unsettled(&self) -> usize {
         self.filling.len()
-            + self
-                .waiting
-                .iter()
-                .map(|batch| batch.spans.len())
-                .sum::<usize>()
+            + self.waiting.iter().map(|batch| batch.spans).sum::<usize>()
             + self.in_flight_spans.values().sum::<usize>()
     }
 
     /// Abandons every request in flight and counts every unsettled span failed.
     fn give_up(&mut self) {
         self.in_flight.abort_all();
-        self.answers.clear();
         let spans = self.unsettled();
         self.stats.failed.fetch_add(spans as u64, Ordering::Relaxed);
         self.stats.unqueued(spans);
@@ -590,17 +509,17 @@ impl Exporter<'_> {
 /// While the collector answers, up to [`MAX_IN_FLIGHT`] requests are out at once, and their
 /// answers are taken as they come. A retryable failure puts the batch back at the head of the
 /// waiting ones; then one request goes at a time, after a pause growing from [`RETRY_MIN`] to
-/// [`RETRY_MAX`], until one succeeds. A rejected batch is dropped and counted.
+/// [`RETRY_MAX`] (or the collector's, if longer), until one succeeds. A rejected batch is
+/// dropped and counted.
 async fn export_loop(
-    exporter: SpanExporter,
-    timeout: Duration,
-    mut queue: mpsc::UnboundedReceiver<SpanData>,
+    transport: TraceTransport,
+    origin: Origin,
+    mut queue: mpsc::UnboundedReceiver<Span>,
     stats: &Stats,
-    answers: Answers,
 ) {
     let mut export = Exporter {
-        exporter: Arc::new(exporter),
-        timeout,
+        transport: Arc::new(transport),
+        origin,
         stats,
         filling: Vec::with_capacity(MAX_BATCH),
         filling_since: None,
@@ -613,8 +532,6 @@ async fn export_loop(
         retry_at: Instant::now(),
         last_rejection: None,
         last_partial: None,
-        answers,
-        next_request: 0,
     };
     let mut deadline: Option<Instant> = None;
     loop {
@@ -627,6 +544,7 @@ async fn export_loop(
         let probe_due =
             (!export.healthy && export.in_flight.is_empty() && !export.waiting.is_empty())
                 .then_some(export.retry_at);
+        let pause_over = export.waiting.front().and_then(|batch| batch.not_before);
         let room = MAX_BATCH - export.filling.len();
         tokio::select! {
             biased;
@@ -645,6 +563,7 @@ async fn export_loop(
             }
             () = sleep_until(batch_due) => {}
             () = sleep_until(probe_due) => {}
+            () = sleep_until(pause_over) => {}
         }
     }
 }
@@ -666,89 +585,6 @@ fn retry_delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn failure(text: &str) -> Failure {
-        classify(&OTelSdkError::InternalFailure(text.to_owned()))
-    }
-
-    #[test]
-    fn retryable_http_statuses_and_network_errors() {
-        for code in [429, 502, 503, 504] {
-            let text = format!("HTTP export failed with status code: {code}");
-            assert_eq!(failure(&text), Failure::Retryable, "{text}");
-        }
-        assert_eq!(
-            failure("HTTP export failed: network error"),
-            Failure::Retryable
-        );
-        assert_eq!(
-            classify(&OTelSdkError::Timeout(RETRY_MAX)),
-            Failure::Retryable
-        );
-    }
-
-    #[test]
-    fn other_http_statuses_are_rejections() {
-        for code in [400, 401, 403, 404, 413, 415, 500] {
-            let text = format!("HTTP export failed with status code: {code}");
-            assert_eq!(
-                failure(&text),
-                Failure::Rejected(format!("HTTP {code}")),
-                "{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn grpc_codes_as_the_otlp_specification_classes_them() {
-        for code in [
-            "Unavailable",
-            "Cancelled",
-            "DeadlineExceeded",
-            "Aborted",
-            "OutOfRange",
-            "DataLoss",
-            "ResourceExhausted",
-        ] {
-            let text =
-                format!("TonicTracesClient export failed with gRPC code: {code}: transport error");
-            assert_eq!(failure(&text), Failure::Retryable, "{text}");
-        }
-        for code in [
-            "InvalidArgument",
-            "PermissionDenied",
-            "Unauthenticated",
-            "Unimplemented",
-            "Internal",
-            "Unknown",
-        ] {
-            let text = format!("TonicTracesClient export failed with gRPC code: {code}");
-            assert_eq!(
-                failure(&text),
-                Failure::Rejected(format!("gRPC {code}")),
-                "{text}"
-            );
-            // The same code put by tonic on a connection that failed is a network error.
-            let text = format!(
-                "TonicTracesClient export failed with gRPC code: {code}: transport error: \
-                 connection reset"
-            );
-            assert_eq!(failure(&text), Failure::Retryable, "{text}");
-        }
-    }
-
-    #[test]
-    fn a_broken_grpc_connection_may_have_delivered_its_request_a_refused_one_not() {
-        let err = |text: &str| OTelSdkError::InternalFailure(text.into());
-        assert!(may_have_arrived(&err(
-            "TonicTracesClient export failed with gRPC code: Unknown: transport error"
-        )));
-        assert!(!may_have_arrived(&err(
-            "TonicTracesClient export failed with gRPC code: Unavailable: transport error: tcp \
-             connect error: Connection refused (os error 111)"
-        )));
-        assert!(!may_have_arrived(&err("HTTP export failed: network error")));
-    }
 
     #[test]
     fn retry_pause_grows_to_half_a_second() {

@@ -2,18 +2,18 @@
 //!
 //! A [`SessionSink`]: the session stage ([`crate::session::stage`]) hands it each state a
 //! session left and each session's end; it turns them into spans ([`spans`]) and hands those to
-//! the export thread ([`export`]), configured from the command line and the standard `OTEL_*`
-//! variables ([`settings`], [`tls`]).
+//! the export thread ([`export`]), which sends them ([`transport`]) as the command line and
+//! the standard `OTEL_*` variables say ([`settings`], [`tls`]).
 
-pub mod answers;
 pub mod export;
 pub mod sampling;
 pub mod settings;
 pub mod spans;
 pub mod tls;
+pub mod transport;
 
 use self::{
-    export::{ExportCounts, ExportError, SpanExport},
+    export::{ExportCounts, ExportError, Origin, SpanExport},
     sampling::{StateRoute, TraceSampling},
     settings::ExportSettings,
     spans::SpanFactory,
@@ -47,9 +47,10 @@ impl OtlpSink {
             .ok()
             .and_then(|name| name.into_string().ok());
         let resource = settings::resource(host_name, std::env::var("OTEL_SERVICE_NAME").ok());
+        let origin = Origin::new(&resource, spans::scope());
         Ok(Self {
             factory: SpanFactory::new(clock),
-            export: SpanExport::start(settings, resource, queue_capacity)?,
+            export: SpanExport::start(settings, origin, queue_capacity)?,
             sampling,
             reported: ExportCounts::default(),
         })

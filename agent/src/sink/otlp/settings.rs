@@ -1,11 +1,12 @@
 //! Where and how to export: the `--otlp` endpoint and the standard `OTEL_*` variables.
 //!
 //! Each signal (traces, metrics) has its own variables, read before the generic ones:
-//! `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_*`, then `OTEL_EXPORTER_OTLP_*`. The exporter itself
-//! reads the endpoint variables, `_HEADERS` and `_COMPRESSION`; this module picks the transport from `_PROTOCOL`, refuses a compression this
-//! build cannot do (the exporter would silently send uncompressed), reads `_TIMEOUT` (which a
-//! client built for TLS files needs too) and the TLS files ([`super::tls`]), applies the
-//! `--otlp ENDPOINT` override and builds the resource.
+//! `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_*`, then `OTEL_EXPORTER_OTLP_*`. This module picks the
+//! transport from `_PROTOCOL`, refuses a compression this build cannot do, reads `_TIMEOUT` and
+//! the TLS files ([`super::tls`]), applies the `--otlp ENDPOINT` override and builds the
+//! resource. The endpoint variables, `_HEADERS` and `_COMPRESSION` are read where they are
+//! used: by the trace transport ([`super::transport`]) and by opentelemetry-otlp's metric
+//! exporter.
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ pub(super) enum Setting {
     Endpoint,
     Protocol,
     Compression,
+    Headers,
     Timeout,
     Certificate,
     ClientCertificate,
@@ -67,6 +69,7 @@ impl Signal {
             Setting::Endpoint => variables!("ENDPOINT"),
             Setting::Protocol => variables!("PROTOCOL"),
             Setting::Compression => variables!("COMPRESSION"),
+            Setting::Headers => variables!("HEADERS"),
             Setting::Timeout => variables!("TIMEOUT"),
             Setting::Certificate => variables!("CERTIFICATE"),
             Setting::ClientCertificate => variables!("CLIENT_CERTIFICATE"),

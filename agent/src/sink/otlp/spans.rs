@@ -1,21 +1,30 @@
-//! Turning completed sessions and states into OpenTelemetry spans, following the semantic
-//! conventions for network attributes.
+//! Turning completed sessions and states into OTLP spans — the OpenTelemetry protocol's
+//! protobuf messages (`opentelemetry-proto`), built directly with no SDK span in between —
+//! following the semantic conventions for network attributes.
 //!
 //! A session's root span covers the whole session; each state it was in is a child span named
 //! after the state. Times are the kernel's, moved to wall-clock time by one offset, so a
 //! child's duration is exactly the kernel's delta.
+//!
+//! Each span is what opentelemetry-otlp's conversion of the SDK's span would be: sampled, its
+//! parent local, its trace state empty. Its instrumentation scope is not on it but on the
+//! `ScopeSpans` that carries it: [`scope`].
 
-use std::{borrow::Cow, net::SocketAddr};
+use std::{borrow::Cow, net::SocketAddr, time::UNIX_EPOCH};
 
 use agent_common::{
     correlation::ConnectionIds,
     decode::{Close, TcpState},
 };
-use opentelemetry::{
-    KeyValue,
-    trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+use opentelemetry::trace::{SpanId, TraceFlags};
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+    trace::v1::{
+        Span, SpanFlags, Status,
+        span::{Event, Link, SpanKind},
+        status::StatusCode,
+    },
 };
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_semantic_conventions::attribute::{
     CLIENT_ADDRESS, CLIENT_PORT, CONTAINER_ID, ERROR_TYPE, NETWORK_CONNECTION_STATE,
     NETWORK_LOCAL_ADDRESS, NETWORK_LOCAL_PORT, NETWORK_PEER_ADDRESS, NETWORK_PEER_PORT,
@@ -77,27 +86,43 @@ pub const RTT_SMOOTHED: &str = "tcpstates.rtt.smoothed_us";
 /// Vendor attribute: the minimum round-trip time seen, µs.
 pub const RTT_MIN: &str = "tcpstates.rtt.min_us";
 
-/// Builds spans for one exporter.
+/// The most attributes the first state span of a session has: its state, the connection's
+/// identity ([`push_identity`]), an early end's two, [`STATE_START_UNKNOWN`] and an error's type.
+const FIRST_STATE_ATTRIBUTES_MAX: usize = 11;
+/// The most attributes a later state span has: its first's, without the identity.
+const STATE_ATTRIBUTES_MAX: usize = 5;
+/// The most attributes a session span has: [`session_attributes`], [`push_context`], an error's
+/// two, [`push_close`], an early end's two and [`FOUND_AT_START`].
+const SESSION_ATTRIBUTES_MAX: usize = 34;
+
+/// The instrumentation scope of every span built here, for the `ScopeSpans` that carries them:
+/// this crate's name and version (no attributes, and no schema URL on the `ScopeSpans`).
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: env!("CARGO_PKG_NAME").to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        attributes: Vec::new(),
+        dropped_attributes_count: 0,
+    }
+}
+
+/// Builds OTLP spans for one exporter.
 pub struct SpanFactory {
     clock: WallClock,
-    scope: opentelemetry::InstrumentationScope,
 }
 
 impl SpanFactory {
     /// A factory converting kernel times with `clock`.
     pub fn new(clock: WallClock) -> Self {
-        let scope = opentelemetry::InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build();
-        Self { clock, scope }
+        Self { clock }
     }
 
-    /// The span of a state a session left. The first of a trace (the handshake: SYN_SENT,
+    /// The OTLP span of a state a session left. The first of a trace (the handshake: SYN_SENT,
     /// SYN_RECV, or LISTEN) also says whose connection it is — the ends and the owner, which
     /// `details` describe — as a UI shows state spans long before their root, which comes at
     /// CLOSE; the later ones share its trace. (Every state span carrying them halved the export
     /// rate at the bench's load: 95,000 spans/s instead of 166,000, 2026-12-02.)
-    pub fn state_span(&self, ended: &StateEnded, details: &SessionDetails<'_>) -> SpanData {
+    pub fn state_span(&self, ended: &StateEnded, details: &SessionDetails<'_>) -> Span {
         let StateEnded {
             ids,
             index,
@@ -114,33 +139,36 @@ impl SpanFactory {
             context,
             role,
         } = ended;
-        let mut attributes = Vec::with_capacity(if *index == 0 { 8 } else { 1 });
+        let mut attributes = Vec::with_capacity(if *index == 0 {
+            FIRST_STATE_ATTRIBUTES_MAX
+        } else {
+            STATE_ATTRIBUTES_MAX
+        });
         if let Some(value) = connection_state(*state) {
-            attributes.push(KeyValue::new(NETWORK_CONNECTION_STATE, value));
+            attributes.push(string(NETWORK_CONNECTION_STATE, value));
         }
         if *index == 0 {
             push_identity(&mut attributes, *role, endpoints, context, details);
         }
         push_incomplete(&mut attributes, *incomplete);
         if *start_unknown {
-            attributes.push(KeyValue::new(STATE_START_UNKNOWN, true));
+            attributes.push(boolean(STATE_START_UNKNOWN, true));
         }
         // The state in which the connection failed says so too, as its root does.
         let status = match failure {
             Some(failure) => {
-                attributes.push(KeyValue::new(ERROR_TYPE, failure.error_type()));
-                Status::error(failure.description())
+                attributes.push(string(ERROR_TYPE, failure.error_type()));
+                error_status(failure.description())
             }
-            None => Status::Unset,
+            None => unset_status(),
         };
-        let name = match state.name() {
-            Some(name) => Cow::Borrowed(name),
-            None => Cow::Owned(state.to_string()),
-        };
-        let mut span = self.data(
+        let name = state
+            .name()
+            .map_or_else(|| state.to_string(), str::to_owned);
+        let mut span = self.span(
             ids,
-            SpanId::from_bytes(ids.state_span_id(*index)),
-            SpanId::from_bytes(*parent_span_id),
+            ids.state_span_id(*index),
+            Some(*parent_span_id),
             SpanKind::Internal,
             name,
             (*start_ns, *end_ns),
@@ -148,32 +176,28 @@ impl SpanFactory {
             status,
         );
         span.events = self.retransmit_events(retransmits);
+        span.dropped_events_count = retransmits.beyond;
         span
     }
 
-    /// One `retransmit` event per retransmission kept, at its kernel time; those beyond are
-    /// counted as dropped events.
-    fn retransmit_events(&self, retransmits: &Retransmits) -> SpanEvents {
-        let mut events = SpanEvents::default();
-        events.events = retransmits
+    /// One `retransmit` event per retransmission kept, at its kernel time (those beyond are the
+    /// span's dropped events).
+    fn retransmit_events(&self, retransmits: &Retransmits) -> Vec<Event> {
+        retransmits
             .kept
             .iter()
-            .map(|(ts_ns, kind)| {
-                Event::new(
-                    RETRANSMIT_EVENT,
-                    self.clock.system_time(*ts_ns),
-                    vec![KeyValue::new(RETRANSMIT_KIND, kind.as_str())],
-                    0,
-                )
+            .map(|(ts_ns, kind)| Event {
+                time_unix_nano: self.unix_nanos(*ts_ns),
+                name: RETRANSMIT_EVENT.to_owned(),
+                attributes: vec![string(RETRANSMIT_KIND, kind.as_str())],
+                dropped_attributes_count: 0,
             })
-            .collect();
-        events.dropped_count = retransmits.beyond;
-        events
+            .collect()
     }
 
-    /// The span of a session that ended (its trace's root, or a continuation's span);
+    /// The OTLP span of a session that ended (its trace's root, or a continuation's span);
     /// `details` describe its owner and location.
-    pub fn session_span(&self, ended: &SessionEnded, details: &SessionDetails<'_>) -> SpanData {
+    pub fn session_span(&self, ended: &SessionEnded, details: &SessionDetails<'_>) -> Span {
         let SessionEnded {
             session,
             end_ns,
@@ -185,13 +209,13 @@ impl SpanFactory {
         let mut attributes = session_attributes(session);
         push_context(&mut attributes, session, details);
         let status = match outcome.failure() {
-            None => Status::Unset,
+            None => unset_status(),
             Some(failure) => {
-                attributes.push(KeyValue::new(ERROR_TYPE, failure.error_type()));
+                attributes.push(string(ERROR_TYPE, failure.error_type()));
                 if let Some(direction) = failure.reset_direction() {
-                    attributes.push(KeyValue::new(RESET_DIRECTION, direction.as_str()));
+                    attributes.push(string(RESET_DIRECTION, direction.as_str()));
                 }
-                Status::error(failure.description())
+                error_status(failure.description())
             }
         };
         if let Some(close) = close {
@@ -199,72 +223,125 @@ impl SpanFactory {
         }
         push_incomplete(&mut attributes, *incomplete);
         if session.found_at_start {
-            attributes.push(KeyValue::new(FOUND_AT_START, true));
+            attributes.push(boolean(FOUND_AT_START, true));
         }
         let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
-        let mut span = self.data(
+        let mut span = self.span(
             &session.ids,
-            SpanId::from_bytes(session.span_id()),
-            session
-                .parent_span_id()
-                .map_or(SpanId::INVALID, SpanId::from_bytes),
+            session.span_id(),
+            session.parent_span_id(),
             kind,
-            Cow::Owned(name),
+            name,
             (session.start_ns, *end_ns),
             attributes,
             status,
         );
         // An accepted socket's root links to its listener's, and the two ends of a connection
         // on this host link to each other: a UI can go from one to the other.
-        span.links.links = [session.links.listener, session.links.peer]
+        span.links = [session.links.listener, session.links.peer]
             .into_iter()
             .flatten()
-            .map(|ids| {
-                Link::with_context(SpanContext::new(
-                    TraceId::from_bytes(ids.trace_id),
-                    SpanId::from_bytes(ids.root_span_id),
-                    TraceFlags::SAMPLED,
-                    false,
-                    TraceState::NONE,
-                ))
+            .map(|ids| Link {
+                trace_id: ids.trace_id.to_vec(),
+                span_id: ids.root_span_id.to_vec(),
+                trace_state: String::new(),
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+                flags: sampled_local_flags(),
             })
             .collect();
         span
     }
 
+    /// A span of the trace of `ids`, with no events or links yet. A parent id of zeros (the
+    /// W3C invalid span id) is no parent, as in the SDK's conversion.
     #[allow(clippy::too_many_arguments)]
-    fn data(
+    fn span(
         &self,
         ids: &ConnectionIds,
-        span_id: SpanId,
-        parent_span_id: SpanId,
-        span_kind: SpanKind,
-        name: Cow<'static, str>,
+        span_id: [u8; 8],
+        parent_span_id: Option<[u8; 8]>,
+        kind: SpanKind,
+        name: String,
         (start_ns, end_ns): (u64, u64),
         attributes: Vec<KeyValue>,
         status: Status,
-    ) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from_bytes(ids.trace_id),
-                span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id,
-            parent_span_is_remote: false,
-            span_kind,
+    ) -> Span {
+        Span {
+            trace_id: ids.trace_id.to_vec(),
+            span_id: span_id.to_vec(),
+            trace_state: String::new(),
+            parent_span_id: parent_span_id
+                .filter(|parent| SpanId::from_bytes(*parent) != SpanId::INVALID)
+                .map_or_else(Vec::new, |parent| parent.to_vec()),
+            flags: sampled_local_flags(),
             name,
-            start_time: self.clock.system_time(start_ns),
-            end_time: self.clock.system_time(end_ns),
+            kind: kind as i32,
+            start_time_unix_nano: self.unix_nanos(start_ns),
+            end_time_unix_nano: self.unix_nanos(end_ns),
             attributes,
             dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.scope.clone(),
+            events: Vec::new(),
+            dropped_events_count: 0,
+            links: Vec::new(),
+            dropped_links_count: 0,
+            status: Some(status),
         }
+    }
+
+    /// Wall-clock time of a kernel timestamp in nanoseconds since the Unix epoch, OTLP's time.
+    fn unix_nanos(&self, ts_ns: u64) -> u64 {
+        self.clock
+            .system_time(ts_ns)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+            })
+    }
+}
+
+/// The flags of every span and link: the W3C trace flags (sampled), and that whether the parent
+/// is remote is known (it is not remote).
+fn sampled_local_flags() -> u32 {
+    u32::from(TraceFlags::SAMPLED.to_u8()) | SpanFlags::ContextHasIsRemoteMask as u32
+}
+
+/// The status of a span that ended in an error, `description` its message.
+fn error_status(description: Cow<'static, str>) -> Status {
+    Status {
+        message: description.into_owned(),
+        code: StatusCode::Error as i32,
+    }
+}
+
+/// The status of a span that did not end in an error: unset, no message.
+fn unset_status() -> Status {
+    Status {
+        message: String::new(),
+        code: StatusCode::Unset as i32,
+    }
+}
+
+/// A string attribute.
+fn string(key: &str, value: impl Into<String>) -> KeyValue {
+    attribute(key, Value::StringValue(value.into()))
+}
+
+/// An integer attribute.
+fn int(key: &str, value: i64) -> KeyValue {
+    attribute(key, Value::IntValue(value))
+}
+
+/// A boolean attribute.
+fn boolean(key: &str, value: bool) -> KeyValue {
+    attribute(key, Value::BoolValue(value))
+}
+
+fn attribute(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        key_strindex: 0,
     }
 }
 
@@ -282,6 +359,7 @@ fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
     }
 }
 
+/// The network attributes of a session's span, in a vector with room for all the others.
 fn session_attributes(session: &Session) -> Vec<KeyValue> {
     let ends = &session.endpoints;
     let local = (
@@ -292,19 +370,20 @@ fn session_attributes(session: &Session) -> Vec<KeyValue> {
         ends.remote_addr.to_canonical().to_string(),
         i64::from(ends.remote_port),
     );
-    let mut attributes = vec![
-        KeyValue::new(NETWORK_TRANSPORT, "tcp"),
-        KeyValue::new(NETWORK_TYPE, ends.network_type()),
-        KeyValue::new(NETWORK_LOCAL_ADDRESS, local.0.clone()),
-        KeyValue::new(NETWORK_LOCAL_PORT, local.1),
-        KeyValue::new(SKADDR, format!("{:x}", session.skaddr)),
-        KeyValue::new(ONCPU_PID, i64::from(session.first_pid)),
-        KeyValue::new(ONCPU_COMM, session.first_comm.to_str_lossy().into_owned()),
-    ];
+    let mut attributes = Vec::with_capacity(SESSION_ATTRIBUTES_MAX);
+    attributes.extend([
+        string(NETWORK_TRANSPORT, "tcp"),
+        string(NETWORK_TYPE, ends.network_type()),
+        string(NETWORK_LOCAL_ADDRESS, local.0.as_str()),
+        int(NETWORK_LOCAL_PORT, local.1),
+        string(SKADDR, format!("{:x}", session.skaddr)),
+        int(ONCPU_PID, i64::from(session.first_pid)),
+        string(ONCPU_COMM, session.first_comm.to_str_lossy()),
+    ]);
     // A listener has no peer (the kernel reports 0.0.0.0:0).
     if session.role != Role::Listen {
-        attributes.push(KeyValue::new(NETWORK_PEER_ADDRESS, peer.0.clone()));
-        attributes.push(KeyValue::new(NETWORK_PEER_PORT, peer.1));
+        attributes.push(string(NETWORK_PEER_ADDRESS, peer.0.as_str()));
+        attributes.push(int(NETWORK_PEER_PORT, peer.1));
     }
     let (server, client) = match session.role {
         Role::Connect => (Some(peer), Some(local)),
@@ -313,12 +392,12 @@ fn session_attributes(session: &Session) -> Vec<KeyValue> {
         Role::Unknown => (None, None),
     };
     if let Some((address, port)) = server {
-        attributes.push(KeyValue::new(SERVER_ADDRESS, address));
-        attributes.push(KeyValue::new(SERVER_PORT, port));
+        attributes.push(string(SERVER_ADDRESS, address));
+        attributes.push(int(SERVER_PORT, port));
     }
     if let Some((address, port)) = client {
-        attributes.push(KeyValue::new(CLIENT_ADDRESS, address));
-        attributes.push(KeyValue::new(CLIENT_PORT, port));
+        attributes.push(string(CLIENT_ADDRESS, address));
+        attributes.push(int(CLIENT_PORT, port));
     }
     attributes
 }
@@ -326,42 +405,36 @@ fn session_attributes(session: &Session) -> Vec<KeyValue> {
 /// The owner's `process.*` attributes (only when it is known) and the socket's location.
 fn push_context(attributes: &mut Vec<KeyValue>, session: &Session, details: &SessionDetails<'_>) {
     let context = &session.context;
-    attributes.push(KeyValue::new(OWNER_KNOWN, context.owner.is_some()));
+    attributes.push(boolean(OWNER_KNOWN, context.owner.is_some()));
     if let Some(owner) = &context.owner {
-        attributes.push(KeyValue::new(PROCESS_PID, i64::from(owner.pid)));
+        attributes.push(int(PROCESS_PID, i64::from(owner.pid)));
         match details.process {
             Some(process) => {
-                attributes.push(KeyValue::new(
+                attributes.push(string(
                     PROCESS_EXECUTABLE_NAME,
-                    process.executable_name.clone(),
+                    process.executable_name.as_str(),
                 ));
                 if !process.command_line.is_empty() {
-                    attributes.push(KeyValue::new(
-                        PROCESS_COMMAND_LINE,
-                        process.command_line.clone(),
-                    ));
+                    attributes.push(string(PROCESS_COMMAND_LINE, process.command_line.as_str()));
                 }
             }
-            None => attributes.push(KeyValue::new(
-                PROCESS_EXECUTABLE_NAME,
-                owner.comm.to_str_lossy().into_owned(),
-            )),
+            None => attributes.push(string(PROCESS_EXECUTABLE_NAME, owner.comm.to_str_lossy())),
         }
     }
-    if let Some(name) = details.process.and_then(|process| process.owner.clone()) {
-        attributes.push(KeyValue::new(PROCESS_OWNER, name));
+    if let Some(name) = details.process.and_then(|process| process.owner.as_deref()) {
+        attributes.push(string(PROCESS_OWNER, name));
     }
     attributes.extend([
-        KeyValue::new(COOKIE, session.cookie as i64),
-        KeyValue::new(SOCKET_UID, i64::from(context.uid)),
-        KeyValue::new(NETNS, i64::from(context.netns)),
-        KeyValue::new(CGROUP_ID, context.cgroup_id as i64),
+        int(COOKIE, session.cookie as i64),
+        int(SOCKET_UID, i64::from(context.uid)),
+        int(NETNS, i64::from(context.netns)),
+        int(CGROUP_ID, context.cgroup_id as i64),
     ]);
     if let Some(path) = details.cgroup_path {
-        attributes.push(KeyValue::new(CGROUP_PATH, path.to_owned()));
+        attributes.push(string(CGROUP_PATH, path));
     }
     if let Some(id) = details.container_id {
-        attributes.push(KeyValue::new(CONTAINER_ID, id.to_owned()));
+        attributes.push(string(CONTAINER_ID, id));
     }
 }
 
@@ -375,27 +448,27 @@ fn push_identity(
     details: &SessionDetails<'_>,
 ) {
     attributes.extend([
-        KeyValue::new(
+        string(
             NETWORK_LOCAL_ADDRESS,
             ends.local_addr.to_canonical().to_string(),
         ),
-        KeyValue::new(NETWORK_LOCAL_PORT, i64::from(ends.local_port)),
+        int(NETWORK_LOCAL_PORT, i64::from(ends.local_port)),
     ]);
     if role != Role::Listen {
         attributes.extend([
-            KeyValue::new(
+            string(
                 NETWORK_PEER_ADDRESS,
                 ends.remote_addr.to_canonical().to_string(),
             ),
-            KeyValue::new(NETWORK_PEER_PORT, i64::from(ends.remote_port)),
+            int(NETWORK_PEER_PORT, i64::from(ends.remote_port)),
         ]);
     }
     if let Some(owner) = &context.owner {
-        attributes.push(KeyValue::new(PROCESS_PID, i64::from(owner.pid)));
+        attributes.push(int(PROCESS_PID, i64::from(owner.pid)));
         if let Some(process) = details.process {
-            attributes.push(KeyValue::new(
+            attributes.push(string(
                 PROCESS_EXECUTABLE_NAME,
-                process.executable_name.clone(),
+                process.executable_name.as_str(),
             ));
         }
     }
@@ -404,32 +477,32 @@ fn push_identity(
 /// What the socket reported as it closed: bytes, round-trip times, retransmissions.
 fn push_close(attributes: &mut Vec<KeyValue>, close: &Close) {
     attributes.extend([
-        KeyValue::new(
+        int(
             BYTES_SENT,
             i64::try_from(close.bytes_sent).unwrap_or(i64::MAX),
         ),
-        KeyValue::new(
+        int(
             BYTES_RECEIVED,
             i64::try_from(close.bytes_received).unwrap_or(i64::MAX),
         ),
-        KeyValue::new(RETRANSMITS, i64::from(close.retransmits)),
+        int(RETRANSMITS, i64::from(close.retransmits)),
     ]);
     if let Some(srtt) = close.srtt_us {
-        attributes.push(KeyValue::new(RTT_SMOOTHED, i64::from(srtt)));
+        attributes.push(int(RTT_SMOOTHED, i64::from(srtt)));
     }
     if let Some(min) = close.min_rtt_us {
-        attributes.push(KeyValue::new(RTT_MIN, i64::from(min)));
+        attributes.push(int(RTT_MIN, i64::from(min)));
     }
 }
 
 fn push_incomplete(attributes: &mut Vec<KeyValue>, incomplete: Option<Incomplete>) {
     if let Some(why) = incomplete {
-        attributes.push(KeyValue::new(INCOMPLETE, true));
+        attributes.push(boolean(INCOMPLETE, true));
         let reason = match why {
             Incomplete::Shutdown => "shutdown",
             Incomplete::Evicted => "evicted",
         };
-        attributes.push(KeyValue::new(END_REASON, reason));
+        attributes.push(string(END_REASON, reason));
     }
 }
 
@@ -453,17 +526,13 @@ pub fn connection_state(state: TcpState) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::{IpAddr, Ipv6Addr},
-        time::Duration,
-    };
+    use std::net::{IpAddr, Ipv6Addr};
 
     use agent_common::{
         correlation::BootId,
         decode::{Comm, Owner, RetransmitKind},
         event::COMM_LEN,
     };
-    use opentelemetry::Value;
 
     use super::*;
     use crate::session::Context;
@@ -512,15 +581,34 @@ mod tests {
         }
     }
 
+    /// Unix nanoseconds at the kernel's time 0, for [`factory`].
+    const EPOCH_AT_BOOT_NS: u64 = 1_700_000_000_000_000_000;
+
     fn factory() -> SpanFactory {
-        SpanFactory::new(WallClock::from_epoch_at_boot_ns(1_700_000_000_000_000_000))
+        SpanFactory::new(WallClock::from_epoch_at_boot_ns(i128::from(
+            EPOCH_AT_BOOT_NS,
+        )))
     }
 
-    fn attr(span: &SpanData, key: &str) -> Option<Value> {
-        span.attributes
+    /// The value of the attribute `key` among `attributes`.
+    fn value<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+        attributes
             .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.clone())
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    }
+
+    /// The value of the span's attribute `key`.
+    fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+        value(&span.attributes, key)
+    }
+
+    fn text(value: &str) -> Value {
+        Value::StringValue(value.to_owned())
+    }
+
+    fn status_code(span: &Span) -> Option<StatusCode> {
+        span.status.as_ref().map(Status::code)
     }
 
     #[test]
@@ -552,61 +640,44 @@ mod tests {
             &SessionDetails::default(),
         );
         assert_eq!(span.name, "ESTABLISHED");
-        assert_eq!(span.span_kind, SpanKind::Internal);
+        assert_eq!(span.kind(), SpanKind::Internal);
+        assert_eq!(span.trace_id, ids.trace_id);
+        assert_eq!(span.span_id, ids.state_span_id(1));
+        assert_eq!(span.parent_span_id, ids.root_span_id);
+        assert_eq!(span.start_time_unix_nano, EPOCH_AT_BOOT_NS + 1_234_567);
         assert_eq!(
-            span.span_context.trace_id(),
-            TraceId::from_bytes(ids.trace_id)
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            200_000_001
         );
-        assert_eq!(
-            span.span_context.span_id(),
-            SpanId::from_bytes(ids.state_span_id(1))
-        );
-        assert_eq!(span.parent_span_id, SpanId::from_bytes(ids.root_span_id));
-        let duration = span
-            .end_time
-            .duration_since(span.start_time)
-            .expect("end after start");
-        assert_eq!(duration, Duration::from_nanos(200_000_001));
         assert_eq!(
             attr(&span, NETWORK_CONNECTION_STATE),
-            Some(Value::from("established"))
+            Some(&text("established"))
         );
         assert_eq!(attr(&span, INCOMPLETE), None);
-        assert_eq!(span.status, Status::Unset);
+        assert_eq!(status_code(&span), Some(StatusCode::Unset));
         // A later state span shares its trace with the first, which says whose it is.
         assert_eq!(span.attributes.len(), 1, "{:?}", span.attributes);
         // Its retransmissions, at their kernel times; those not kept counted as dropped.
-        let events: Vec<(String, Duration, Option<Value>)> = span
+        let events: Vec<(&str, u64, Option<&Value>)> = span
             .events
             .iter()
             .map(|event| {
                 (
-                    event.name.to_string(),
-                    event
-                        .timestamp
-                        .duration_since(span.start_time)
-                        .expect("after the start"),
-                    event
-                        .attributes
-                        .iter()
-                        .find(|kv| kv.key.as_str() == RETRANSMIT_KIND)
-                        .map(|kv| kv.value.clone()),
+                    event.name.as_str(),
+                    event.time_unix_nano - span.start_time_unix_nano,
+                    value(&event.attributes, RETRANSMIT_KIND),
                 )
             })
             .collect();
-        let data = Some(Value::from("data"));
+        let data = text("data");
         assert_eq!(
             events,
             [
-                (
-                    "retransmit".to_owned(),
-                    Duration::from_nanos(1_000),
-                    data.clone()
-                ),
-                ("retransmit".to_owned(), Duration::from_nanos(3_000), data),
+                ("retransmit", 1_000, Some(&data)),
+                ("retransmit", 3_000, Some(&data)),
             ]
         );
-        assert_eq!(span.events.dropped_count, 5);
+        assert_eq!(span.dropped_events_count, 5);
     }
 
     #[test]
@@ -631,16 +702,16 @@ mod tests {
             },
             &SessionDetails::default(),
         );
-        assert!(matches!(span.status, Status::Error { .. }), "{span:?}");
-        assert_eq!(
-            attr(&span, ERROR_TYPE),
-            Some(Value::from("connect_timeout"))
-        );
+        assert_eq!(status_code(&span), Some(StatusCode::Error), "{span:?}");
+        assert_eq!(attr(&span, ERROR_TYPE), Some(&text("connect_timeout")));
         // The handshake span says whose connection it is on its own.
-        assert_eq!(attr(&span, NETWORK_PEER_PORT), Some(Value::I64(8080)));
-        assert_eq!(attr(&span, NETWORK_LOCAL_PORT), Some(Value::I64(40000)));
-        assert_eq!(attr(&span, NETWORK_PEER_ADDRESS), Some(Value::from("::1")));
-        assert_eq!(attr(&span, PROCESS_PID), Some(Value::I64(4242)));
+        assert_eq!(attr(&span, NETWORK_PEER_PORT), Some(&Value::IntValue(8080)));
+        assert_eq!(
+            attr(&span, NETWORK_LOCAL_PORT),
+            Some(&Value::IntValue(40000))
+        );
+        assert_eq!(attr(&span, NETWORK_PEER_ADDRESS), Some(&text("::1")));
+        assert_eq!(attr(&span, PROCESS_PID), Some(&Value::IntValue(4242)));
     }
 
     #[test]
@@ -652,15 +723,12 @@ mod tests {
         let (name, _) = root_name_and_kind(Role::Accept, &mapped.endpoints);
         assert_eq!(name, "tcp accept 127.0.0.1:18081");
         let attributes = session_attributes(&mapped);
-        let value = |key: &str| {
-            attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == key)
-                .map(|kv| kv.value.to_string())
-        };
-        assert_eq!(value(NETWORK_TYPE).as_deref(), Some("ipv4"));
-        assert_eq!(value(SERVER_ADDRESS).as_deref(), Some("127.0.0.1"));
-        assert_eq!(value(NETWORK_PEER_ADDRESS).as_deref(), Some("127.0.0.2"));
+        assert_eq!(value(&attributes, NETWORK_TYPE), Some(&text("ipv4")));
+        assert_eq!(value(&attributes, SERVER_ADDRESS), Some(&text("127.0.0.1")));
+        assert_eq!(
+            value(&attributes, NETWORK_PEER_ADDRESS),
+            Some(&text("127.0.0.2"))
+        );
     }
 
     #[test]
@@ -682,15 +750,9 @@ mod tests {
             &SessionDetails::default(),
         );
         assert_eq!(span.name, "tcp session");
-        assert_eq!(
-            span.span_context.span_id(),
-            SpanId::from_bytes(ids.state_span_id(3))
-        );
-        assert_eq!(span.parent_span_id, SpanId::from_bytes(ids.root_span_id));
-        assert_eq!(
-            span.span_context.trace_id(),
-            TraceId::from_bytes(ids.trace_id)
-        );
+        assert_eq!(span.span_id, ids.state_span_id(3));
+        assert_eq!(span.parent_span_id, ids.root_span_id);
+        assert_eq!(span.trace_id, ids.trace_id);
     }
 
     #[test]
@@ -710,36 +772,30 @@ mod tests {
         };
         let connect = root(Role::Connect);
         assert_eq!(connect.name, "tcp connect [::1]:8080");
-        assert_eq!(connect.span_kind, SpanKind::Client);
-        assert_eq!(connect.parent_span_id, SpanId::INVALID);
+        assert_eq!(connect.kind(), SpanKind::Client);
+        assert!(connect.parent_span_id.is_empty(), "{connect:?}");
         assert_eq!(
-            connect.span_context.span_id(),
-            SpanId::from_bytes(ConnectionIds::new(&BootId([1; 16]), 77).root_span_id)
+            connect.span_id,
+            ConnectionIds::new(&BootId([1; 16]), 77).root_span_id
         );
-        assert_eq!(attr(&connect, SERVER_PORT), Some(Value::I64(8080)));
-        assert_eq!(attr(&connect, CLIENT_PORT), Some(Value::I64(40000)));
-        assert_eq!(attr(&connect, NETWORK_TYPE), Some(Value::from("ipv6")));
-        assert_eq!(
-            attr(&connect, NETWORK_PEER_ADDRESS),
-            Some(Value::from("::1"))
-        );
-        assert_eq!(
-            attr(&connect, SKADDR),
-            Some(Value::from("ffff88810685e5c0"))
-        );
-        assert_eq!(attr(&connect, ONCPU_PID), Some(Value::I64(42)));
-        assert_eq!(attr(&connect, ONCPU_COMM), Some(Value::from("curl")));
-        assert_eq!(connect.status, Status::Unset);
+        assert_eq!(attr(&connect, SERVER_PORT), Some(&Value::IntValue(8080)));
+        assert_eq!(attr(&connect, CLIENT_PORT), Some(&Value::IntValue(40000)));
+        assert_eq!(attr(&connect, NETWORK_TYPE), Some(&text("ipv6")));
+        assert_eq!(attr(&connect, NETWORK_PEER_ADDRESS), Some(&text("::1")));
+        assert_eq!(attr(&connect, SKADDR), Some(&text("ffff88810685e5c0")));
+        assert_eq!(attr(&connect, ONCPU_PID), Some(&Value::IntValue(42)));
+        assert_eq!(attr(&connect, ONCPU_COMM), Some(&text("curl")));
+        assert_eq!(status_code(&connect), Some(StatusCode::Unset));
 
         let accept = root(Role::Accept);
         assert_eq!(accept.name, "tcp accept [::1]:40000");
-        assert_eq!(accept.span_kind, SpanKind::Server);
-        assert_eq!(attr(&accept, SERVER_PORT), Some(Value::I64(40000)));
-        assert_eq!(attr(&accept, CLIENT_PORT), Some(Value::I64(8080)));
+        assert_eq!(accept.kind(), SpanKind::Server);
+        assert_eq!(attr(&accept, SERVER_PORT), Some(&Value::IntValue(40000)));
+        assert_eq!(attr(&accept, CLIENT_PORT), Some(&Value::IntValue(8080)));
 
         let listen = root(Role::Listen);
         assert_eq!(
-            (listen.name.as_ref(), listen.span_kind.clone()),
+            (listen.name.as_str(), listen.kind()),
             ("tcp listen [::1]:40000", SpanKind::Internal)
         );
         assert_eq!(attr(&listen, CLIENT_PORT), None);
@@ -747,7 +803,7 @@ mod tests {
 
         let unknown = root(Role::Unknown);
         assert_eq!(
-            (unknown.name.as_ref(), unknown.span_kind.clone()),
+            (unknown.name.as_str(), unknown.kind()),
             ("tcp session", SpanKind::Internal)
         );
         assert_eq!(attr(&unknown, SERVER_ADDRESS), None);
@@ -775,21 +831,18 @@ mod tests {
             incomplete: None,
         };
         let root = factory().session_span(&completed, &details);
-        assert_eq!(attr(&root, OWNER_KNOWN), Some(Value::Bool(true)));
-        assert_eq!(attr(&root, PROCESS_PID), Some(Value::I64(4242)));
-        assert_eq!(
-            attr(&root, PROCESS_EXECUTABLE_NAME),
-            Some(Value::from("curl"))
-        );
+        assert_eq!(attr(&root, OWNER_KNOWN), Some(&Value::BoolValue(true)));
+        assert_eq!(attr(&root, PROCESS_PID), Some(&Value::IntValue(4242)));
+        assert_eq!(attr(&root, PROCESS_EXECUTABLE_NAME), Some(&text("curl")));
         assert_eq!(
             attr(&root, PROCESS_COMMAND_LINE),
-            Some(Value::from("curl http://[::1]:8080/"))
+            Some(&text("curl http://[::1]:8080/"))
         );
-        assert_eq!(attr(&root, PROCESS_OWNER), Some(Value::from("alice")));
-        assert_eq!(attr(&root, COOKIE), Some(Value::I64(77)));
-        assert_eq!(attr(&root, NETNS), Some(Value::I64(4_026_531_840)));
-        assert_eq!(attr(&root, CGROUP_ID), Some(Value::I64(7859)));
-        assert_eq!(attr(&root, CONTAINER_ID), Some(Value::from("ab")));
+        assert_eq!(attr(&root, PROCESS_OWNER), Some(&text("alice")));
+        assert_eq!(attr(&root, COOKIE), Some(&Value::IntValue(77)));
+        assert_eq!(attr(&root, NETNS), Some(&Value::IntValue(4_026_531_840)));
+        assert_eq!(attr(&root, CGROUP_ID), Some(&Value::IntValue(7859)));
+        assert_eq!(attr(&root, CONTAINER_ID), Some(&text("ab")));
 
         let mut orphan = session(Role::Accept);
         orphan.context.owner = None;
@@ -804,7 +857,7 @@ mod tests {
             },
             &SessionDetails::default(),
         );
-        assert_eq!(attr(&root, OWNER_KNOWN), Some(Value::Bool(false)));
+        assert_eq!(attr(&root, OWNER_KNOWN), Some(&Value::BoolValue(false)));
         assert_eq!(attr(&root, PROCESS_PID), None, "never a guess");
         assert_eq!(attr(&root, PROCESS_EXECUTABLE_NAME), None);
     }
@@ -830,12 +883,12 @@ mod tests {
             },
             &SessionDetails::default(),
         );
-        assert_eq!(attr(&root, BYTES_SENT), Some(Value::I64(100_000)));
-        assert_eq!(attr(&root, BYTES_RECEIVED), Some(Value::I64(5_000)));
-        assert_eq!(attr(&root, RETRANSMITS), Some(Value::I64(2)));
-        assert_eq!(attr(&root, RTT_SMOOTHED), Some(Value::I64(42)));
+        assert_eq!(attr(&root, BYTES_SENT), Some(&Value::IntValue(100_000)));
+        assert_eq!(attr(&root, BYTES_RECEIVED), Some(&Value::IntValue(5_000)));
+        assert_eq!(attr(&root, RETRANSMITS), Some(&Value::IntValue(2)));
+        assert_eq!(attr(&root, RTT_SMOOTHED), Some(&Value::IntValue(42)));
         assert_eq!(attr(&root, RTT_MIN), None, "never measured");
-        assert_eq!(root.status, Status::Unset);
+        assert_eq!(status_code(&root), Some(StatusCode::Unset));
     }
 
     #[test]
@@ -854,24 +907,198 @@ mod tests {
             )
         };
         let refused = end(Outcome::Failed(Failure::ConnectionRefused), None);
-        assert!(matches!(refused.status, Status::Error { .. }));
+        assert_eq!(status_code(&refused), Some(StatusCode::Error));
         assert_eq!(
             attr(&refused, ERROR_TYPE),
-            Some(Value::from("connection_refused"))
+            Some(&text("connection_refused"))
         );
         assert_eq!(attr(&refused, RESET_DIRECTION), None);
         let reset = end(
             Outcome::Failed(Failure::ConnectionReset(Some(ResetDirection::Sent))),
             None,
         );
-        assert_eq!(
-            attr(&reset, ERROR_TYPE),
-            Some(Value::from("connection_reset"))
-        );
-        assert_eq!(attr(&reset, RESET_DIRECTION), Some(Value::from("sent")));
+        assert_eq!(attr(&reset, ERROR_TYPE), Some(&text("connection_reset")));
+        assert_eq!(attr(&reset, RESET_DIRECTION), Some(&text("sent")));
         let cut = end(Outcome::Normal, Some(Incomplete::Shutdown));
-        assert_eq!(cut.status, Status::Unset);
-        assert_eq!(attr(&cut, INCOMPLETE), Some(Value::Bool(true)));
-        assert_eq!(attr(&cut, END_REASON), Some(Value::from("shutdown")));
+        assert_eq!(status_code(&cut), Some(StatusCode::Unset));
+        assert_eq!(attr(&cut, INCOMPLETE), Some(&Value::BoolValue(true)));
+        assert_eq!(attr(&cut, END_REASON), Some(&text("shutdown")));
+    }
+
+    /// The fields opentelemetry-otlp's conversion of the SDK's span gave (`From<SpanData> for
+    /// Span`, opentelemetry-proto 0.33.1), as numbers on the wire.
+    #[test]
+    fn spans_are_what_the_sdk_conversion_gave() {
+        // Trace flags sampled (0x01), and "whether the parent is remote is known" (0x100): not
+        // remote, so no 0x200.
+        const SAMPLED_LOCAL: u32 = 0x101;
+        let listener = ConnectionIds::new(&BootId([2; 16]), 5);
+        let peer = ConnectionIds::new(&BootId([1; 16]), 78);
+        let mut accepted = session(Role::Accept);
+        accepted.links = Links {
+            listener: Some(listener),
+            peer: Some(peer),
+        };
+        let ids = accepted.ids;
+        let root = factory().session_span(
+            &SessionEnded {
+                session: accepted,
+                end_ns: 2_000_000,
+                last_state: TcpState(agent_common::state::ESTABLISHED),
+                close: None,
+                outcome: Outcome::Failed(Failure::ConnectionReset(Some(ResetDirection::Received))),
+                incomplete: None,
+            },
+            &SessionDetails::default(),
+        );
+        assert_eq!(root.trace_id, ids.trace_id);
+        assert_eq!(root.span_id, ids.root_span_id);
+        assert_eq!(
+            root.parent_span_id,
+            Vec::<u8>::new(),
+            "a root has no parent"
+        );
+        assert_eq!(root.trace_state, "");
+        assert_eq!(root.flags, SAMPLED_LOCAL);
+        assert_eq!(root.kind, 2, "SPAN_KIND_SERVER");
+        assert_eq!(root.start_time_unix_nano, EPOCH_AT_BOOT_NS + 1_000_000);
+        assert_eq!(root.end_time_unix_nano, EPOCH_AT_BOOT_NS + 2_000_000);
+        assert_eq!(
+            root.status,
+            Some(Status {
+                message: "connection reset by the peer".to_owned(),
+                code: 2,
+            }),
+            "STATUS_CODE_ERROR"
+        );
+        assert_eq!(
+            root.links,
+            [listener, peer].map(|ids| Link {
+                trace_id: ids.trace_id.to_vec(),
+                span_id: ids.root_span_id.to_vec(),
+                trace_state: String::new(),
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+                flags: SAMPLED_LOCAL,
+            })
+        );
+        assert_eq!(
+            (
+                root.events.len(),
+                root.dropped_attributes_count,
+                root.dropped_events_count,
+                root.dropped_links_count
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(
+            root.attributes
+                .iter()
+                .map(|kv| kv.key.as_str())
+                .collect::<Vec<_>>(),
+            [
+                NETWORK_TRANSPORT,
+                NETWORK_TYPE,
+                NETWORK_LOCAL_ADDRESS,
+                NETWORK_LOCAL_PORT,
+                SKADDR,
+                ONCPU_PID,
+                ONCPU_COMM,
+                NETWORK_PEER_ADDRESS,
+                NETWORK_PEER_PORT,
+                SERVER_ADDRESS,
+                SERVER_PORT,
+                CLIENT_ADDRESS,
+                CLIENT_PORT,
+                OWNER_KNOWN,
+                PROCESS_PID,
+                PROCESS_EXECUTABLE_NAME,
+                COOKIE,
+                SOCKET_UID,
+                NETNS,
+                CGROUP_ID,
+                ERROR_TYPE,
+                RESET_DIRECTION,
+            ]
+        );
+
+        let state = factory().state_span(
+            &StateEnded {
+                ids,
+                index: 0,
+                parent_span_id: ids.root_span_id,
+                state: TcpState(agent_common::state::SYN_RECV),
+                next_state: Some(TcpState(agent_common::state::ESTABLISHED)),
+                start_ns: 1_000_000,
+                end_ns: 1_500_000,
+                incomplete: None,
+                start_unknown: false,
+                retransmits: Retransmits {
+                    kept: vec![(1_200_000, RetransmitKind::SynAck)],
+                    beyond: 0,
+                },
+                failure: None,
+                endpoints: session(Role::Accept).endpoints,
+                context: session(Role::Accept).context,
+                role: Role::Accept,
+            },
+            &SessionDetails::default(),
+        );
+        assert_eq!(state.parent_span_id, ids.root_span_id);
+        assert_eq!(state.trace_state, "");
+        assert_eq!(state.flags, SAMPLED_LOCAL);
+        assert_eq!(state.kind, 1, "SPAN_KIND_INTERNAL");
+        assert_eq!(
+            state.status,
+            Some(Status {
+                message: String::new(),
+                code: 0,
+            }),
+            "STATUS_CODE_UNSET"
+        );
+        assert_eq!(
+            state.attributes,
+            [
+                (NETWORK_CONNECTION_STATE, text("syn_received")),
+                (NETWORK_LOCAL_ADDRESS, text("::1")),
+                (NETWORK_LOCAL_PORT, Value::IntValue(40000)),
+                (NETWORK_PEER_ADDRESS, text("::1")),
+                (NETWORK_PEER_PORT, Value::IntValue(8080)),
+                (PROCESS_PID, Value::IntValue(4242)),
+            ]
+            .map(|(key, value)| KeyValue {
+                key: key.to_owned(),
+                value: Some(AnyValue { value: Some(value) }),
+                key_strindex: 0,
+            })
+        );
+        assert_eq!(
+            state.events,
+            [Event {
+                time_unix_nano: EPOCH_AT_BOOT_NS + 1_200_000,
+                name: "retransmit".to_owned(),
+                attributes: vec![KeyValue {
+                    key: "tcpstates.retransmit.kind".to_owned(),
+                    value: Some(AnyValue {
+                        value: Some(text("synack")),
+                    }),
+                    key_strindex: 0,
+                }],
+                dropped_attributes_count: 0,
+            }]
+        );
+        assert_eq!(
+            (
+                state.links.len(),
+                state.dropped_attributes_count,
+                state.dropped_events_count,
+                state.dropped_links_count
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(
+            (scope().name.as_str(), scope().version.as_str()),
+            ("tcpstates", env!("CARGO_PKG_VERSION"))
+        );
     }
 }

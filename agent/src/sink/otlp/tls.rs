@@ -163,7 +163,7 @@ pub fn grpc_config(files: &TlsFiles) -> ClientTlsConfig {
 }
 
 /// An HTTP client trusting the system's roots plus `files`, giving up on a request after
-/// `timeout` (the exporter sets its timeout only on a client of its own making).
+/// `timeout`.
 pub fn http_client(files: &TlsFiles, timeout: Duration) -> reqwest::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder().timeout(timeout);
     if let Some(ca) = &files.ca {
