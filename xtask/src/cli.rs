@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// (`--otlp ENDPOINT -q`) to a local rotel receiver (blackhole exporter), started once.
     #[arg(long)]
     pub otlp: bool,
+    /// With --otlp: also measure another tcpstates binary (an earlier build) exporting the same
+    /// way to the same receiver, as a row of its own: two builds side by side in one run.
+    #[arg(long, value_name = "PATH", requires = "otlp")]
+    pub otlp_peer: Option<PathBuf>,
     /// Run the load on CPU 0 and every tracer and the receiver on the last CPU: the rate then
     /// measures what tracing costs the traced application's own CPU, with the agent and the
     /// collector on a core of their own.

@@ -90,6 +90,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let tracers = tracer_specs(
         &paths::binary(Profile::Release, "tcpstates"),
         receiver.as_ref(),
+        args.otlp_peer.as_deref(),
         args.peer.as_deref(),
     )?;
     let others = others::attached_tracers();
@@ -158,10 +159,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 /// tcpstates (the release binary at `agent`), then tcpstates exporting to `receiver` without
-/// text if there is one, then the peer's command line if there is one.
+/// text if there is one (and the tcpstates at `otlp_peer` exporting likewise), then the peer's
+/// command line if there is one.
 fn tracer_specs(
     agent: &Path,
     receiver: Option<&Receiver>,
+    otlp_peer: Option<&Path>,
     peer: Option<&str>,
 ) -> Result<Vec<TracerSpec>> {
     let agent = agent.to_string_lossy().into_owned();
@@ -230,6 +233,25 @@ fn tracer_specs(
             tracers.push(TracerSpec {
                 name: name.into(),
                 argv,
+                readiness: Readiness::StderrLine(READY_LINE),
+                has_summary: true,
+                exports: true,
+                unit: LineUnit::Transitions,
+            });
+        }
+        if let Some(other) = otlp_peer {
+            let name = other.file_name().map_or_else(
+                || other.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            tracers.push(TracerSpec {
+                name: format!("{name} --otlp"),
+                argv: vec![
+                    other.to_string_lossy().into_owned(),
+                    "--otlp".into(),
+                    endpoint.clone(),
+                    "-q".into(),
+                ],
                 readiness: Readiness::StderrLine(READY_LINE),
                 has_summary: true,
                 exports: true,

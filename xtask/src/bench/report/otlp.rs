@@ -23,7 +23,8 @@ pub const LEGEND: &str = "OTLP rows (tcpstates --otlp ENDPOINT -q to a local rot
     traffic, the agent's own OTLP connection), so exported may exceed expected by a few; spans/s = \
     spans exported / the load's seconds (the spans are made during the load; the export may end \
     up to the drain pause and the exit flush later); receiver CPU time = rotel's user + system \
-    time (/proc/PID/stat) from the agent's start to its exit";
+    time (/proc/PID/stat) from the agent's start to its exit; CPU per exported span = the \
+    tracer's CPU time (all of it: kernel events, sessions, spans, export) / spans exported";
 
 /// Whether `config` is tcpstates exporting over OTLP.
 pub fn exports(config: &Config) -> bool {
@@ -109,7 +110,24 @@ pub fn rows(configs: &[Config], seconds: u32) -> Vec<(String, Vec<String>)> {
             "receiver CPU time (s)".into(),
             per_config(&|c| cpu(c, seconds, |t| Some(t.otlp.as_ref()?.receiver_cpu))),
         ),
+        (
+            "tracer CPU per exported span (µs)".into(),
+            per_config(&cpu_per_span),
+        ),
     ]
+}
+
+/// The tracer's CPU time over its exporting runs divided by the spans they exported, or `-`.
+fn cpu_per_span(config: &Config) -> String {
+    let cpu: f64 = config
+        .runs
+        .iter()
+        .filter_map(|r| Some(r.tracer.as_ref()?.cpu.as_secs_f64()))
+        .sum();
+    match total(config) {
+        Some(s) if s.spans > 0 => format!("{:.2}", cpu * 1e6 / s.spans as f64),
+        _ => "-".into(),
+    }
 }
 
 /// Sessions of the bench's connections in `run`.
