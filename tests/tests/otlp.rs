@@ -309,7 +309,9 @@ fn otlp_endpoint_variables_say_where_spans_go() {
     let http = format!("http://127.0.0.1:{}", ports.http);
     let traces_url = format!("{http}/v1/traces");
     let grpc = format!("http://127.0.0.1:{}", ports.grpc);
-    let cases: [(u16, &str, &[(&str, &str)]); 3] = [
+    /// The port a case traces, what it shows, and the variables it sets.
+    type Case<'a> = (u16, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 3] = [
         (
             28017,
             "OTEL_EXPORTER_OTLP_ENDPOINT over http/protobuf",
