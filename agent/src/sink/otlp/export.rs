@@ -23,12 +23,7 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::InstrumentationScope,
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
-};
+use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use tokio::{
     sync::mpsc,
@@ -39,6 +34,7 @@ use tokio::{
 use super::{
     settings::ExportSettings,
     transport::{Accepted, Body, Failure, Refusal, TraceTransport},
+    wire::{self, EncodedSpan},
 };
 
 /// Spans sent in one export request at most (about 0.5 MiB of protobuf).
@@ -138,7 +134,7 @@ impl Stats {
 
 /// The event path's handle on the export thread.
 pub struct SpanExport {
-    queue: mpsc::UnboundedSender<Span>,
+    queue: mpsc::UnboundedSender<EncodedSpan>,
     capacity: usize,
     stats: Arc<Stats>,
     thread: thread::JoinHandle<()>,
@@ -180,7 +176,7 @@ impl SpanExport {
     }
 
     /// Queues a span, or counts it dropped when the queue is full. Never waits.
-    pub fn push(&self, span: Span) {
+    pub fn push(&self, span: EncodedSpan) {
         let stats = &self.stats;
         if stats.pending.fetch_add(1, Ordering::Relaxed) >= self.capacity
             || self.queue.send(span).is_err()
@@ -236,19 +232,15 @@ impl Origin {
         }
     }
 
-    /// The export request of `spans`.
-    fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(self.scope.clone()),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: self.schema_url.clone(),
-            }],
+    /// The export request of `spans`, encoded in protobuf, or in JSON when `json`.
+    fn request(&self, spans: &[EncodedSpan], json: bool) -> Vec<u8> {
+        let (resource, schema_url, scope) = (&self.resource, &self.schema_url, &self.scope);
+        if !json {
+            return wire::encode_request(resource, schema_url, scope, spans);
         }
+        let request = wire::decode_request(resource, schema_url, scope, spans)
+            .expect("spans encoded here decode");
+        serde_json::to_vec(&request).expect("OTLP messages serialize to JSON")
     }
 }
 
@@ -265,15 +257,11 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(spans: Vec<Span>, origin: &Origin, transport: &TraceTransport) -> Self {
-        let sessions = spans
-            .iter()
-            .filter(|span| span.parent_span_id.is_empty())
-            .count() as u64;
-        let count = spans.len();
+    fn new(spans: &[EncodedSpan], origin: &Origin, transport: &TraceTransport) -> Self {
+        let sessions = spans.iter().filter(|span| span.is_root()).count() as u64;
         Self {
-            body: transport.encode(&origin.request(spans)),
-            spans: count,
+            body: transport.body(origin.request(spans, transport.json())),
+            spans: spans.len(),
             sessions,
             maybe_delivered: false,
             not_before: None,
@@ -295,7 +283,7 @@ struct Exporter<'a> {
     transport: Arc<TraceTransport>,
     origin: Origin,
     stats: &'a Stats,
-    filling: Vec<Span>,
+    filling: Vec<EncodedSpan>,
     /// When the first span of `filling` came.
     filling_since: Option<Instant>,
     waiting: VecDeque<Batch>,
@@ -322,9 +310,9 @@ impl Exporter<'_> {
             .filling_since
             .is_some_and(|since| since.elapsed() >= BATCH_DELAY);
         if !self.filling.is_empty() && (now_or_never || due || self.filling.len() >= MAX_BATCH) {
-            let spans = std::mem::replace(&mut self.filling, Vec::with_capacity(MAX_BATCH));
-            self.waiting
-                .push_back(Batch::new(spans, &self.origin, &self.transport));
+            let batch = Batch::new(&self.filling, &self.origin, &self.transport);
+            self.filling.clear();
+            self.waiting.push_back(batch);
             self.filling_since = None;
         }
     }
@@ -514,7 +502,7 @@ impl Exporter<'_> {
 async fn export_loop(
     transport: TraceTransport,
     origin: Origin,
-    mut queue: mpsc::UnboundedReceiver<Span>,
+    mut queue: mpsc::UnboundedReceiver<EncodedSpan>,
     stats: &Stats,
 ) {
     let mut export = Exporter {

@@ -1,9 +1,10 @@
 //! `--otlp`: every TCP socket session becomes one OpenTelemetry trace, exported over OTLP.
 //!
 //! A [`SessionSink`]: the session stage ([`crate::session::stage`]) hands it each state a
-//! session left and each session's end; it turns them into spans ([`spans`]) and hands those to
-//! the export thread ([`export`]), which sends them ([`transport`]) as the command line and
-//! the standard `OTEL_*` variables say ([`settings`], [`tls`]).
+//! session left and each session's end; it turns them into spans encoded in OTLP's wire format
+//! ([`spans`], [`wire`]) and hands those to the export thread ([`export`]), which sends them
+//! ([`transport`]) as the command line and the standard `OTEL_*` variables say ([`settings`],
+//! [`tls`]).
 
 pub mod export;
 pub mod sampling;
@@ -11,6 +12,7 @@ pub mod settings;
 pub mod spans;
 pub mod tls;
 pub mod transport;
+pub mod wire;
 
 use self::{
     export::{ExportCounts, ExportError, Origin, SpanExport},

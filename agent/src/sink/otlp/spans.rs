@@ -1,5 +1,5 @@
-//! Turning completed sessions and states into OTLP spans — the OpenTelemetry protocol's
-//! protobuf messages (`opentelemetry-proto`), built directly with no SDK span in between —
+//! Turning completed sessions and states into OTLP spans, encoded at once in the protocol's
+//! protobuf wire format ([`super::wire`]) with no SDK span or message structs in between,
 //! following the semantic conventions for network attributes.
 //!
 //! A session's root span covers the whole session; each state it was in is a child span named
@@ -18,12 +18,8 @@ use agent_common::{
 };
 use opentelemetry::trace::{SpanId, TraceFlags};
 use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
-    trace::v1::{
-        Span, SpanFlags, Status,
-        span::{Event, Link, SpanKind},
-        status::StatusCode,
-    },
+    common::v1::InstrumentationScope,
+    trace::v1::{SpanFlags, span::SpanKind, status::StatusCode},
 };
 use opentelemetry_semantic_conventions::attribute::{
     CLIENT_ADDRESS, CLIENT_PORT, CONTAINER_ID, ERROR_TYPE, NETWORK_CONNECTION_STATE,
@@ -32,12 +28,11 @@ use opentelemetry_semantic_conventions::attribute::{
     PROCESS_PID, SERVER_ADDRESS, SERVER_PORT,
 };
 
+use super::wire::{EncodedSpan, SpanEncoder};
 use crate::{
     clock::WallClock,
     details::SessionDetails,
-    session::{
-        Context, Endpoints, Incomplete, Retransmits, Role, Session, SessionEnded, StateEnded,
-    },
+    session::{Context, Endpoints, Incomplete, Role, Session, SessionEnded, StateEnded},
 };
 
 /// Vendor attribute: kernel address of the socket, hex.
@@ -86,14 +81,12 @@ pub const RTT_SMOOTHED: &str = "tcpstates.rtt.smoothed_us";
 /// Vendor attribute: the minimum round-trip time seen, µs.
 pub const RTT_MIN: &str = "tcpstates.rtt.min_us";
 
-/// The most attributes the first state span of a session has: its state, the connection's
-/// identity ([`push_identity`]), an early end's two, [`STATE_START_UNKNOWN`] and an error's type.
-const FIRST_STATE_ATTRIBUTES_MAX: usize = 11;
-/// The most attributes a later state span has: its first's, without the identity.
-const STATE_ATTRIBUTES_MAX: usize = 5;
-/// The most attributes a session span has: [`session_attributes`], [`push_context`], an error's
-/// two, [`push_close`], an early end's two and [`FOUND_AT_START`].
-const SESSION_ATTRIBUTES_MAX: usize = 34;
+/// Room for a later state span's encoding, in bytes (about 120 without events).
+const STATE_SPAN_BYTES: usize = 192;
+/// Room for a session's first state span: with the connection's identity (about 300).
+const FIRST_STATE_SPAN_BYTES: usize = 448;
+/// Room for a session span (about 700 with an owner, its command line and its cgroup).
+const SESSION_SPAN_BYTES: usize = 1024;
 
 /// The instrumentation scope of every span built here, for the `ScopeSpans` that carries them:
 /// this crate's name and version (no attributes, and no schema URL on the `ScopeSpans`).
@@ -122,7 +115,7 @@ impl SpanFactory {
     /// `details` describe — as a UI shows state spans long before their root, which comes at
     /// CLOSE; the later ones share its trace. (Every state span carrying them halved the export
     /// rate at the bench's load: 95,000 spans/s instead of 166,000, 2026-12-02.)
-    pub fn state_span(&self, ended: &StateEnded, details: &SessionDetails<'_>) -> Span {
+    pub fn state_span(&self, ended: &StateEnded, details: &SessionDetails<'_>) -> EncodedSpan {
         let StateEnded {
             ids,
             index,
@@ -139,65 +132,56 @@ impl SpanFactory {
             context,
             role,
         } = ended;
-        let mut attributes = Vec::with_capacity(if *index == 0 {
-            FIRST_STATE_ATTRIBUTES_MAX
+        let capacity = if *index == 0 {
+            FIRST_STATE_SPAN_BYTES
         } else {
-            STATE_ATTRIBUTES_MAX
-        });
-        if let Some(value) = connection_state(*state) {
-            attributes.push(string(NETWORK_CONNECTION_STATE, value));
-        }
-        if *index == 0 {
-            push_identity(&mut attributes, *role, endpoints, context, details);
-        }
-        push_incomplete(&mut attributes, *incomplete);
-        if *start_unknown {
-            attributes.push(boolean(STATE_START_UNKNOWN, true));
-        }
-        // The state in which the connection failed says so too, as its root does.
-        let status = match failure {
-            Some(failure) => {
-                attributes.push(string(ERROR_TYPE, failure.error_type()));
-                error_status(failure.description())
-            }
-            None => unset_status(),
+            STATE_SPAN_BYTES
         };
-        let name = state
-            .name()
-            .map_or_else(|| state.to_string(), str::to_owned);
         let mut span = self.span(
+            capacity,
             ids,
             ids.state_span_id(*index),
             Some(*parent_span_id),
             SpanKind::Internal,
-            name,
+            &state
+                .name()
+                .map_or_else(|| state.to_string().into(), Cow::Borrowed),
             (*start_ns, *end_ns),
-            attributes,
-            status,
         );
-        span.events = self.retransmit_events(retransmits);
-        span.dropped_events_count = retransmits.beyond;
-        span
-    }
-
-    /// One `retransmit` event per retransmission kept, at its kernel time (those beyond are the
-    /// span's dropped events).
-    fn retransmit_events(&self, retransmits: &Retransmits) -> Vec<Event> {
-        retransmits
-            .kept
-            .iter()
-            .map(|(ts_ns, kind)| Event {
-                time_unix_nano: self.unix_nanos(*ts_ns),
-                name: RETRANSMIT_EVENT.to_owned(),
-                attributes: vec![string(RETRANSMIT_KIND, kind.as_str())],
-                dropped_attributes_count: 0,
-            })
-            .collect()
+        if let Some(value) = connection_state(*state) {
+            span.string(NETWORK_CONNECTION_STATE, value);
+        }
+        if *index == 0 {
+            push_identity(&mut span, *role, endpoints, context, details);
+        }
+        push_incomplete(&mut span, *incomplete);
+        if *start_unknown {
+            span.boolean(STATE_START_UNKNOWN, true);
+        }
+        // The state in which the connection failed says so too, as its root does.
+        if let Some(failure) = failure {
+            span.string(ERROR_TYPE, &failure.error_type());
+        }
+        // One `retransmit` event per retransmission kept, at its kernel time; those beyond are
+        // the span's dropped events.
+        for (ts_ns, kind) in &retransmits.kept {
+            span.event(
+                self.unix_nanos(*ts_ns),
+                RETRANSMIT_EVENT,
+                (RETRANSMIT_KIND, kind.as_str()),
+            );
+        }
+        span.dropped_events(retransmits.beyond);
+        match failure {
+            Some(failure) => span.status(StatusCode::Error, &failure.description()),
+            None => span.status(StatusCode::Unset, ""),
+        }
+        span.finish()
     }
 
     /// The OTLP span of a session that ended (its trace's root, or a continuation's span);
     /// `details` describe its owner and location.
-    pub fn session_span(&self, ended: &SessionEnded, details: &SessionDetails<'_>) -> Span {
+    pub fn session_span(&self, ended: &SessionEnded, details: &SessionDetails<'_>) -> EncodedSpan {
         let SessionEnded {
             session,
             end_ns,
@@ -206,87 +190,69 @@ impl SpanFactory {
             close,
             ..
         } = ended;
-        let mut attributes = session_attributes(session);
-        push_context(&mut attributes, session, details);
-        let status = match outcome.failure() {
-            None => unset_status(),
-            Some(failure) => {
-                attributes.push(string(ERROR_TYPE, failure.error_type()));
-                if let Some(direction) = failure.reset_direction() {
-                    attributes.push(string(RESET_DIRECTION, direction.as_str()));
-                }
-                error_status(failure.description())
-            }
-        };
-        if let Some(close) = close {
-            push_close(&mut attributes, close);
-        }
-        push_incomplete(&mut attributes, *incomplete);
-        if session.found_at_start {
-            attributes.push(boolean(FOUND_AT_START, true));
-        }
         let (name, kind) = root_name_and_kind(session.role, &session.endpoints);
         let mut span = self.span(
+            SESSION_SPAN_BYTES,
             &session.ids,
             session.span_id(),
             session.parent_span_id(),
             kind,
-            name,
+            &name,
             (session.start_ns, *end_ns),
-            attributes,
-            status,
         );
+        push_session(&mut span, session);
+        push_context(&mut span, session, details);
+        let failure = outcome.failure();
+        if let Some(failure) = &failure {
+            span.string(ERROR_TYPE, &failure.error_type());
+            if let Some(direction) = failure.reset_direction() {
+                span.string(RESET_DIRECTION, direction.as_str());
+            }
+        }
+        if let Some(close) = close {
+            push_close(&mut span, close);
+        }
+        push_incomplete(&mut span, *incomplete);
+        if session.found_at_start {
+            span.boolean(FOUND_AT_START, true);
+        }
         // An accepted socket's root links to its listener's, and the two ends of a connection
         // on this host link to each other: a UI can go from one to the other.
-        span.links = [session.links.listener, session.links.peer]
+        for ids in [session.links.listener, session.links.peer]
             .into_iter()
             .flatten()
-            .map(|ids| Link {
-                trace_id: ids.trace_id.to_vec(),
-                span_id: ids.root_span_id.to_vec(),
-                trace_state: String::new(),
-                attributes: Vec::new(),
-                dropped_attributes_count: 0,
-                flags: sampled_local_flags(),
-            })
-            .collect();
-        span
+        {
+            span.link(&ids.trace_id, &ids.root_span_id, sampled_local_flags());
+        }
+        match failure {
+            Some(failure) => span.status(StatusCode::Error, &failure.description()),
+            None => span.status(StatusCode::Unset, ""),
+        }
+        span.finish()
     }
 
-    /// A span of the trace of `ids`, with no events or links yet. A parent id of zeros (the
-    /// W3C invalid span id) is no parent, as in the SDK's conversion.
+    /// A span of the trace of `ids`, its header written, `capacity` bytes reserved. A parent
+    /// id of zeros (the W3C invalid span id) is no parent, as in the SDK's conversion.
     #[allow(clippy::too_many_arguments)]
     fn span(
         &self,
+        capacity: usize,
         ids: &ConnectionIds,
         span_id: [u8; 8],
         parent_span_id: Option<[u8; 8]>,
         kind: SpanKind,
-        name: String,
+        name: &str,
         (start_ns, end_ns): (u64, u64),
-        attributes: Vec<KeyValue>,
-        status: Status,
-    ) -> Span {
-        Span {
-            trace_id: ids.trace_id.to_vec(),
-            span_id: span_id.to_vec(),
-            trace_state: String::new(),
-            parent_span_id: parent_span_id
-                .filter(|parent| SpanId::from_bytes(*parent) != SpanId::INVALID)
-                .map_or_else(Vec::new, |parent| parent.to_vec()),
-            flags: sampled_local_flags(),
+    ) -> SpanEncoder {
+        let parent = parent_span_id.filter(|parent| SpanId::from_bytes(*parent) != SpanId::INVALID);
+        let mut span = SpanEncoder::new(capacity, &ids.trace_id, &span_id, parent.as_ref());
+        span.header(
             name,
-            kind: kind as i32,
-            start_time_unix_nano: self.unix_nanos(start_ns),
-            end_time_unix_nano: self.unix_nanos(end_ns),
-            attributes,
-            dropped_attributes_count: 0,
-            events: Vec::new(),
-            dropped_events_count: 0,
-            links: Vec::new(),
-            dropped_links_count: 0,
-            status: Some(status),
-        }
+            kind,
+            (self.unix_nanos(start_ns), self.unix_nanos(end_ns)),
+            sampled_local_flags(),
+        );
+        span
     }
 
     /// Wall-clock time of a kernel timestamp in nanoseconds since the Unix epoch, OTLP's time.
@@ -306,45 +272,6 @@ fn sampled_local_flags() -> u32 {
     u32::from(TraceFlags::SAMPLED.to_u8()) | SpanFlags::ContextHasIsRemoteMask as u32
 }
 
-/// The status of a span that ended in an error, `description` its message.
-fn error_status(description: Cow<'static, str>) -> Status {
-    Status {
-        message: description.into_owned(),
-        code: StatusCode::Error as i32,
-    }
-}
-
-/// The status of a span that did not end in an error: unset, no message.
-fn unset_status() -> Status {
-    Status {
-        message: String::new(),
-        code: StatusCode::Unset as i32,
-    }
-}
-
-/// A string attribute.
-fn string(key: &str, value: impl Into<String>) -> KeyValue {
-    attribute(key, Value::StringValue(value.into()))
-}
-
-/// An integer attribute.
-fn int(key: &str, value: i64) -> KeyValue {
-    attribute(key, Value::IntValue(value))
-}
-
-/// A boolean attribute.
-fn boolean(key: &str, value: bool) -> KeyValue {
-    attribute(key, Value::BoolValue(value))
-}
-
-fn attribute(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        key_strindex: 0,
-    }
-}
-
 /// `tcp connect 10.0.0.2:443` (CLIENT), `tcp accept 10.0.0.1:80` (SERVER),
 /// `tcp listen 0.0.0.0:80` or `tcp session` (INTERNAL).
 fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
@@ -359,8 +286,8 @@ fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
     }
 }
 
-/// The network attributes of a session's span, in a vector with room for all the others.
-fn session_attributes(session: &Session) -> Vec<KeyValue> {
+/// The network attributes of a session's span.
+fn push_session(span: &mut SpanEncoder, session: &Session) {
     let ends = &session.endpoints;
     let local = (
         ends.local_addr.to_canonical().to_string(),
@@ -370,139 +297,121 @@ fn session_attributes(session: &Session) -> Vec<KeyValue> {
         ends.remote_addr.to_canonical().to_string(),
         i64::from(ends.remote_port),
     );
-    let mut attributes = Vec::with_capacity(SESSION_ATTRIBUTES_MAX);
-    attributes.extend([
-        string(NETWORK_TRANSPORT, "tcp"),
-        string(NETWORK_TYPE, ends.network_type()),
-        string(NETWORK_LOCAL_ADDRESS, local.0.as_str()),
-        int(NETWORK_LOCAL_PORT, local.1),
-        string(SKADDR, format!("{:x}", session.skaddr)),
-        int(ONCPU_PID, i64::from(session.first_pid)),
-        string(ONCPU_COMM, session.first_comm.to_str_lossy()),
-    ]);
+    span.string(NETWORK_TRANSPORT, "tcp");
+    span.string(NETWORK_TYPE, ends.network_type());
+    span.string(NETWORK_LOCAL_ADDRESS, &local.0);
+    span.int(NETWORK_LOCAL_PORT, local.1);
+    span.string(SKADDR, &format!("{:x}", session.skaddr));
+    span.int(ONCPU_PID, i64::from(session.first_pid));
+    span.string(ONCPU_COMM, &session.first_comm.to_str_lossy());
     // A listener has no peer (the kernel reports 0.0.0.0:0).
     if session.role != Role::Listen {
-        attributes.push(string(NETWORK_PEER_ADDRESS, peer.0.as_str()));
-        attributes.push(int(NETWORK_PEER_PORT, peer.1));
+        span.string(NETWORK_PEER_ADDRESS, &peer.0);
+        span.int(NETWORK_PEER_PORT, peer.1);
     }
     let (server, client) = match session.role {
-        Role::Connect => (Some(peer), Some(local)),
-        Role::Accept => (Some(local), Some(peer)),
-        Role::Listen => (Some(local), None),
+        Role::Connect => (Some(&peer), Some(&local)),
+        Role::Accept => (Some(&local), Some(&peer)),
+        Role::Listen => (Some(&local), None),
         Role::Unknown => (None, None),
     };
     if let Some((address, port)) = server {
-        attributes.push(string(SERVER_ADDRESS, address));
-        attributes.push(int(SERVER_PORT, port));
+        span.string(SERVER_ADDRESS, address);
+        span.int(SERVER_PORT, *port);
     }
     if let Some((address, port)) = client {
-        attributes.push(string(CLIENT_ADDRESS, address));
-        attributes.push(int(CLIENT_PORT, port));
+        span.string(CLIENT_ADDRESS, address);
+        span.int(CLIENT_PORT, *port);
     }
-    attributes
 }
 
 /// The owner's `process.*` attributes (only when it is known) and the socket's location.
-fn push_context(attributes: &mut Vec<KeyValue>, session: &Session, details: &SessionDetails<'_>) {
+fn push_context(span: &mut SpanEncoder, session: &Session, details: &SessionDetails<'_>) {
     let context = &session.context;
-    attributes.push(boolean(OWNER_KNOWN, context.owner.is_some()));
+    span.boolean(OWNER_KNOWN, context.owner.is_some());
     if let Some(owner) = &context.owner {
-        attributes.push(int(PROCESS_PID, i64::from(owner.pid)));
+        span.int(PROCESS_PID, i64::from(owner.pid));
         match details.process {
             Some(process) => {
-                attributes.push(string(
-                    PROCESS_EXECUTABLE_NAME,
-                    process.executable_name.as_str(),
-                ));
+                span.string(PROCESS_EXECUTABLE_NAME, &process.executable_name);
                 if !process.command_line.is_empty() {
-                    attributes.push(string(PROCESS_COMMAND_LINE, process.command_line.as_str()));
+                    span.string(PROCESS_COMMAND_LINE, &process.command_line);
                 }
             }
-            None => attributes.push(string(PROCESS_EXECUTABLE_NAME, owner.comm.to_str_lossy())),
+            None => span.string(PROCESS_EXECUTABLE_NAME, &owner.comm.to_str_lossy()),
         }
     }
     if let Some(name) = details.process.and_then(|process| process.owner.as_deref()) {
-        attributes.push(string(PROCESS_OWNER, name));
+        span.string(PROCESS_OWNER, name);
     }
-    attributes.extend([
-        int(COOKIE, session.cookie as i64),
-        int(SOCKET_UID, i64::from(context.uid)),
-        int(NETNS, i64::from(context.netns)),
-        int(CGROUP_ID, context.cgroup_id as i64),
-    ]);
+    span.int(COOKIE, session.cookie as i64);
+    span.int(SOCKET_UID, i64::from(context.uid));
+    span.int(NETNS, i64::from(context.netns));
+    span.int(CGROUP_ID, context.cgroup_id as i64);
     if let Some(path) = details.cgroup_path {
-        attributes.push(string(CGROUP_PATH, path));
+        span.string(CGROUP_PATH, path);
     }
     if let Some(id) = details.container_id {
-        attributes.push(string(CONTAINER_ID, id));
+        span.string(CONTAINER_ID, id);
     }
 }
 
 /// What identifies a state span's connection without its root: the two ends (a listener has
 /// no peer) and the owner's pid and executable.
 fn push_identity(
-    attributes: &mut Vec<KeyValue>,
+    span: &mut SpanEncoder,
     role: Role,
     ends: &Endpoints,
     context: &Context,
     details: &SessionDetails<'_>,
 ) {
-    attributes.extend([
-        string(
-            NETWORK_LOCAL_ADDRESS,
-            ends.local_addr.to_canonical().to_string(),
-        ),
-        int(NETWORK_LOCAL_PORT, i64::from(ends.local_port)),
-    ]);
+    span.string(
+        NETWORK_LOCAL_ADDRESS,
+        &ends.local_addr.to_canonical().to_string(),
+    );
+    span.int(NETWORK_LOCAL_PORT, i64::from(ends.local_port));
     if role != Role::Listen {
-        attributes.extend([
-            string(
-                NETWORK_PEER_ADDRESS,
-                ends.remote_addr.to_canonical().to_string(),
-            ),
-            int(NETWORK_PEER_PORT, i64::from(ends.remote_port)),
-        ]);
+        span.string(
+            NETWORK_PEER_ADDRESS,
+            &ends.remote_addr.to_canonical().to_string(),
+        );
+        span.int(NETWORK_PEER_PORT, i64::from(ends.remote_port));
     }
     if let Some(owner) = &context.owner {
-        attributes.push(int(PROCESS_PID, i64::from(owner.pid)));
+        span.int(PROCESS_PID, i64::from(owner.pid));
         if let Some(process) = details.process {
-            attributes.push(string(
-                PROCESS_EXECUTABLE_NAME,
-                process.executable_name.as_str(),
-            ));
+            span.string(PROCESS_EXECUTABLE_NAME, &process.executable_name);
         }
     }
 }
 
 /// What the socket reported as it closed: bytes, round-trip times, retransmissions.
-fn push_close(attributes: &mut Vec<KeyValue>, close: &Close) {
-    attributes.extend([
-        int(
-            BYTES_SENT,
-            i64::try_from(close.bytes_sent).unwrap_or(i64::MAX),
-        ),
-        int(
-            BYTES_RECEIVED,
-            i64::try_from(close.bytes_received).unwrap_or(i64::MAX),
-        ),
-        int(RETRANSMITS, i64::from(close.retransmits)),
-    ]);
+fn push_close(span: &mut SpanEncoder, close: &Close) {
+    span.int(
+        BYTES_SENT,
+        i64::try_from(close.bytes_sent).unwrap_or(i64::MAX),
+    );
+    span.int(
+        BYTES_RECEIVED,
+        i64::try_from(close.bytes_received).unwrap_or(i64::MAX),
+    );
+    span.int(RETRANSMITS, i64::from(close.retransmits));
     if let Some(srtt) = close.srtt_us {
-        attributes.push(int(RTT_SMOOTHED, i64::from(srtt)));
+        span.int(RTT_SMOOTHED, i64::from(srtt));
     }
     if let Some(min) = close.min_rtt_us {
-        attributes.push(int(RTT_MIN, i64::from(min)));
+        span.int(RTT_MIN, i64::from(min));
     }
 }
 
-fn push_incomplete(attributes: &mut Vec<KeyValue>, incomplete: Option<Incomplete>) {
+fn push_incomplete(span: &mut SpanEncoder, incomplete: Option<Incomplete>) {
     if let Some(why) = incomplete {
-        attributes.push(boolean(INCOMPLETE, true));
+        span.boolean(INCOMPLETE, true);
         let reason = match why {
             Incomplete::Shutdown => "shutdown",
             Incomplete::Evicted => "evicted",
         };
-        attributes.push(string(END_REASON, reason));
+        span.string(END_REASON, reason);
     }
 }
 
@@ -534,8 +443,16 @@ mod tests {
         event::COMM_LEN,
     };
 
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, KeyValue, any_value::Value},
+        trace::v1::{
+            Span, Status,
+            span::{Event, Link},
+        },
+    };
+
     use super::*;
-    use crate::session::Context;
+    use crate::session::{Context, Retransmits};
     use crate::{
         failure::{Failure, ResetDirection},
         process_info::ProcessInfo,
@@ -584,9 +501,27 @@ mod tests {
     /// Unix nanoseconds at the kernel's time 0, for [`factory`].
     const EPOCH_AT_BOOT_NS: u64 = 1_700_000_000_000_000_000;
 
-    fn factory() -> SpanFactory {
-        SpanFactory::new(WallClock::from_epoch_at_boot_ns(i128::from(
-            EPOCH_AT_BOOT_NS,
+    /// A factory whose spans come back decoded, as a collector reads them.
+    struct Decoding(SpanFactory);
+
+    impl Decoding {
+        fn state_span(&self, ended: &StateEnded, details: &SessionDetails<'_>) -> Span {
+            let encoded = self.0.state_span(ended, details);
+            assert!(!encoded.is_root(), "a state span has a parent");
+            encoded.decode().expect("a Span")
+        }
+
+        fn session_span(&self, ended: &SessionEnded, details: &SessionDetails<'_>) -> Span {
+            let encoded = self.0.session_span(ended, details);
+            let span = encoded.decode().expect("a Span");
+            assert_eq!(encoded.is_root(), span.parent_span_id.is_empty());
+            span
+        }
+    }
+
+    fn factory() -> Decoding {
+        Decoding(SpanFactory::new(WallClock::from_epoch_at_boot_ns(
+            i128::from(EPOCH_AT_BOOT_NS),
         )))
     }
 
@@ -722,7 +657,9 @@ mod tests {
         mapped.endpoints.remote_addr = "::ffff:127.0.0.2".parse().expect("address");
         let (name, _) = root_name_and_kind(Role::Accept, &mapped.endpoints);
         assert_eq!(name, "tcp accept 127.0.0.1:18081");
-        let attributes = session_attributes(&mapped);
+        let mut span = SpanEncoder::new(0, &[1; 16], &[1; 8], None);
+        push_session(&mut span, &mapped);
+        let attributes = span.finish().decode().expect("a Span").attributes;
         assert_eq!(value(&attributes, NETWORK_TYPE), Some(&text("ipv4")));
         assert_eq!(value(&attributes, SERVER_ADDRESS), Some(&text("127.0.0.1")));
         assert_eq!(

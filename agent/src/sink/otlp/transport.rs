@@ -12,9 +12,7 @@ use std::{io::Write as _, time::Duration};
 
 use bytes::{Buf, BufMut, Bytes};
 use flate2::{Compression, write::GzEncoder};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tonic::{
@@ -190,17 +188,17 @@ impl TraceTransport {
         })
     }
 
-    /// `request` as this transport sends it.
-    pub fn encode(&self, request: &ExportTraceServiceRequest) -> Body {
+    /// Whether requests go as JSON (`http/json`) rather than protobuf.
+    pub fn json(&self) -> bool {
+        matches!(self.wire, Wire::Http { json: true, .. })
+    }
+
+    /// An `encoded` request (protobuf, or JSON if [`Self::json`]) as this transport sends it.
+    pub fn body(&self, encoded: Vec<u8>) -> Body {
         match &self.wire {
             // tonic compresses the message itself, as gRPC marks it.
-            Wire::Grpc { .. } => Body(request.encode_to_vec().into()),
-            Wire::Http { json, gzip, .. } => {
-                let encoded = if *json {
-                    serde_json::to_vec(request).expect("OTLP messages serialize to JSON")
-                } else {
-                    request.encode_to_vec()
-                };
+            Wire::Grpc { .. } => Body(encoded.into()),
+            Wire::Http { gzip, .. } => {
                 if *gzip {
                     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
                     encoder
@@ -480,6 +478,7 @@ impl prost::Message for Encoded {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use tonic_types::{ErrorDetails, StatusExt as _};
 
     use super::*;

@@ -1,0 +1,497 @@
+//! Spans and export requests written straight in OTLP's protobuf wire format.
+//!
+//! A span is encoded once, on the event path, into the bytes of an OTLP `Span` message
+//! ([`SpanEncoder`]): no message structs are built, nested and freed for it, and the export
+//! thread only frames those bytes into a request ([`encode_request`]). The fields and their
+//! numbers are those of opentelemetry-proto's `trace.proto` and `common.proto` (v1), written
+//! with prost's encoding functions; what the encoder writes decodes into opentelemetry-proto's
+//! `Span` exactly as the message the SDK's conversion built (the tests in [`super::spans`]
+//! decode every span they check).
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::InstrumentationScope,
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind, status::StatusCode},
+};
+use prost::{
+    Message as _,
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint},
+};
+
+/// Field numbers of `opentelemetry.proto.trace.v1.Span`.
+mod span_field {
+    pub const TRACE_ID: u32 = 1;
+    pub const SPAN_ID: u32 = 2;
+    pub const PARENT_SPAN_ID: u32 = 4;
+    pub const NAME: u32 = 5;
+    pub const KIND: u32 = 6;
+    pub const START_TIME: u32 = 7;
+    pub const END_TIME: u32 = 8;
+    pub const ATTRIBUTES: u32 = 9;
+    pub const EVENTS: u32 = 11;
+    pub const DROPPED_EVENTS: u32 = 12;
+    pub const LINKS: u32 = 13;
+    pub const STATUS: u32 = 15;
+    pub const FLAGS: u32 = 16;
+}
+
+/// Field numbers of `Span.Event`, `Span.Link`, `Status`, `KeyValue` and `AnyValue`.
+mod field {
+    pub const EVENT_TIME: u32 = 1;
+    pub const EVENT_NAME: u32 = 2;
+    pub const EVENT_ATTRIBUTES: u32 = 3;
+    pub const LINK_TRACE_ID: u32 = 1;
+    pub const LINK_SPAN_ID: u32 = 2;
+    pub const LINK_FLAGS: u32 = 6;
+    pub const STATUS_MESSAGE: u32 = 2;
+    pub const STATUS_CODE: u32 = 3;
+    pub const KEY: u32 = 1;
+    pub const VALUE: u32 = 2;
+    pub const STRING_VALUE: u32 = 1;
+    pub const BOOL_VALUE: u32 = 2;
+    pub const INT_VALUE: u32 = 3;
+}
+
+/// Field numbers of the request's envelope: `ExportTraceServiceRequest.resource_spans`,
+/// `ResourceSpans.{resource, scope_spans, schema_url}`, `ScopeSpans.{scope, spans}`.
+mod envelope_field {
+    pub const RESOURCE_SPANS: u32 = 1;
+    pub const RESOURCE: u32 = 1;
+    pub const SCOPE_SPANS: u32 = 2;
+    pub const SCHEMA_URL: u32 = 3;
+    pub const SCOPE: u32 = 1;
+    pub const SPANS: u32 = 2;
+}
+
+/// A span, encoded: the fields of its `Span` message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedSpan {
+    bytes: Vec<u8>,
+    root: bool,
+}
+
+impl EncodedSpan {
+    /// Whether it has no parent: a whole session's root.
+    pub fn is_root(&self) -> bool {
+        self.root
+    }
+
+    /// The `Span` message it encodes.
+    pub fn decode(&self) -> Result<Span, prost::DecodeError> {
+        Span::decode(self.bytes.as_slice())
+    }
+}
+
+/// An attribute's value.
+#[derive(Clone, Copy, Debug)]
+pub enum AttributeValue<'a> {
+    /// `string_value`.
+    String(&'a str),
+    /// `int_value`.
+    Int(i64),
+    /// `bool_value`.
+    Bool(bool),
+}
+
+/// Writes one span's fields.
+pub struct SpanEncoder {
+    buf: Vec<u8>,
+    root: bool,
+    flags: u32,
+}
+
+impl SpanEncoder {
+    /// A span of the trace `trace_id` with id `span_id`, child of `parent` (none for a root).
+    pub fn new(
+        capacity: usize,
+        trace_id: &[u8; 16],
+        span_id: &[u8; 8],
+        parent: Option<&[u8; 8]>,
+    ) -> Self {
+        let mut buf = Vec::with_capacity(capacity);
+        bytes(&mut buf, span_field::TRACE_ID, trace_id);
+        bytes(&mut buf, span_field::SPAN_ID, span_id);
+        if let Some(parent) = parent {
+            bytes(&mut buf, span_field::PARENT_SPAN_ID, parent);
+        }
+        Self {
+            buf,
+            root: parent.is_none(),
+            flags: 0,
+        }
+    }
+
+    /// Its name, kind, start and end (Unix nanoseconds) and flags (written last: fields go in
+    /// their numbers' order, as prost writes them, and the flags' is the highest).
+    pub fn header(&mut self, name: &str, kind: SpanKind, (start, end): (u64, u64), flags: u32) {
+        let buf = &mut self.buf;
+        bytes(buf, span_field::NAME, name.as_bytes());
+        varint(buf, span_field::KIND, kind as u64);
+        fixed64(buf, span_field::START_TIME, start);
+        fixed64(buf, span_field::END_TIME, end);
+        self.flags = flags;
+    }
+
+    /// One attribute.
+    pub fn attribute(&mut self, key: &str, value: AttributeValue<'_>) {
+        key_value(&mut self.buf, span_field::ATTRIBUTES, key, value);
+    }
+
+    /// A string attribute.
+    pub fn string(&mut self, key: &str, value: &str) {
+        self.attribute(key, AttributeValue::String(value));
+    }
+
+    /// An integer attribute.
+    pub fn int(&mut self, key: &str, value: i64) {
+        self.attribute(key, AttributeValue::Int(value));
+    }
+
+    /// A boolean attribute.
+    pub fn boolean(&mut self, key: &str, value: bool) {
+        self.attribute(key, AttributeValue::Bool(value));
+    }
+
+    /// An event at `time` (Unix nanoseconds) with one string attribute.
+    pub fn event(&mut self, time: u64, name: &str, (key, value): (&str, &str)) {
+        let attribute = AttributeValue::String(value);
+        let len = fixed64_len(time)
+            + bytes_len(name.len())
+            + 1
+            + delimited_len(key_value_len(key, attribute));
+        let buf = &mut self.buf;
+        encode_key(span_field::EVENTS, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+        fixed64(buf, field::EVENT_TIME, time);
+        bytes(buf, field::EVENT_NAME, name.as_bytes());
+        key_value(buf, field::EVENT_ATTRIBUTES, key, attribute);
+    }
+
+    /// Events left out.
+    pub fn dropped_events(&mut self, count: u32) {
+        varint(&mut self.buf, span_field::DROPPED_EVENTS, u64::from(count));
+    }
+
+    /// A link to the span `span_id` of the trace `trace_id`.
+    pub fn link(&mut self, trace_id: &[u8; 16], span_id: &[u8; 8], flags: u32) {
+        let len = bytes_len(trace_id.len()) + bytes_len(span_id.len()) + fixed32_len(flags);
+        let buf = &mut self.buf;
+        encode_key(span_field::LINKS, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+        bytes(buf, field::LINK_TRACE_ID, trace_id);
+        bytes(buf, field::LINK_SPAN_ID, span_id);
+        fixed32(buf, field::LINK_FLAGS, flags);
+    }
+
+    /// Its status (present even when unset, as the SDK's conversion makes it).
+    pub fn status(&mut self, code: StatusCode, message: &str) {
+        let code = code as u64;
+        let len = bytes_len(message.len()) + varint_len(code);
+        let buf = &mut self.buf;
+        encode_key(span_field::STATUS, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+        bytes(buf, field::STATUS_MESSAGE, message.as_bytes());
+        varint(buf, field::STATUS_CODE, code);
+    }
+
+    /// The span, encoded.
+    pub fn finish(mut self) -> EncodedSpan {
+        fixed32(&mut self.buf, span_field::FLAGS, self.flags);
+        EncodedSpan {
+            bytes: self.buf,
+            root: self.root,
+        }
+    }
+}
+
+/// The protobuf encoding of the `ExportTraceServiceRequest` carrying `spans` from `resource`
+/// (with its schema URL) as `scope`: the envelope around the spans' bytes.
+pub fn encode_request(
+    resource: &Resource,
+    schema_url: &str,
+    scope: &InstrumentationScope,
+    spans: &[EncodedSpan],
+) -> Vec<u8> {
+    let spans_len: usize = spans
+        .iter()
+        .map(|span| 1 + delimited_len(span.bytes.len()))
+        .sum();
+    let scope_spans_len = 1 + delimited_len(scope.encoded_len()) + spans_len;
+    let schema_url_len = if schema_url.is_empty() {
+        0
+    } else {
+        1 + delimited_len(schema_url.len())
+    };
+    let resource_spans_len = 1
+        + delimited_len(resource.encoded_len())
+        + 1
+        + delimited_len(scope_spans_len)
+        + schema_url_len;
+    let mut buf = Vec::with_capacity(1 + delimited_len(resource_spans_len));
+    encode_key(
+        envelope_field::RESOURCE_SPANS,
+        WireType::LengthDelimited,
+        &mut buf,
+    );
+    encode_varint(resource_spans_len as u64, &mut buf);
+    prost::encoding::message::encode(envelope_field::RESOURCE, resource, &mut buf);
+    encode_key(
+        envelope_field::SCOPE_SPANS,
+        WireType::LengthDelimited,
+        &mut buf,
+    );
+    encode_varint(scope_spans_len as u64, &mut buf);
+    prost::encoding::message::encode(envelope_field::SCOPE, scope, &mut buf);
+    for span in spans {
+        bytes(&mut buf, envelope_field::SPANS, &span.bytes);
+    }
+    if !schema_url.is_empty() {
+        bytes(&mut buf, envelope_field::SCHEMA_URL, schema_url.as_bytes());
+    }
+    buf
+}
+
+/// The same request as message structs (for OTLP/HTTP's JSON encoding).
+pub fn decode_request(
+    resource: &Resource,
+    schema_url: &str,
+    scope: &InstrumentationScope,
+    spans: &[EncodedSpan],
+) -> Result<ExportTraceServiceRequest, prost::DecodeError> {
+    Ok(ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(scope.clone()),
+                spans: spans
+                    .iter()
+                    .map(EncodedSpan::decode)
+                    .collect::<Result<_, _>>()?,
+                schema_url: String::new(),
+            }],
+            schema_url: schema_url.to_owned(),
+        }],
+    })
+}
+
+/// The length of a length-delimited field's length and contents (`len` bytes).
+fn delimited_len(len: usize) -> usize {
+    encoded_len_varint(len as u64) + len
+}
+
+/// The length of a bytes or string field of `len` bytes with a one-byte key ([`bytes`]).
+fn bytes_len(len: usize) -> usize {
+    if len == 0 { 0 } else { 1 + delimited_len(len) }
+}
+
+/// The length of a varint field with a one-byte key ([`varint`]).
+fn varint_len(value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(value)
+    }
+}
+
+/// The length of a fixed64 field with a one-byte key ([`fixed64`]).
+fn fixed64_len(value: u64) -> usize {
+    if value == 0 { 0 } else { 9 }
+}
+
+/// The length of a fixed32 field with a one-byte key ([`fixed32`]).
+fn fixed32_len(value: u32) -> usize {
+    if value == 0 { 0 } else { 5 }
+}
+
+/// A bytes or string field; an empty one is left out, as proto3 does.
+fn bytes(buf: &mut Vec<u8>, tag: u32, value: &[u8]) {
+    if value.is_empty() {
+        return;
+    }
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value);
+}
+
+/// A varint field; zero is left out, as proto3 does.
+fn varint(buf: &mut Vec<u8>, tag: u32, value: u64) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(value, buf);
+    }
+}
+
+/// A fixed64 field; zero is left out, as proto3 does.
+fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
+    if value != 0 {
+        encode_key(tag, WireType::SixtyFourBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// A fixed32 field; zero is left out, as proto3 does.
+fn fixed32(buf: &mut Vec<u8>, tag: u32, value: u32) {
+    if value != 0 {
+        encode_key(tag, WireType::ThirtyTwoBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// The length of an `AnyValue` holding `value` (a oneof: written even when zero).
+fn any_value_len(value: AttributeValue<'_>) -> usize {
+    1 + match value {
+        AttributeValue::String(text) => delimited_len(text.len()),
+        AttributeValue::Int(number) => encoded_len_varint(number as u64),
+        AttributeValue::Bool(_) => 1,
+    }
+}
+
+/// The length of a `KeyValue`.
+fn key_value_len(key: &str, value: AttributeValue<'_>) -> usize {
+    bytes_len(key.len()) + 1 + delimited_len(any_value_len(value))
+}
+
+/// A `KeyValue` as field `tag` of the message being written.
+fn key_value(buf: &mut Vec<u8>, tag: u32, key: &str, value: AttributeValue<'_>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(key_value_len(key, value) as u64, buf);
+    bytes(buf, field::KEY, key.as_bytes());
+    encode_key(field::VALUE, WireType::LengthDelimited, buf);
+    encode_varint(any_value_len(value) as u64, buf);
+    match value {
+        AttributeValue::String(text) => {
+            encode_key(field::STRING_VALUE, WireType::LengthDelimited, buf);
+            encode_varint(text.len() as u64, buf);
+            buf.extend_from_slice(text.as_bytes());
+        }
+        AttributeValue::Int(number) => {
+            encode_key(field::INT_VALUE, WireType::Varint, buf);
+            encode_varint(number as u64, buf);
+        }
+        AttributeValue::Bool(flag) => {
+            encode_key(field::BOOL_VALUE, WireType::Varint, buf);
+            encode_varint(u64::from(flag), buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, KeyValue, any_value::Value},
+        trace::v1::{
+            Status,
+            span::{Event, Link},
+        },
+    };
+
+    use super::*;
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            key_strindex: 0,
+        }
+    }
+
+    #[test]
+    fn every_field_written_decodes_as_opentelemetry_protos_message() {
+        let trace_id = [7; 16];
+        let mut encoder = SpanEncoder::new(64, &trace_id, &[1; 8], Some(&[2; 8]));
+        encoder.header("ESTABLISHED", SpanKind::Client, (5, u64::MAX), 0x101);
+        encoder.string("a", "text");
+        encoder.string("empty", "");
+        encoder.int("n", -3);
+        encoder.int("zero", 0);
+        encoder.int("big", i64::MAX);
+        encoder.boolean("no", false);
+        encoder.boolean("yes", true);
+        encoder.event(9, "retransmit", ("kind", "syn"));
+        encoder.dropped_events(300);
+        encoder.link(&[3; 16], &[4; 8], 0x101);
+        encoder.status(StatusCode::Error, &"é".repeat(200));
+        let span = encoder.finish();
+        assert!(!span.is_root());
+        let expected = Span {
+            trace_id: trace_id.to_vec(),
+            span_id: vec![1; 8],
+            parent_span_id: vec![2; 8],
+            flags: 0x101,
+            name: "ESTABLISHED".into(),
+            kind: SpanKind::Client as i32,
+            start_time_unix_nano: 5,
+            end_time_unix_nano: u64::MAX,
+            attributes: vec![
+                kv("a", Value::StringValue("text".into())),
+                kv("empty", Value::StringValue(String::new())),
+                kv("n", Value::IntValue(-3)),
+                kv("zero", Value::IntValue(0)),
+                kv("big", Value::IntValue(i64::MAX)),
+                kv("no", Value::BoolValue(false)),
+                kv("yes", Value::BoolValue(true)),
+            ],
+            events: vec![Event {
+                time_unix_nano: 9,
+                name: "retransmit".into(),
+                attributes: vec![kv("kind", Value::StringValue("syn".into()))],
+                dropped_attributes_count: 0,
+            }],
+            dropped_events_count: 300,
+            links: vec![Link {
+                trace_id: vec![3; 16],
+                span_id: vec![4; 8],
+                flags: 0x101,
+                ..Link::default()
+            }],
+            status: Some(Status {
+                message: "é".repeat(200),
+                code: StatusCode::Error as i32,
+            }),
+            ..Span::default()
+        };
+        assert_eq!(span.decode().expect("a Span"), expected);
+        // Byte for byte what prost writes for the message (the same field order).
+        assert_eq!(span.bytes, expected.encode_to_vec());
+    }
+
+    #[test]
+    fn a_root_with_an_unset_status_has_an_empty_status_and_no_parent() {
+        let mut encoder = SpanEncoder::new(0, &[1; 16], &[1; 8], None);
+        encoder.header("tcp session", SpanKind::Internal, (1, 2), 0x101);
+        encoder.status(StatusCode::Unset, "");
+        let span = encoder.finish();
+        assert!(span.is_root());
+        let decoded = span.decode().expect("a Span");
+        assert!(decoded.parent_span_id.is_empty());
+        assert_eq!(decoded.status, Some(Status::default()));
+        assert_eq!(span.bytes, decoded.encode_to_vec());
+    }
+
+    #[test]
+    fn the_request_frames_the_spans_as_prost_would() {
+        let resource = Resource {
+            attributes: vec![kv("service.name", Value::StringValue("tcpstates".into()))],
+            ..Resource::default()
+        };
+        let scope = InstrumentationScope {
+            name: "tcpstates".into(),
+            version: "0.1.0".into(),
+            ..InstrumentationScope::default()
+        };
+        let spans: Vec<EncodedSpan> = (0..300u16)
+            .map(|i| {
+                let mut encoder = SpanEncoder::new(0, &[1; 16], &[2; 8], None);
+                encoder.header(&"x".repeat(usize::from(i)), SpanKind::Server, (1, 2), 1);
+                encoder.finish()
+            })
+            .collect();
+        for schema_url in ["", "https://opentelemetry.io/schemas/1.30.0"] {
+            let request = decode_request(&resource, schema_url, &scope, &spans).expect("decodable");
+            assert_eq!(request.resource_spans[0].scope_spans[0].spans.len(), 300);
+            let encoded = encode_request(&resource, schema_url, &scope, &spans);
+            assert_eq!(encoded, request.encode_to_vec(), "{schema_url:?}");
+        }
+    }
+}
