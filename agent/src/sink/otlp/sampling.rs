@@ -322,15 +322,8 @@ mod tests {
     use crate::{
         failure::Failure,
         session::{Context, Endpoints, Outcome, Role},
+        sink::otlp::settings::tests::env,
     };
-
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
 
     #[test]
     fn the_sampler_variables_name_the_sdks_samplers_and_refuse_the_rest() {

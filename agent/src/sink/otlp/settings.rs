@@ -280,12 +280,15 @@ pub fn resource(host_name: Option<String>, service_name_var: Option<String>) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use opentelemetry::{Key, Value};
 
     use super::*;
 
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    /// Reads variables from `vars` instead of the environment.
+    pub(in crate::sink::otlp) fn env<'a>(
+        vars: &'a [(&'a str, &'a str)],
+    ) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
             vars.iter()
                 .find(|(k, _)| *k == name)

@@ -482,14 +482,7 @@ mod tests {
     use tonic_types::{ErrorDetails, StatusExt as _};
 
     use super::*;
-
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use crate::sink::otlp::settings::tests::env;
 
     fn http_url(vars: &[(&str, &str)]) -> String {
         endpoint_variable(env(vars), DEFAULT_HTTP_ENDPOINT, |endpoint| {
