@@ -164,11 +164,17 @@ impl TraceTransport {
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => Wire::Http {
                 client: tls::http_client(&settings.tls, settings.timeout)?,
-                url: settings.endpoint.clone().unwrap_or_else(|| {
-                    endpoint_variable(&var, DEFAULT_HTTP_ENDPOINT, |endpoint| {
-                        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-                    })
-                }),
+                url: {
+                    let url = settings.endpoint.clone().unwrap_or_else(|| {
+                        endpoint_variable(&var, DEFAULT_HTTP_ENDPOINT, |endpoint| {
+                            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+                        })
+                    });
+                    // Refused now rather than retried as a failing request until exit.
+                    reqwest::Url::parse(&url)
+                        .map_err(|err| ExportError::Endpoint(url.clone(), err.to_string()))?;
+                    url
+                },
                 headers: headers
                     .into_iter()
                     .filter_map(|(key, value)| {
@@ -201,10 +207,11 @@ impl TraceTransport {
             Wire::Http { gzip, .. } => {
                 if *gzip {
                     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-                    encoder
+                    let gzipped = encoder
                         .write_all(&encoded)
                         .and_then(|()| encoder.finish())
-                        .map_or_else(|_| Body(encoded.into()), |gzipped| Body(gzipped.into()))
+                        .expect("gzip into memory cannot fail");
+                    Body(gzipped.into())
                 } else {
                     Body(encoded.into())
                 }
