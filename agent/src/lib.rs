@@ -91,6 +91,21 @@ pub enum Error {
     Trace(#[from] TraceError),
 }
 
+/// The error and each of its causes not already spelled out in it, on one line.
+pub fn describe(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// Traces TCP state changes as `config` says until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<Summary, Error> {
     privileges::check()?;

@@ -1,7 +1,7 @@
 //! The `tcpstates` command: parse flags, run, report, map the outcome to an exit code.
 //! Usage errors exit with 2 (clap), failures with 1.
 
-use std::{error::Error, ffi::OsString, path::Path, process::ExitCode};
+use std::{ffi::OsString, path::Path, process::ExitCode};
 
 use clap::Parser as _;
 use tcpstates::{cli::Cli, config::Config, sink::SessionSinkAccount, tracer::Summary};
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("tcpstates: {}", describe(&err));
+            eprintln!("tcpstates: {}", tcpstates::describe(&err));
             ExitCode::FAILURE
         }
     }
@@ -144,19 +144,4 @@ fn report(summary: &Summary) {
     for report in &summary.sink_reports {
         eprintln!("tcpstates: {report}");
     }
-}
-
-/// The error and each of its causes not already spelled out in it, on one line.
-fn describe(err: &dyn Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }

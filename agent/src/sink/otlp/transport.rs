@@ -20,10 +20,12 @@ use tonic::{
     client::Grpc,
     codec::CompressionEncoding,
     codegen::http::uri::PathAndQuery,
-    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    metadata::MetadataMap,
     transport::{Channel, Endpoint},
 };
 use tonic_types::StatusExt as _;
+
+use crate::describe;
 
 use super::{
     export::ExportError,
@@ -148,18 +150,7 @@ impl TraceTransport {
                 }
                 Wire::Grpc {
                     client,
-                    headers: headers
-                        .into_iter()
-                        .filter_map(|(key, value)| {
-                            Some((
-                                MetadataKey::from_bytes(key.as_bytes()).ok()?,
-                                MetadataValue::try_from(value).ok()?,
-                            ))
-                        })
-                        .fold(MetadataMap::new(), |mut map, (key, value)| {
-                            map.insert(key, value);
-                            map
-                        }),
+                    headers: MetadataMap::from_headers(headers),
                 }
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => Wire::Http {
@@ -175,15 +166,7 @@ impl TraceTransport {
                         .map_err(|err| ExportError::Endpoint(url.clone(), err.to_string()))?;
                     url
                 },
-                headers: headers
-                    .into_iter()
-                    .filter_map(|(key, value)| {
-                        Some((
-                            HeaderName::from_bytes(key.as_bytes()).ok()?,
-                            HeaderValue::try_from(value).ok()?,
-                        ))
-                    })
-                    .collect(),
+                headers,
                 json: settings.protocol == Protocol::HttpJson,
                 gzip,
             },
@@ -259,10 +242,11 @@ fn endpoint_variable(
 }
 
 /// The headers `OTEL_EXPORTER_OTLP_*HEADERS` names: `key=value,…`, values percent-decoded;
-/// pairs without a key or a value are left out.
-fn headers(variable: Option<(&'static str, String)>) -> Vec<(String, String)> {
+/// pairs without a key or a value, or that HTTP cannot carry, are left out. Both transports
+/// send them (gRPC as its metadata).
+fn headers(variable: Option<(&'static str, String)>) -> HeaderMap {
     let Some((_, value)) = variable else {
-        return Vec::new();
+        return HeaderMap::new();
     };
     value
         .split(',')
@@ -272,7 +256,13 @@ fn headers(variable: Option<(&'static str, String)>) -> Vec<(String, String)> {
                 .decode_utf8()
                 .map_or_else(|_| value.trim().to_owned(), |decoded| decoded.into_owned());
             let key = key.trim();
-            (!key.is_empty() && !value.is_empty()).then(|| (key.to_owned(), value))
+            if key.is_empty() || value.is_empty() {
+                return None;
+            }
+            Some((
+                HeaderName::from_bytes(key.as_bytes()).ok()?,
+                HeaderValue::try_from(value).ok()?,
+            ))
         })
         .collect()
 }
@@ -301,7 +291,7 @@ async fn send_grpc(
 /// What a gRPC status means, as the OTLP specification classes its codes. A status tonic made
 /// for a connection that failed (`transport error`) is a network error whatever its code.
 fn grpc_refusal(status: &Status) -> Refusal {
-    let text = error_chain(status);
+    let text = describe(status);
     let transport = text.contains("transport error");
     let retryable = transport
         || matches!(
@@ -353,7 +343,7 @@ async fn send_http(
     let response = request.body(body.0).send().await.map_err(|err| {
         // Connected and sent, but no answer: the collector may have it.
         Refusal::retryable(
-            one_line(&format!("HTTP: {}", error_chain(&err))),
+            one_line(&format!("HTTP: {}", describe(&err))),
             !err.is_connect(),
         )
     })?;
@@ -430,21 +420,6 @@ fn http_error_message(body: &[u8]) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-/// An error and its sources, `: `-separated.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        let more = err.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = err.source();
-    }
-    text
-}
-
 /// `text` on one line, whitespace runs as one space, at most [`MESSAGE_MAX`] characters.
 fn one_line(text: &str) -> String {
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -519,12 +494,12 @@ mod tests {
             "OTEL_EXPORTER_OTLP_HEADERS",
             " x-tenant = blue ,api-key=a%20b%3Dc,empty=,=novalue,plain".to_owned(),
         ));
+        let map = headers(variable);
         assert_eq!(
-            headers(variable),
-            [
-                ("x-tenant".to_owned(), "blue".to_owned()),
-                ("api-key".to_owned(), "a b=c".to_owned()),
-            ]
+            map.iter()
+                .map(|(key, value)| (key.as_str(), value.to_str().expect("text")))
+                .collect::<Vec<_>>(),
+            [("x-tenant", "blue"), ("api-key", "a b=c")]
         );
         assert!(headers(None).is_empty());
     }
