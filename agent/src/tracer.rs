@@ -236,17 +236,18 @@ pub async fn trace(
     let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|err| TraceError::Poll(err.into_parts().1))?;
     loop {
+        let mut more = false;
         tokio::select! {
             readable = events.readable_mut() => {
                 let mut guard = readable.map_err(TraceError::Poll)?;
-                // Left ready while records remain, so the loop comes back for them after
-                // looking at the signals: a load faster than the output never starves them.
-                if !delivery.drain(guard.get_inner_mut(), DRAIN_BATCH)? {
+                // Left ready while records remain, so the loop comes back for them.
+                more = delivery.drain(guard.get_inner_mut(), DRAIN_BATCH)?;
+                if !more {
                     guard.clear_ready();
                 }
             }
             _ = drain_tick.tick() => {
-                delivery.drain(events.get_mut(), DRAIN_BATCH)?;
+                more = delivery.drain(events.get_mut(), DRAIN_BATCH)?;
             }
             _ = loss_tick.tick() => {
                 let counts = counters.read().map_err(TraceError::Counters)?;
@@ -264,6 +265,12 @@ pub async fn trace(
         }
         if delivery.closed {
             break;
+        }
+        if more {
+            // The runtime reads signals and fires timers only when this task yields, and a
+            // ring that stays ready never makes it: under a load faster than the output,
+            // SIGINT would wait for the load to stop.
+            tokio::task::yield_now().await;
         }
     }
     attachment.detach();
