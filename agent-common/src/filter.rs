@@ -27,8 +27,8 @@ pub struct Filter {
     pub local_ports: u8,
     /// Non-zero: keep only remote ports present in the `REMOTE_PORTS` bitmap.
     pub remote_ports: u8,
-    /// Ring-buffer fill (bytes) from which a submit wakes the reader; below it the reader
-    /// drains on its own timer. 0 wakes it on every event.
+    /// Ring-buffer fill (bytes) whose multiples, when a submit crosses one, wake the reader;
+    /// otherwise the reader drains on its own timer. 0 wakes it on every event.
     pub wakeup_bytes: u32,
     /// Non-zero: keep only sockets whose owner is this process (thread-group id).
     pub owner_pid: u32,
