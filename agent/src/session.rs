@@ -19,8 +19,8 @@
 //! its listener's cookie, and its own only from the next one, so the first transition waits for
 //! the socket's next one to say whose it is.
 
+use foldhash::{HashMap, HashMapExt as _};
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     num::NonZeroUsize,
 };
@@ -385,8 +385,9 @@ pub enum Completed {
     Vanished(SessionBegan),
     /// The session left a state.
     State(StateEnded),
-    /// The session ended.
-    Session(SessionEnded),
+    /// The session ended. Boxed: the largest of these by far, and completions are moved
+    /// through a list and held a while.
+    Session(Box<SessionEnded>),
 }
 
 /// Open sessions, keyed by socket cookie, bounded.
@@ -630,14 +631,14 @@ impl SessionTable {
         if change.newstate == TcpState(CLOSE)
             && let Some(session) = self.remove(cookie)
         {
-            out.push(Completed::Session(SessionEnded {
+            out.push(Completed::Session(Box::new(SessionEnded {
                 outcome: Outcome::of_close(change, session.reset_sent),
                 session,
                 end_ns: change.ts_ns,
                 last_state: change.oldstate,
                 close: change.close,
                 incomplete: None,
-            }));
+            })));
         }
     }
 
@@ -842,14 +843,14 @@ fn end_early(mut session: Session, end_ns: u64, why: Incomplete, out: &mut Vec<C
         }));
         next_index += 1;
     }
-    out.push(Completed::Session(SessionEnded {
+    out.push(Completed::Session(Box::new(SessionEnded {
         end_ns: end_ns.max(session.start_ns),
         last_state: session.state,
         close: None,
         session,
         outcome: Outcome::Normal,
         incomplete: Some(why),
-    }));
+    })));
     next_index
 }
 
@@ -1015,9 +1016,7 @@ mod tests {
                     end_ns,
                     ..
                 }) => Some((state.to_string(), *start_ns, *end_ns)),
-                Completed::Began(_)
-                | Completed::Vanished(_)
-                | Completed::Session(SessionEnded { .. }) => None,
+                Completed::Began(_) | Completed::Vanished(_) | Completed::Session(_) => None,
             })
             .collect()
     }
@@ -1025,13 +1024,12 @@ mod tests {
     fn sessions(out: &[Completed]) -> Vec<(&Session, u64, Outcome, Option<Incomplete>)> {
         out.iter()
             .filter_map(|c| match c {
-                Completed::Session(SessionEnded {
-                    session,
-                    end_ns,
-                    outcome,
-                    incomplete,
-                    ..
-                }) => Some((session, *end_ns, *outcome, *incomplete)),
+                Completed::Session(ended) => Some((
+                    &ended.session,
+                    ended.end_ns,
+                    ended.outcome,
+                    ended.incomplete,
+                )),
                 Completed::Began(_)
                 | Completed::Vanished(_)
                 | Completed::State(StateEnded { .. }) => None,
@@ -1074,7 +1072,7 @@ mod tests {
             "filled in from later events"
         );
         assert!(
-            matches!(out.last(), Some(Completed::Session(SessionEnded { .. }))),
+            matches!(out.last(), Some(Completed::Session(_))),
             "root last"
         );
     }
@@ -1273,12 +1271,10 @@ mod tests {
                 }) => {
                     (of == ids).then(|| (ids.state_span_id(*index), *parent_span_id, Some(*index)))
                 }
-                Completed::Session(SessionEnded { session, .. }) => {
-                    (session.ids == *ids).then(|| {
-                        let parent = session.parent_span_id().unwrap_or([0; 8]);
-                        (session.span_id(), parent, None)
-                    })
-                }
+                Completed::Session(ended) => (ended.session.ids == *ids).then(|| {
+                    let parent = ended.session.parent_span_id().unwrap_or([0; 8]);
+                    (ended.session.span_id(), parent, None)
+                }),
                 Completed::Began(_) | Completed::Vanished(_) => None,
             })
             .collect()
@@ -1373,9 +1369,7 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 Completed::State(StateEnded { index, .. }) => Some(*index),
-                Completed::Began(_)
-                | Completed::Vanished(_)
-                | Completed::Session(SessionEnded { .. }) => None,
+                Completed::Began(_) | Completed::Vanished(_) | Completed::Session(_) => None,
             })
             .collect();
         assert_eq!(indexes, [0, 0], "each session numbers its own states");

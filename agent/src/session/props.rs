@@ -68,9 +68,7 @@ fn span_key(completed: &Completed) -> Option<([u8; 16], [u8; 8])> {
         Completed::State(StateEnded { ids, index, .. }) => {
             Some((ids.trace_id, ids.state_span_id(*index)))
         }
-        Completed::Session(SessionEnded { session, .. }) => {
-            Some((session.ids.trace_id, session.span_id()))
-        }
+        Completed::Session(ended) => Some((ended.session.ids.trace_id, ended.session.span_id())),
     }
 }
 

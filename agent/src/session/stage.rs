@@ -13,10 +13,8 @@
 //! by then, and the session is handed on as reset by this end. That delays such sessions by one
 //! drain interval (20 ms); the states they left are handed on at once.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use foldhash::{HashMap, HashMapExt as _};
+use std::{collections::VecDeque, net::SocketAddr};
 
 use agent_common::{
     decode::{ResetSent, Retransmit, StateChange},
@@ -45,7 +43,7 @@ struct Held {
     drain: u64,
     /// The state it left at its CLOSE, which says how it failed as its root does.
     last_state: Option<StateEnded>,
-    ended: SessionEnded,
+    ended: Box<SessionEnded>,
 }
 
 /// Sessions, made from state changes and handed to sinks.
@@ -245,7 +243,8 @@ impl SessionStage {
 
     fn hand_on(&mut self) {
         let mut completed = std::mem::take(&mut self.completed);
-        let mut items = completed.drain(..).peekable();
+        // Looked ahead through `as_slice`, not `Peekable`, which would move each item once more.
+        let mut items = completed.drain(..);
         while let Some(item) = items.next() {
             match item {
                 Completed::Began(began) => {
@@ -261,7 +260,7 @@ impl SessionStage {
                 // The state a session closed from comes just before the session; both are held
                 // while a reset may follow, so that the state says so too.
                 Completed::State(state)
-                    if matches!(items.peek(), Some(Completed::Session(ended))
+                    if matches!(items.as_slice().first(), Some(Completed::Session(ended))
                         if ended.session.ids == state.ids && may_send_reset_after_close(ended)) =>
                 {
                     if let Some(Completed::Session(ended)) = items.next() {
@@ -280,7 +279,7 @@ impl SessionStage {
         self.completed = completed;
     }
 
-    fn hold(&mut self, last_state: Option<StateEnded>, ended: SessionEnded) {
+    fn hold(&mut self, last_state: Option<StateEnded>, ended: Box<SessionEnded>) {
         self.held.push_back(Held {
             drain: self.drains,
             last_state,

@@ -14,8 +14,8 @@
 //! exporter: a session takes a token when its first span would go out (its first state span, or
 //! its end when it was held); a session that finds none is refused whole, and counted.
 
+use foldhash::{HashMap, HashMapExt as _};
 use std::{
-    collections::HashMap,
     num::NonZeroUsize,
     time::{Duration, Instant},
 };
@@ -451,7 +451,7 @@ mod tests {
             panic!("a session")
         };
         ended.outcome = outcome;
-        ended
+        *ended
     }
 
     #[test]
