@@ -39,6 +39,10 @@ use super::{
 
 /// Spans sent in one export request at most (about 0.5 MiB of protobuf).
 const MAX_BATCH: usize = 2048;
+/// Spans the event thread gathers before it hands them to the export thread, which it also
+/// does at the end of every drain of the ring buffer. Handed over one at a time, each span
+/// woke the export thread: a context switch per span, a quarter of the agent's CPU.
+const CHUNK: usize = 256;
 /// Export requests out at once while the collector answers: collectors answer a request
 /// only once it has gone through their pipeline, so one at a time caps the span rate at
 /// batch size / pipeline latency.
@@ -134,7 +138,9 @@ impl Stats {
 
 /// The event path's handle on the export thread.
 pub struct SpanExport {
-    queue: mpsc::UnboundedSender<EncodedSpan>,
+    queue: mpsc::UnboundedSender<Vec<EncodedSpan>>,
+    /// Spans queued and not yet handed over.
+    chunk: Vec<EncodedSpan>,
     capacity: usize,
     stats: Arc<Stats>,
     thread: thread::JoinHandle<()>,
@@ -169,22 +175,45 @@ impl SpanExport {
             .map_err(ExportError::Thread)?;
         Ok(Self {
             queue,
+            chunk: Vec::with_capacity(CHUNK),
             capacity,
             stats,
             thread,
         })
     }
 
-    /// Queues a span, or counts it dropped when the queue is full. Never waits.
-    pub fn push(&self, span: EncodedSpan) {
+    /// Queues a span, or counts it dropped when the queue is full. Never waits. Queued spans
+    /// reach the export thread in chunks: at most [`CHUNK`] wait for [`Self::hand_over`].
+    pub fn push(&mut self, span: EncodedSpan) {
         let stats = &self.stats;
-        if stats.pending.fetch_add(1, Ordering::Relaxed) >= self.capacity
-            || self.queue.send(span).is_err()
-        {
+        if stats.pending.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             stats.unqueued(1);
             stats.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            stats.queued.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        stats.queued.fetch_add(1, Ordering::Relaxed);
+        self.chunk.push(span);
+        if self.chunk.len() >= CHUNK {
+            self.hand_over();
+        }
+    }
+
+    /// Hands the spans queued so far to the export thread.
+    pub fn hand_over(&mut self) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        if let Err(mpsc::error::SendError(chunk)) = self.queue.send(chunk) {
+            // The export thread is gone (it panicked): what it never got is dropped.
+            let stats = &self.stats;
+            stats.unqueued(chunk.len());
+            stats
+                .queued
+                .fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+            stats
+                .dropped
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -195,7 +224,8 @@ impl SpanExport {
 
     /// Closes the queue and waits until everything queued is exported, rejected or given up
     /// on: at most [`FLUSH_DEADLINE`] whatever the collector does.
-    pub fn finish(self) -> ExportCounts {
+    pub fn finish(mut self) -> ExportCounts {
+        self.hand_over();
         drop(self.queue);
         // A panicking export thread has nothing more to export; its counts stand.
         let _ = self.thread.join();
@@ -303,16 +333,20 @@ struct Exporter<'a> {
 }
 
 impl Exporter<'_> {
-    /// Moves the batch being filled to the waiting ones, its request encoded, once it is full,
-    /// has waited [`BATCH_DELAY`], or `now_or_never` (the queue is closed).
+    /// Moves the spans being gathered to the waiting batches, each request encoded, in
+    /// batches of [`MAX_BATCH`], and the rest too once it has waited [`BATCH_DELAY`] or
+    /// `now_or_never` (the queue is closed).
     fn close_batch(&mut self, now_or_never: bool) {
         let due = self
             .filling_since
             .is_some_and(|since| since.elapsed() >= BATCH_DELAY);
-        if !self.filling.is_empty() && (now_or_never || due || self.filling.len() >= MAX_BATCH) {
-            let batch = Batch::new(&self.filling, &self.origin, &self.transport);
-            self.filling.clear();
+        while !self.filling.is_empty() && (now_or_never || due || self.filling.len() >= MAX_BATCH) {
+            let spans = self.filling.len().min(MAX_BATCH);
+            let batch = Batch::new(&self.filling[..spans], &self.origin, &self.transport);
+            self.filling.drain(..spans);
             self.waiting.push_back(batch);
+        }
+        if self.filling.is_empty() {
             self.filling_since = None;
         }
     }
@@ -502,7 +536,7 @@ impl Exporter<'_> {
 async fn export_loop(
     transport: TraceTransport,
     origin: Origin,
-    mut queue: mpsc::UnboundedReceiver<EncodedSpan>,
+    mut queue: mpsc::UnboundedReceiver<Vec<EncodedSpan>>,
     stats: &Stats,
 ) {
     let mut export = Exporter {
@@ -533,7 +567,7 @@ async fn export_loop(
             (!export.healthy && export.in_flight.is_empty() && !export.waiting.is_empty())
                 .then_some(export.retry_at);
         let pause_over = export.waiting.front().and_then(|batch| batch.not_before);
-        let room = MAX_BATCH - export.filling.len();
+        let room = export.filling.len() < MAX_BATCH;
         tokio::select! {
             biased;
             () = sleep_until(deadline) => {
@@ -541,14 +575,14 @@ async fn export_loop(
                 break;
             }
             Some(joined) = export.in_flight.join_next_with_id() => export.settle(joined),
-            received = queue.recv_many(&mut export.filling, room), if deadline.is_none() && room > 0 => {
-                if received == 0 {
-                    // Exit began: the queue is closed and empty.
-                    deadline = Some(Instant::now() + FLUSH_DEADLINE);
-                } else if export.filling_since.is_none() {
-                    export.filling_since = Some(Instant::now());
+            received = queue.recv(), if deadline.is_none() && room => match received {
+                // Exit began: the queue is closed and empty.
+                None => deadline = Some(Instant::now() + FLUSH_DEADLINE),
+                Some(mut chunk) => {
+                    export.filling.append(&mut chunk);
+                    export.filling_since.get_or_insert_with(Instant::now);
                 }
-            }
+            },
             () = sleep_until(batch_due) => {}
             () = sleep_until(probe_due) => {}
             () = sleep_until(pause_over) => {}

@@ -83,6 +83,10 @@ impl SessionSink for OtlpSink {
         }
     }
 
+    fn end_of_drain(&mut self) {
+        self.export.hand_over();
+    }
+
     fn report_growth(&mut self, _health: &Health) {
         let counts = self.export.counts();
         if counts.dropped > self.reported.dropped {
