@@ -34,9 +34,14 @@ impl WallClock {
 
     /// Wall-clock time of a kernel timestamp.
     pub fn system_time(&self, ts_ns: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.unix_nanos(ts_ns))
+    }
+
+    /// Wall-clock time of a kernel timestamp in nanoseconds since the Unix epoch (OTLP's
+    /// time), 0 before it and `u64::MAX` beyond 2554.
+    pub fn unix_nanos(&self, ts_ns: u64) -> u64 {
         let since_epoch = self.epoch_at_boot_ns + i128::from(ts_ns);
-        let since_epoch = u64::try_from(since_epoch.max(0)).unwrap_or(u64::MAX);
-        UNIX_EPOCH + Duration::from_nanos(since_epoch)
+        u64::try_from(since_epoch.max(0)).unwrap_or(u64::MAX)
     }
 
     /// Wall-clock time of a kernel timestamp, as a UTC date-time.
@@ -65,6 +70,20 @@ mod tests {
             b.duration_since(a).expect("b after a"),
             Duration::from_nanos(200_000_002)
         );
+    }
+
+    #[test]
+    fn unix_nanos_is_the_system_time_in_nanoseconds_clamped_at_the_epoch() {
+        let clock = WallClock::from_epoch_at_boot_ns(1_700_000_000_123_456_789);
+        assert_eq!(clock.unix_nanos(5), 1_700_000_000_123_456_794);
+        let since = clock.system_time(5).duration_since(UNIX_EPOCH).ok();
+        assert_eq!(
+            since.map(|since| since.as_nanos()),
+            Some(1_700_000_000_123_456_794)
+        );
+        let before_the_epoch = WallClock::from_epoch_at_boot_ns(-10);
+        assert_eq!(before_the_epoch.unix_nanos(5), 0);
+        assert_eq!(before_the_epoch.unix_nanos(15), 5);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! parent local, its trace state empty. Its instrumentation scope is not on it but on the
 //! `ScopeSpans` that carries it: [`scope`].
 
-use std::{borrow::Cow, net::SocketAddr, time::UNIX_EPOCH};
+use std::{borrow::Cow, net::SocketAddr};
 
 use agent_common::{
     correlation::ConnectionIds,
@@ -166,7 +166,7 @@ impl SpanFactory {
         // the span's dropped events.
         for (ts_ns, kind) in &retransmits.kept {
             span.event(
-                self.unix_nanos(*ts_ns),
+                self.clock.unix_nanos(*ts_ns),
                 RETRANSMIT_EVENT,
                 (RETRANSMIT_KIND, kind.as_str()),
             );
@@ -249,20 +249,13 @@ impl SpanFactory {
         span.header(
             name,
             kind,
-            (self.unix_nanos(start_ns), self.unix_nanos(end_ns)),
+            (
+                self.clock.unix_nanos(start_ns),
+                self.clock.unix_nanos(end_ns),
+            ),
             sampled_local_flags(),
         );
         span
-    }
-
-    /// Wall-clock time of a kernel timestamp in nanoseconds since the Unix epoch, OTLP's time.
-    fn unix_nanos(&self, ts_ns: u64) -> u64 {
-        self.clock
-            .system_time(ts_ns)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-            })
     }
 }
 
