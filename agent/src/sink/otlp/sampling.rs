@@ -16,6 +16,7 @@
 
 use foldhash::{HashMap, HashMapExt as _};
 use std::{
+    collections::hash_map::Entry,
     num::NonZeroUsize,
     time::{Duration, Instant},
 };
@@ -267,14 +268,13 @@ impl TraceSampling {
     pub fn hold(&mut self, ended: &StateEnded) {
         let kept = self.rules.keeps_state(ended);
         let full = self.held.len() >= self.capacity;
-        if let Some(held) = match self.held.get_mut(&ended.ids.trace_id) {
-            Some(held) => Some(held),
-            None if full => None,
-            None => Some(self.held.entry(ended.ids.trace_id).or_default()),
-        } {
-            held.states.push(ended.clone());
-            held.kept |= kept;
-        }
+        let held = match self.held.entry(ended.ids.trace_id) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(_) if full => return,
+            Entry::Vacant(room) => room.insert(Held::default()),
+        };
+        held.states.push(ended.clone());
+        held.kept |= kept;
     }
 
     /// Whether the session `ended` is exported: with the states held for it, or `None`.
