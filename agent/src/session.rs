@@ -515,19 +515,22 @@ impl SessionTable {
             // stream out of order), it continues its trace instead of starting it over.
             self.evict(stale, change.ts_ns, out);
         }
+        // Whether the socket has an open session: nothing below changes that until its session
+        // is entered (the sessions ended here are other sockets').
+        let open = self.open.contains(&cookie);
         // Only a socket that was under way can be one evicted earlier; the check keeps the
         // lookup off the path of every new socket while nothing is evicted. Taken before the
         // eviction below, which could otherwise push this very socket's entry out of `evicted`.
         let continues = (!self.evicted.is_empty()
             && !starts_socket(change.oldstate.0, change.newstate.0)
-            && !self.open.contains(&cookie))
-        .then(|| self.evicted.pop(&cookie))
-        .flatten();
+            && !open)
+            .then(|| self.evicted.pop(&cookie))
+            .flatten();
         // A socket found open at the start shows its cookie at its first transition after it
         // was found. One whose address a new socket has is gone; one whose transition came
         // before it was found (between the programs' attachment and the listing) is taken back,
         // and followed from its transitions as any other.
-        let found = (!self.found.is_empty() && !self.open.contains(&cookie))
+        let found = (!self.found.is_empty() && !open)
             .then(|| self.found.remove(&change.skaddr))
             .flatten()
             .filter(|found| {
@@ -538,7 +541,7 @@ impl SessionTable {
                 }
                 !superseded
             });
-        if !self.open.contains(&cookie)
+        if !open
             && self.open.len() == self.open.cap().get()
             && let Some((&oldest, _)) = self.open.peek_lru()
         {
@@ -578,12 +581,16 @@ impl SessionTable {
             self.by_address.insert(change.skaddr, cookie);
         }
         session.endpoints.update(Endpoints::of(change));
-        if created || !session.indexed {
+        // Looked up again only when relating it needed the whole table.
+        let session = if created || !session.indexed {
             let (role, netns, ends) = (session.role, session.context.netns, session.endpoints);
             self.relate(cookie, role, netns, &ends, created);
-        }
-        let Some(session) = self.open.peek_mut(&cookie) else {
-            return;
+            let Some(session) = self.open.peek_mut(&cookie) else {
+                return;
+            };
+            session
+        } else {
+            session
         };
         if session.context.owner.is_none() {
             session.context.owner = change.owner;
