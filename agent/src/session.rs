@@ -547,9 +547,8 @@ impl SessionTable {
         {
             self.evict(oldest, change.ts_ns, out);
         }
-        let mut created = false;
+        let created = !open;
         let session = self.open.get_or_insert_mut(cookie, || {
-            created = true;
             // As found, when it was (its owner known, its state timed from then on).
             let (first, role) = match &found {
                 Some(found) => (&found.change, found.role),
