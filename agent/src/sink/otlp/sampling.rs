@@ -28,7 +28,8 @@ use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample as _};
 use super::settings::SettingsError;
 use crate::{
     config::PortList,
-    session::{Incomplete, SessionEnded, StateEnded},
+    failure::Failure,
+    session::{Incomplete, Retransmits, SessionEnded, StateEnded},
 };
 
 /// The variable naming the sampler.
@@ -179,19 +180,77 @@ pub enum StateRoute {
     Drop,
 }
 
+/// A state held: what its span needs beyond its session's identity, ids and ends, which the
+/// session's end supplies (a quarter of a [`StateEnded`]'s bytes).
+#[derive(Debug)]
+struct HeldState {
+    index: u32,
+    state: TcpState,
+    next_state: Option<TcpState>,
+    start_ns: u64,
+    end_ns: u64,
+    incomplete: Option<Incomplete>,
+    start_unknown: bool,
+    retransmits: Retransmits,
+    failure: Option<Failure>,
+}
+
+impl HeldState {
+    fn of(ended: &StateEnded) -> Self {
+        Self {
+            index: ended.index,
+            state: ended.state,
+            next_state: ended.next_state,
+            start_ns: ended.start_ns,
+            end_ns: ended.end_ns,
+            incomplete: ended.incomplete,
+            start_unknown: ended.start_unknown,
+            retransmits: ended.retransmits.clone(),
+            failure: ended.failure,
+        }
+    }
+
+    /// The state as it ended, in the session `ended` (its ends and owner as they were at the
+    /// session's end, the most that was learnt of them).
+    fn ended_in(self, ended: &SessionEnded) -> StateEnded {
+        let session = &ended.session;
+        StateEnded {
+            ids: session.ids,
+            index: self.index,
+            parent_span_id: session.span_id(),
+            state: self.state,
+            next_state: self.next_state,
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            incomplete: self.incomplete,
+            start_unknown: self.start_unknown,
+            retransmits: self.retransmits,
+            failure: self.failure,
+            endpoints: session.endpoints,
+            context: session.context,
+            role: session.role,
+        }
+    }
+}
+
 /// A session the sampler dropped, held until its end decides.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Held {
-    states: Vec<StateEnded>,
+    states: Vec<HeldState>,
     /// A state already met a keep rule.
     kept: bool,
 }
+
+/// Emptied vectors of held states kept for the next sessions held, at most: most held
+/// sessions are dropped at their end, and each would otherwise allocate one and free it.
+const SPARE_HELD_VECTORS: usize = 256;
 
 /// The sampler and the keep rules, with the sessions held for a decision.
 pub struct TraceSampling {
     sampler: Sampler,
     rules: KeepRules,
     held: HashMap<[u8; 16], Held>,
+    spare: Vec<Vec<HeldState>>,
     capacity: usize,
     limit: Option<RateLimit>,
     /// Sessions the rate limit refused, until their end (as bounded as the held ones).
@@ -212,9 +271,10 @@ impl TraceSampling {
             sampler: choice.sampler(),
             rules,
             held: HashMap::new(),
+            spare: Vec::new(),
             capacity: capacity.get(),
             limit,
-            refused: lru::LruCache::new(capacity),
+            refused: crate::bounded::lru(capacity),
             counts: SamplingCounts::default(),
         }
     }
@@ -271,10 +331,21 @@ impl TraceSampling {
         let held = match self.held.entry(ended.ids.trace_id) {
             Entry::Occupied(held) => held.into_mut(),
             Entry::Vacant(_) if full => return,
-            Entry::Vacant(room) => room.insert(Held::default()),
+            Entry::Vacant(room) => room.insert(Held {
+                states: self.spare.pop().unwrap_or_default(),
+                kept: false,
+            }),
         };
-        held.states.push(ended.clone());
+        held.states.push(HeldState::of(ended));
         held.kept |= kept;
+    }
+
+    /// Takes back the emptied vector of a session no longer held.
+    fn recycle(&mut self, mut states: Vec<HeldState>) {
+        if self.spare.len() < SPARE_HELD_VECTORS && states.capacity() > 0 {
+            states.clear();
+            self.spare.push(states);
+        }
     }
 
     /// Whether the session `ended` is exported: with the states held for it, or `None`.
@@ -288,19 +359,30 @@ impl TraceSampling {
             self.counts.by_sampler += 1;
             return Some(Vec::new());
         }
-        let held = self.held.remove(&trace_id).unwrap_or_default();
-        if !self.rules.is_empty() && (held.kept || self.rules.keeps_session(ended)) {
-            if !self.admitted(trace_id) {
+        let (mut states, kept) = self
+            .held
+            .remove(&trace_id)
+            .map_or((Vec::new(), false), |held| (held.states, held.kept));
+        let exported = if !self.rules.is_empty() && (kept || self.rules.keeps_session(ended)) {
+            if self.admitted(trace_id) {
+                self.counts.by_rule += 1;
+                Some(
+                    states
+                        .drain(..)
+                        .map(|state| state.ended_in(ended))
+                        .collect(),
+                )
+            } else {
                 self.refused.pop(&trace_id);
                 self.counts.rate_limited += 1;
-                return None;
+                None
             }
-            self.counts.by_rule += 1;
-            Some(held.states)
         } else {
             self.counts.sampled_out += 1;
             None
-        }
+        };
+        self.recycle(states);
+        exported
     }
 
     /// The counts so far.
