@@ -271,7 +271,7 @@ impl CgroupPaths {
     pub fn with_root(root: impl Into<PathBuf>, capacity: NonZeroUsize) -> Self {
         Self {
             root: root.into(),
-            cache: LruCache::new(capacity),
+            cache: crate::bounded::lru(capacity),
             last_walk: None,
             max_depth: MAX_DEPTH,
             max_cgroups: MAX_CGROUPS,

@@ -47,7 +47,7 @@ impl DetailsCache {
         Self {
             processes: ProcessTable::new(capacity),
             cgroup_paths: CgroupPaths::new(capacity).ok(),
-            cgroups: LruCache::new(capacity),
+            cgroups: crate::bounded::lru(capacity),
         }
     }
 

@@ -164,7 +164,7 @@ impl GapTracker {
     /// check, sound only when no filter can hide a socket's first transitions.
     pub fn new(capacity: NonZeroUsize, check_starts: bool) -> Self {
         Self {
-            sockets: LruCache::new(capacity),
+            sockets: crate::bounded::lru(capacity),
             check_starts,
             gaps: Gaps::default(),
         }

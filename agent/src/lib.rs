@@ -6,6 +6,7 @@
 //! them from a [`config::Config`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod bounded;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;

@@ -94,7 +94,7 @@ impl ProcessTable {
     pub fn with_root(root: Option<impl Into<PathBuf>>, capacity: NonZeroUsize) -> Self {
         Self {
             root: root.map(Into::into),
-            processes: LruCache::new(capacity),
+            processes: crate::bounded::lru(capacity),
             users: LruCache::new(USERS),
         }
     }

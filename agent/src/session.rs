@@ -425,15 +425,15 @@ impl SessionTable {
     /// `boot_id` and each socket's cookie.
     pub fn new(capacity: NonZeroUsize, boot_id: BootId) -> Self {
         Self {
-            open: LruCache::new(capacity),
-            by_address: HashMap::with_capacity(capacity.get()),
-            evicted: LruCache::new(capacity),
-            accepting: LruCache::new(capacity),
-            requests: LruCache::new(capacity),
+            open: crate::bounded::lru(capacity),
+            by_address: HashMap::new(),
+            evicted: crate::bounded::lru(capacity),
+            accepting: crate::bounded::lru(capacity),
+            requests: crate::bounded::lru(capacity),
             found: HashMap::new(),
             evictions: 0,
             forgotten: 0,
-            by_tuple: HashMap::with_capacity(capacity.get()),
+            by_tuple: HashMap::new(),
             listeners: HashMap::new(),
             boot_id,
         }
