@@ -161,8 +161,8 @@ impl SpanEncoder {
             + 1
             + delimited_len(key_value_len(key, attribute));
         let buf = &mut self.buf;
-        encode_key(span_field::EVENTS, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
+        put_key(buf, span_field::EVENTS, WireType::LengthDelimited);
+        put_varint(buf, len as u64);
         fixed64(buf, field::EVENT_TIME, time);
         bytes(buf, field::EVENT_NAME, name.as_bytes());
         key_value(buf, field::EVENT_ATTRIBUTES, key, attribute);
@@ -177,8 +177,8 @@ impl SpanEncoder {
     pub fn link(&mut self, trace_id: &[u8; 16], span_id: &[u8; 8], flags: u32) {
         let len = bytes_len(trace_id.len()) + bytes_len(span_id.len()) + fixed32_len(flags);
         let buf = &mut self.buf;
-        encode_key(span_field::LINKS, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
+        put_key(buf, span_field::LINKS, WireType::LengthDelimited);
+        put_varint(buf, len as u64);
         bytes(buf, field::LINK_TRACE_ID, trace_id);
         bytes(buf, field::LINK_SPAN_ID, span_id);
         fixed32(buf, field::LINK_FLAGS, flags);
@@ -189,8 +189,8 @@ impl SpanEncoder {
         let code = code as u64;
         let len = bytes_len(message.len()) + varint_len(code);
         let buf = &mut self.buf;
-        encode_key(span_field::STATUS, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
+        put_key(buf, span_field::STATUS, WireType::LengthDelimited);
+        put_varint(buf, len as u64);
         bytes(buf, field::STATUS_MESSAGE, message.as_bytes());
         varint(buf, field::STATUS_CODE, code);
     }
@@ -234,14 +234,14 @@ pub fn encode_request(
         WireType::LengthDelimited,
         &mut buf,
     );
-    encode_varint(resource_spans_len as u64, &mut buf);
+    put_varint(&mut buf, resource_spans_len as u64);
     prost::encoding::message::encode(envelope_field::RESOURCE, resource, &mut buf);
     encode_key(
         envelope_field::SCOPE_SPANS,
         WireType::LengthDelimited,
         &mut buf,
     );
-    encode_varint(scope_spans_len as u64, &mut buf);
+    put_varint(&mut buf, scope_spans_len as u64);
     prost::encoding::message::encode(envelope_field::SCOPE, scope, &mut buf);
     for span in spans {
         bytes(&mut buf, envelope_field::SPANS, &span.bytes);
@@ -273,6 +273,26 @@ pub fn decode_request(
             schema_url: schema_url.to_owned(),
         }],
     })
+}
+
+/// A field's key: one byte for the fields numbered below 16, as all but the span's flags are.
+#[inline(always)]
+fn put_key(buf: &mut Vec<u8>, tag: u32, wire_type: WireType) {
+    if tag < 16 {
+        buf.push(((tag << 3) | wire_type as u32) as u8);
+    } else {
+        encode_key(tag, wire_type, buf);
+    }
+}
+
+/// A varint: one byte below 128, as most lengths are, prost's encoding above.
+#[inline(always)]
+fn put_varint(buf: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        buf.push(value as u8);
+    } else {
+        encode_varint(value, buf);
+    }
 }
 
 /// The length of a length-delimited field's length and contents (`len` bytes).
@@ -309,23 +329,23 @@ fn bytes(buf: &mut Vec<u8>, tag: u32, value: &[u8]) {
     if value.is_empty() {
         return;
     }
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+    put_key(buf, tag, WireType::LengthDelimited);
+    put_varint(buf, value.len() as u64);
     buf.extend_from_slice(value);
 }
 
 /// A varint field; zero is left out, as proto3 does.
 fn varint(buf: &mut Vec<u8>, tag: u32, value: u64) {
     if value != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(value, buf);
+        put_key(buf, tag, WireType::Varint);
+        put_varint(buf, value);
     }
 }
 
 /// A fixed64 field; zero is left out, as proto3 does.
 fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
     if value != 0 {
-        encode_key(tag, WireType::SixtyFourBit, buf);
+        put_key(buf, tag, WireType::SixtyFourBit);
         buf.extend_from_slice(&value.to_le_bytes());
     }
 }
@@ -333,7 +353,7 @@ fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
 /// A fixed32 field; zero is left out, as proto3 does.
 fn fixed32(buf: &mut Vec<u8>, tag: u32, value: u32) {
     if value != 0 {
-        encode_key(tag, WireType::ThirtyTwoBit, buf);
+        put_key(buf, tag, WireType::ThirtyTwoBit);
         buf.extend_from_slice(&value.to_le_bytes());
     }
 }
@@ -354,24 +374,24 @@ fn key_value_len(key: &str, value: AttributeValue<'_>) -> usize {
 
 /// A `KeyValue` as field `tag` of the message being written.
 fn key_value(buf: &mut Vec<u8>, tag: u32, key: &str, value: AttributeValue<'_>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(key_value_len(key, value) as u64, buf);
+    put_key(buf, tag, WireType::LengthDelimited);
+    put_varint(buf, key_value_len(key, value) as u64);
     bytes(buf, field::KEY, key.as_bytes());
-    encode_key(field::VALUE, WireType::LengthDelimited, buf);
-    encode_varint(any_value_len(value) as u64, buf);
+    put_key(buf, field::VALUE, WireType::LengthDelimited);
+    put_varint(buf, any_value_len(value) as u64);
     match value {
         AttributeValue::String(text) => {
-            encode_key(field::STRING_VALUE, WireType::LengthDelimited, buf);
-            encode_varint(text.len() as u64, buf);
+            put_key(buf, field::STRING_VALUE, WireType::LengthDelimited);
+            put_varint(buf, text.len() as u64);
             buf.extend_from_slice(text.as_bytes());
         }
         AttributeValue::Int(number) => {
-            encode_key(field::INT_VALUE, WireType::Varint, buf);
-            encode_varint(number as u64, buf);
+            put_key(buf, field::INT_VALUE, WireType::Varint);
+            put_varint(buf, number as u64);
         }
         AttributeValue::Bool(flag) => {
-            encode_key(field::BOOL_VALUE, WireType::Varint, buf);
-            encode_varint(u64::from(flag), buf);
+            put_key(buf, field::BOOL_VALUE, WireType::Varint);
+            put_varint(buf, u64::from(flag));
         }
     }
 }
