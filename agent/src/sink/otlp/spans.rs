@@ -10,12 +10,17 @@
 //! parent local, its trace state empty. Its instrumentation scope is not on it but on the
 //! `ScopeSpans` that carries it: [`scope`].
 
-use std::{borrow::Cow, net::SocketAddr};
+use std::{
+    borrow::Cow,
+    fmt::{self, Write as _},
+    net::SocketAddr,
+};
 
 use agent_common::{
     correlation::ConnectionIds,
     decode::{Close, TcpState},
 };
+use arrayvec::ArrayString;
 use opentelemetry::trace::{SpanId, TraceFlags};
 use opentelemetry_proto::tonic::{
     common::v1::InstrumentationScope,
@@ -265,17 +270,38 @@ fn sampled_local_flags() -> u32 {
     u32::from(TraceFlags::SAMPLED.to_u8()) | SpanFlags::ContextHasIsRemoteMask as u32
 }
 
+/// A span's name or an attribute's text formatted on the stack, not in a `String` of its own:
+/// the longest, `tcp connect ` and an IPv6 address with its port, is 60 bytes.
+type ShortText = ArrayString<96>;
+
+/// `args` formatted as [`ShortText`] (nothing formatted with it is longer; were it, the text
+/// would be cut short).
+fn short_text(args: fmt::Arguments<'_>) -> ShortText {
+    let mut text = ShortText::new();
+    let _ = text.write_fmt(args);
+    text
+}
+
 /// `tcp connect 10.0.0.2:443` (CLIENT), `tcp accept 10.0.0.1:80` (SERVER),
 /// `tcp listen 0.0.0.0:80` or `tcp session` (INTERNAL).
-fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
+fn root_name_and_kind(role: Role, ends: &Endpoints) -> (ShortText, SpanKind) {
     // An IPv4 peer of a dual-stack socket (`::ffff:127.0.0.1`) reads as the IPv4 address it is.
     let local = SocketAddr::new(ends.local_addr.to_canonical(), ends.local_port);
     let peer = SocketAddr::new(ends.remote_addr.to_canonical(), ends.remote_port);
     match role {
-        Role::Connect => (format!("tcp connect {peer}"), SpanKind::Client),
-        Role::Accept => (format!("tcp accept {local}"), SpanKind::Server),
-        Role::Listen => (format!("tcp listen {local}"), SpanKind::Internal),
-        Role::Unknown => ("tcp session".to_owned(), SpanKind::Internal),
+        Role::Connect => (
+            short_text(format_args!("tcp connect {peer}")),
+            SpanKind::Client,
+        ),
+        Role::Accept => (
+            short_text(format_args!("tcp accept {local}")),
+            SpanKind::Server,
+        ),
+        Role::Listen => (
+            short_text(format_args!("tcp listen {local}")),
+            SpanKind::Internal,
+        ),
+        Role::Unknown => (short_text(format_args!("tcp session")), SpanKind::Internal),
     }
 }
 
@@ -283,18 +309,18 @@ fn root_name_and_kind(role: Role, ends: &Endpoints) -> (String, SpanKind) {
 fn push_session(span: &mut SpanEncoder, session: &Session) {
     let ends = &session.endpoints;
     let local = (
-        ends.local_addr.to_canonical().to_string(),
+        short_text(format_args!("{}", ends.local_addr.to_canonical())),
         i64::from(ends.local_port),
     );
     let peer = (
-        ends.remote_addr.to_canonical().to_string(),
+        short_text(format_args!("{}", ends.remote_addr.to_canonical())),
         i64::from(ends.remote_port),
     );
     span.string(NETWORK_TRANSPORT, "tcp");
     span.string(NETWORK_TYPE, ends.network_type());
     span.string(NETWORK_LOCAL_ADDRESS, &local.0);
     span.int(NETWORK_LOCAL_PORT, local.1);
-    span.string(SKADDR, &format!("{:x}", session.skaddr));
+    span.string(SKADDR, &short_text(format_args!("{:x}", session.skaddr)));
     span.int(ONCPU_PID, i64::from(session.first_pid));
     span.string(ONCPU_COMM, &session.first_comm.to_str_lossy());
     // A listener has no peer (the kernel reports 0.0.0.0:0).
@@ -360,13 +386,13 @@ fn push_identity(
 ) {
     span.string(
         NETWORK_LOCAL_ADDRESS,
-        &ends.local_addr.to_canonical().to_string(),
+        &short_text(format_args!("{}", ends.local_addr.to_canonical())),
     );
     span.int(NETWORK_LOCAL_PORT, i64::from(ends.local_port));
     if role != Role::Listen {
         span.string(
             NETWORK_PEER_ADDRESS,
-            &ends.remote_addr.to_canonical().to_string(),
+            &short_text(format_args!("{}", ends.remote_addr.to_canonical())),
         );
         span.int(NETWORK_PEER_PORT, i64::from(ends.remote_port));
     }
@@ -649,7 +675,7 @@ mod tests {
         mapped.endpoints.local_port = 18081;
         mapped.endpoints.remote_addr = "::ffff:127.0.0.2".parse().expect("address");
         let (name, _) = root_name_and_kind(Role::Accept, &mapped.endpoints);
-        assert_eq!(name, "tcp accept 127.0.0.1:18081");
+        assert_eq!(name.as_str(), "tcp accept 127.0.0.1:18081");
         let mut span = SpanEncoder::new(0, &[1; 16], &[1; 8], None);
         push_session(&mut span, &mapped);
         let attributes = span.finish().decode().expect("a Span").attributes;
@@ -683,6 +709,26 @@ mod tests {
         assert_eq!(span.span_id, ids.state_span_id(3));
         assert_eq!(span.parent_span_id, ids.root_span_id);
         assert_eq!(span.trace_id, ids.trace_id);
+    }
+
+    #[test]
+    fn the_longest_name_and_address_are_written_whole() {
+        let widest = IpAddr::V6(Ipv6Addr::new(
+            0xfe80, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xfffe,
+        ));
+        let ends = Endpoints {
+            local_addr: widest,
+            local_port: 65_535,
+            remote_addr: widest,
+            remote_port: 65_535,
+        };
+        let (name, _) = root_name_and_kind(Role::Connect, &ends);
+        assert_eq!(
+            name.as_str(),
+            "tcp connect [fe80:ffff:ffff:ffff:ffff:ffff:ffff:fffe]:65535"
+        );
+        let address = short_text(format_args!("{}", ends.local_addr));
+        assert_eq!(address.as_str(), widest.to_string());
     }
 
     #[test]
