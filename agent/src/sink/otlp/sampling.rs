@@ -181,7 +181,7 @@ pub enum StateRoute {
 }
 
 /// A state held: what its span needs beyond its session's identity, ids and ends, which the
-/// session's end supplies (a quarter of a [`StateEnded`]'s bytes).
+/// session's end supplies: 80 bytes, where a [`StateEnded`] takes 216.
 #[derive(Debug)]
 struct HeldState {
     index: u32,
