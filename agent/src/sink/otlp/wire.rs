@@ -229,17 +229,17 @@ pub fn encode_request(
         + delimited_len(scope_spans_len)
         + schema_url_len;
     let mut buf = Vec::with_capacity(1 + delimited_len(resource_spans_len));
-    encode_key(
+    put_key(
+        &mut buf,
         envelope_field::RESOURCE_SPANS,
         WireType::LengthDelimited,
-        &mut buf,
     );
     put_varint(&mut buf, resource_spans_len as u64);
     prost::encoding::message::encode(envelope_field::RESOURCE, resource, &mut buf);
-    encode_key(
+    put_key(
+        &mut buf,
         envelope_field::SCOPE_SPANS,
         WireType::LengthDelimited,
-        &mut buf,
     );
     put_varint(&mut buf, scope_spans_len as u64);
     prost::encoding::message::encode(envelope_field::SCOPE, scope, &mut buf);
