@@ -68,6 +68,13 @@ pub struct BuildArgs {
     pub release: bool,
 }
 
+impl BenchArgs {
+    /// The load of each run: its port, seconds and fixed rate if any.
+    pub fn load(&self) -> (u16, u32, Option<u32>) {
+        (self.port, self.seconds, self.rate)
+    }
+}
+
 impl BuildArgs {
     /// The cargo profile these options ask for.
     pub fn profile(&self) -> Profile {
@@ -117,6 +124,15 @@ pub struct BenchArgs {
     /// Server port of the load (inside the bench's own network namespace).
     #[arg(long, default_value_t = 9099)]
     pub port: u16,
+    /// Make this many connections a second instead of as many as the machine can: every
+    /// tracer then sees the same work, the rate ratios say nothing and the CPU rows (per
+    /// connection, per exported span) compare the tracers.
+    #[arg(long, value_name = "CONN_PER_S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Measure only the tracer configurations whose name contains NAME (repeatable; the
+    /// no-tracer runs always go), e.g. `--only 'tcpstates --otlp'`.
+    #[arg(long, value_name = "NAME")]
+    pub only: Vec<String>,
     /// Another tracer to compare with, run the same way, e.g. `/usr/sbin/tcpstates-bpfcc`
     /// (a command line; words separated by spaces).
     #[arg(long, value_name = "CMD")]

@@ -68,7 +68,12 @@ pub fn bpf_stats(args: &BpfStatsArgs) -> Result<()> {
     let _stats = StatsEnabled::enable()?;
     println!("bpf-stats: warm-up, {WARM_UP_SECONDS} s without an agent (not reported)");
     let load_cpu = pinning.map(|p| p.load);
-    load::run(&netns, &loadgen, args.port, WARM_UP_SECONDS, load_cpu)?;
+    load::run(
+        &netns,
+        &loadgen,
+        (args.port, WARM_UP_SECONDS, None),
+        load_cpu,
+    )?;
 
     let names: Vec<String> = agents
         .iter()
@@ -180,8 +185,7 @@ fn measure(
     let load = load::run(
         netns,
         loadgen,
-        args.port,
-        args.seconds,
+        (args.port, args.seconds, None),
         pinning.map(|p| p.load),
     )?;
     let after = programs_of(pid)?;

@@ -22,13 +22,12 @@ pub struct LoadResult {
     pub rate: f64,
 }
 
-/// Runs `loadgen` in `netns` for `seconds` on `port`, on `cpu` only if given, and returns its
-/// result.
+/// Runs `loadgen` in `netns` for `seconds` on `port`, as fast as it can or at `rate`
+/// connections a second, on `cpu` only if given, and returns its result.
 pub fn run(
     netns: &Netns,
     loadgen: &Path,
-    port: u16,
-    seconds: u32,
+    (port, seconds, rate): (u16, u32, Option<u32>),
     cpu: Option<usize>,
 ) -> Result<LoadResult> {
     let mut cmd = netns.command(loadgen);
@@ -38,9 +37,11 @@ pub fn run(
         &port.to_string(),
         "--seconds",
         &seconds.to_string(),
-    ])
-    .stdin(Stdio::null())
-    .stderr(Stdio::inherit());
+    ]);
+    if let Some(rate) = rate {
+        cmd.args(["--rate", &rate.to_string()]);
+    }
+    cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
     let line = process::describe(&cmd);
     let output = cmd.output().with_context(|| format!("starting `{line}`"))?;
     if !output.status.success() {

@@ -87,11 +87,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .otlp
         .then(|| Receiver::start(observer_cpu))
         .transpose()?;
-    let tracers = tracer_specs(
-        &paths::binary(Profile::Release, "tcpstates"),
-        receiver.as_ref(),
-        args.otlp_peer.as_deref(),
-        args.peer.as_deref(),
+    let tracers = chosen(
+        tracer_specs(
+            &paths::binary(Profile::Release, "tcpstates"),
+            receiver.as_ref(),
+            args.otlp_peer.as_deref(),
+            args.peer.as_deref(),
+        )?,
+        &args.only,
     )?;
     let others = others::attached_tracers();
     if !others.is_empty() {
@@ -106,14 +109,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let scratch = Scratch::new(args.output_dir.as_deref())?;
     let netns = Netns::create(NETNS)?;
     println!("bench: warm-up, {WARM_UP_SECONDS} s without a tracer (not reported)");
-    load::run(&netns, &loadgen, args.port, WARM_UP_SECONDS, load_cpu)?;
+    load::run(
+        &netns,
+        &loadgen,
+        (args.port, WARM_UP_SECONDS, args.rate),
+        load_cpu,
+    )?;
 
     let mut untraced = Config::new("no tracer");
     let mut traced: Vec<Config> = tracers.iter().map(|t| Config::new(&t.name)).collect();
     for round in 1..=args.rounds {
         interrupt::check()?;
         let run = Run {
-            load: load::run(&netns, &loadgen, args.port, args.seconds, load_cpu)?,
+            load: load::run(&netns, &loadgen, args.load(), load_cpu)?,
             tracer: None,
         };
         println!(
@@ -136,10 +144,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     println!();
     println!(
-        "tcpstates-otel bench: {} rounds of {} s, loopback connections on port {} in network \
+        "tcpstates-otel bench: {} rounds of {} s, loopback connections{} on port {} in network \
          namespace {NETNS}; tracers write their default text output to a file{}",
         args.rounds,
         args.seconds,
+        args.rate
+            .map_or_else(String::new, |rate| format!(" at {rate} a second")),
         args.port,
         if receiver.is_some() {
             ", but tcpstates --otlp exports to rotel instead"
@@ -282,6 +292,30 @@ fn tracer_specs(
     Ok(tracers)
 }
 
+/// The configurations of `specs` whose names contain one of `only`, or all of them when `only`
+/// is empty; an error naming the configurations when none is left.
+fn chosen(specs: Vec<TracerSpec>, only: &[String]) -> Result<Vec<TracerSpec>> {
+    if only.is_empty() {
+        return Ok(specs);
+    }
+    let names: Vec<String> = specs
+        .iter()
+        .map(|spec| format!("'{}'", spec.name))
+        .collect();
+    let chosen: Vec<TracerSpec> = specs
+        .into_iter()
+        .filter(|spec| only.iter().any(|name| spec.name.contains(name.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "--only {} matches none of the configurations: {}",
+            only.join(", "),
+            names.join(", ")
+        );
+    }
+    Ok(chosen)
+}
+
 /// One run with `spec` tracing: start it, wait until attached, run the load, stop it, count.
 /// `receiver` is the one it exports to, whose CPU time is measured over the run; `pinning`
 /// says where the tracer and the load run, if anywhere in particular.
@@ -297,13 +331,7 @@ fn traced_run(
     let receiver_cpu = receiver.map(Receiver::cpu).transpose()?;
     let mut tracer = Running::start(&spec.name, &spec.argv, output, pinning.map(|p| p.observers))?;
     tracer.wait_ready(spec.readiness)?;
-    let load = load::run(
-        netns,
-        loadgen,
-        args.port,
-        args.seconds,
-        pinning.map(|p| p.load),
-    )?;
+    let load = load::run(netns, loadgen, args.load(), pinning.map(|p| p.load))?;
     thread::sleep(DRAIN);
     let closing = netns.tcp_sockets()?;
     let stopped = tracer.stop()?;
@@ -329,6 +357,7 @@ fn traced_run(
         load,
         tracer: Some(TracerRun {
             cpu: stopped.cpu,
+            cpu_attached: stopped.cpu_attached,
             exit: stopped.exit,
             stopping: stopped.stopping,
             lines,
@@ -379,5 +408,35 @@ fn report_stderr(spec: &TracerSpec, stderr: &[String], has_summary: bool, otlp: 
         for line in other.iter().take(SHOWN_STDERR_LINES) {
             eprintln!("  {line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(specs: &[TracerSpec]) -> Vec<&str> {
+        specs.iter().map(|spec| spec.name.as_str()).collect()
+    }
+
+    #[test]
+    fn only_keeps_the_configurations_it_names() {
+        let receiver_less = |only: &[&str]| {
+            let only: Vec<String> = only.iter().map(|name| (*name).to_owned()).collect();
+            chosen(
+                tracer_specs(Path::new("/bin/tcpstates"), None, None, None).unwrap(),
+                &only,
+            )
+        };
+        assert_eq!(
+            names(&receiver_less(&[]).unwrap()),
+            ["tcpstates", "tcpstates --life"]
+        );
+        assert_eq!(
+            names(&receiver_less(&["--life"]).unwrap()),
+            ["tcpstates --life"]
+        );
+        let none = receiver_less(&["--otlp"]).err().unwrap().to_string();
+        assert!(none.contains("'tcpstates --life'"), "{none}");
     }
 }

@@ -1,7 +1,7 @@
 //! A tracer under test (tcpstates or a peer): started with its output in a file, awaited until
 //! attached, stopped with SIGINT, and reaped with its CPU time.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use super::cpus;
 use super::others::holds_tracer_fd;
+use super::receiver::{clock_ticks, cpu_of_stat};
 
 /// How long a tracer may take to attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,6 +48,8 @@ pub struct Running {
     stderr: Receiver<String>,
     lines: Vec<String>,
     reaped: bool,
+    /// Its CPU time when it had attached: what starting cost it.
+    cpu_at_ready: Duration,
 }
 
 /// What a tracer did once stopped.
@@ -54,6 +57,8 @@ pub struct Running {
 pub struct Stopped {
     /// User plus system CPU time, from `wait4`'s resource usage of the process.
     pub cpu: Duration,
+    /// Of it, the time after it had attached: its work on the load, and its exit.
+    pub cpu_attached: Duration,
     /// How it ended, e.g. `exit 0` or `signal 9`.
     pub exit: String,
     /// Time from SIGINT to its exit.
@@ -98,6 +103,7 @@ impl Running {
             stderr: receiver,
             lines: Vec::new(),
             reaped: false,
+            cpu_at_ready: Duration::ZERO,
         })
     }
 
@@ -106,8 +112,19 @@ impl Running {
         self.pid.unsigned_abs()
     }
 
-    /// Waits until the tracer has attached, or fails if it exits or takes too long.
+    /// Waits until the tracer has attached, or fails if it exits or takes too long; notes the
+    /// CPU time attaching took.
     pub fn wait_ready(&mut self, readiness: Readiness) -> Result<()> {
+        self.await_attached(readiness)?;
+        let path = format!("/proc/{}/stat", self.pid);
+        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        self.cpu_at_ready = cpu_of_stat(&stat, clock_ticks())
+            .with_context(|| format!("parsing {path}: {stat:?}"))?;
+        Ok(())
+    }
+
+    /// Waits until the tracer has attached, or fails if it exits or takes too long.
+    fn await_attached(&mut self, readiness: Readiness) -> Result<()> {
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         match readiness {
             Readiness::StderrLine(text) => loop {
@@ -183,8 +200,10 @@ impl Running {
         let stopping = signalled.elapsed();
         self.reaped = true;
         self.collect_stderr_until_closed();
+        let cpu = timeval(usage.ru_utime) + timeval(usage.ru_stime);
         Ok(Stopped {
-            cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+            cpu,
+            cpu_attached: cpu.saturating_sub(self.cpu_at_ready),
             exit: describe_status(status),
             stopping,
             stderr: std::mem::take(&mut self.lines),
