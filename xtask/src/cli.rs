@@ -142,9 +142,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub otlp: bool,
     /// With --otlp: also measure another tcpstates binary (an earlier build) exporting the same
-    /// way to the same receiver, as a row of its own: two builds side by side in one run.
+    /// way to the same receiver, as a row of its own (named by its file name): builds side by
+    /// side in one run. Repeatable.
     #[arg(long, value_name = "PATH", requires = "otlp")]
-    pub otlp_peer: Option<PathBuf>,
+    pub otlp_peer: Vec<PathBuf>,
     /// Run the load on CPU 0 and every tracer and the receiver on the last CPU: the rate then
     /// measures what tracing costs the traced application's own CPU, with the agent and the
     /// collector on a core of their own.

@@ -22,7 +22,7 @@ pub mod soak;
 mod summary;
 mod tracer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
@@ -91,7 +91,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         tracer_specs(
             &paths::binary(Profile::Release, "tcpstates"),
             receiver.as_ref(),
-            args.otlp_peer.as_deref(),
+            &args.otlp_peer,
             args.peer.as_deref(),
         )?,
         &args.only,
@@ -169,12 +169,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 /// tcpstates (the release binary at `agent`), then tcpstates exporting to `receiver` without
-/// text if there is one (and the tcpstates at `otlp_peer` exporting likewise), then the peer's
+/// text if there is one (and each tcpstates of `otlp_peers` exporting likewise), then the peer's
 /// command line if there is one.
 fn tracer_specs(
     agent: &Path,
     receiver: Option<&Receiver>,
-    otlp_peer: Option<&Path>,
+    otlp_peers: &[PathBuf],
     peer: Option<&str>,
 ) -> Result<Vec<TracerSpec>> {
     let agent = agent.to_string_lossy().into_owned();
@@ -249,7 +249,7 @@ fn tracer_specs(
                 unit: LineUnit::Transitions,
             });
         }
-        if let Some(other) = otlp_peer {
+        for other in otlp_peers {
             let name = other.file_name().map_or_else(
                 || other.display().to_string(),
                 |name| name.to_string_lossy().into_owned(),
@@ -424,7 +424,7 @@ mod tests {
         let receiver_less = |only: &[&str]| {
             let only: Vec<String> = only.iter().map(|name| (*name).to_owned()).collect();
             chosen(
-                tracer_specs(Path::new("/bin/tcpstates"), None, None, None).unwrap(),
+                tracer_specs(Path::new("/bin/tcpstates"), None, &[], None).unwrap(),
                 &only,
             )
         };
