@@ -62,7 +62,7 @@ impl OtlpSink {
 impl SessionSink for OtlpSink {
     fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>) {
         match self.sampling.route_state(state) {
-            StateRoute::Export => self.export.push(self.factory.state_span(state, details)),
+            StateRoute::Export => self.export.push(|| self.factory.state_span(state, details)),
             StateRoute::Hold => self.sampling.hold(state),
             StateRoute::Drop => {}
         }
@@ -76,10 +76,10 @@ impl SessionSink for OtlpSink {
             for state in &held {
                 let state_details = if state.index == 0 { details } else { &none };
                 self.export
-                    .push(self.factory.state_span(state, state_details));
+                    .push(|| self.factory.state_span(state, state_details));
             }
             self.export
-                .push(self.factory.session_span(session, details));
+                .push(|| self.factory.session_span(session, details));
         }
     }
 

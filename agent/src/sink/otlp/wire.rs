@@ -1,18 +1,19 @@
 //! Spans and export requests written straight in OTLP's protobuf wire format.
 //!
 //! A span is encoded once, on the event path, into the bytes of an OTLP `Span` message
-//! ([`SpanEncoder`]): no message structs are built, nested and freed for it, and the export
-//! thread only frames those bytes into a request ([`encode_request`]). The fields and their
+//! ([`SpanEncoder`], in a buffer reused for every span), and added at once to the chunk of
+//! spans the export thread gets next ([`SpanChunk`]): no message structs are built, nested and
+//! freed for it, no allocation is its own, and the export thread only frames whole chunks into
+//! a request ([`encode_request`]). The fields and their
 //! numbers are those of opentelemetry-proto's `trace.proto` and `common.proto` (v1), written
 //! with prost's encoding functions; what the encoder writes decodes into opentelemetry-proto's
 //! `Span` exactly as the message the SDK's conversion built (the tests in [`super::spans`]
 //! decode every span they check).
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
     common::v1::InstrumentationScope,
     resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind, status::StatusCode},
+    trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use prost::{
     Message as _,
@@ -64,14 +65,14 @@ mod envelope_field {
     pub const SPANS: u32 = 2;
 }
 
-/// A span, encoded: the fields of its `Span` message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EncodedSpan {
-    bytes: Vec<u8>,
+/// A span, encoded: the fields of its `Span` message, in the buffer it was written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodedSpan<'a> {
+    bytes: &'a [u8],
     root: bool,
 }
 
-impl EncodedSpan {
+impl EncodedSpan<'_> {
     /// Whether it has no parent: a whole session's root.
     pub fn is_root(&self) -> bool {
         self.root
@@ -79,7 +80,50 @@ impl EncodedSpan {
 
     /// The `Span` message it encodes.
     pub fn decode(&self) -> Result<Span, prost::DecodeError> {
-        Span::decode(self.bytes.as_slice())
+        Span::decode(self.bytes)
+    }
+}
+
+/// Spans written one after another as the `spans` fields of a `ScopeSpans` message: what the
+/// event path hands the export thread, which frames chunks into a request with one copy each
+/// ([`encode_request`]). No span has an allocation of its own.
+#[derive(Debug, Default)]
+pub struct SpanChunk {
+    bytes: Vec<u8>,
+    spans: usize,
+    roots: u64,
+}
+
+impl SpanChunk {
+    /// An empty chunk with room for `capacity` bytes of spans.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(capacity),
+            spans: 0,
+            roots: 0,
+        }
+    }
+
+    /// Adds `span`.
+    pub fn push(&mut self, span: EncodedSpan<'_>) {
+        bytes(&mut self.bytes, envelope_field::SPANS, span.bytes);
+        self.spans += 1;
+        self.roots += u64::from(span.root);
+    }
+
+    /// Its spans.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// Of its spans, the roots: whole sessions.
+    pub fn roots(&self) -> u64 {
+        self.roots
+    }
+
+    /// Whether it holds no span.
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
     }
 }
 
@@ -94,26 +138,27 @@ pub enum AttributeValue<'a> {
     Bool(bool),
 }
 
-/// Writes one span's fields.
-pub struct SpanEncoder {
-    buf: Vec<u8>,
+/// Writes one span's fields into a buffer it borrows (emptied first), reused span after span.
+pub struct SpanEncoder<'a> {
+    buf: &'a mut Vec<u8>,
     root: bool,
     flags: u32,
 }
 
-impl SpanEncoder {
-    /// A span of the trace `trace_id` with id `span_id`, child of `parent` (none for a root).
+impl<'a> SpanEncoder<'a> {
+    /// A span of the trace `trace_id` with id `span_id`, child of `parent` (none for a root),
+    /// written into `buf`.
     pub fn new(
-        capacity: usize,
+        buf: &'a mut Vec<u8>,
         trace_id: &[u8; 16],
         span_id: &[u8; 8],
         parent: Option<&[u8; 8]>,
     ) -> Self {
-        let mut buf = Vec::with_capacity(capacity);
-        bytes(&mut buf, span_field::TRACE_ID, trace_id);
-        bytes(&mut buf, span_field::SPAN_ID, span_id);
+        buf.clear();
+        bytes(buf, span_field::TRACE_ID, trace_id);
+        bytes(buf, span_field::SPAN_ID, span_id);
         if let Some(parent) = parent {
-            bytes(&mut buf, span_field::PARENT_SPAN_ID, parent);
+            bytes(buf, span_field::PARENT_SPAN_ID, parent);
         }
         Self {
             buf,
@@ -125,7 +170,7 @@ impl SpanEncoder {
     /// Its name, kind, start and end (Unix nanoseconds) and flags (written last: fields go in
     /// their numbers' order, as prost writes them, and the flags' is the highest).
     pub fn header(&mut self, name: &str, kind: SpanKind, (start, end): (u64, u64), flags: u32) {
-        let buf = &mut self.buf;
+        let buf = &mut *self.buf;
         bytes(buf, span_field::NAME, name.as_bytes());
         varint(buf, span_field::KIND, kind as u64);
         fixed64(buf, span_field::START_TIME, start);
@@ -135,7 +180,7 @@ impl SpanEncoder {
 
     /// One attribute.
     pub fn attribute(&mut self, key: &str, value: AttributeValue<'_>) {
-        key_value(&mut self.buf, span_field::ATTRIBUTES, key, value);
+        key_value(self.buf, span_field::ATTRIBUTES, key, value);
     }
 
     /// A string attribute.
@@ -160,7 +205,7 @@ impl SpanEncoder {
             + bytes_len(name.len())
             + 1
             + delimited_len(key_value_len(key, attribute));
-        let buf = &mut self.buf;
+        let buf = &mut *self.buf;
         put_key(buf, span_field::EVENTS, WireType::LengthDelimited);
         put_varint(buf, len as u64);
         fixed64(buf, field::EVENT_TIME, time);
@@ -170,13 +215,13 @@ impl SpanEncoder {
 
     /// Events left out.
     pub fn dropped_events(&mut self, count: u32) {
-        varint(&mut self.buf, span_field::DROPPED_EVENTS, u64::from(count));
+        varint(self.buf, span_field::DROPPED_EVENTS, u64::from(count));
     }
 
     /// A link to the span `span_id` of the trace `trace_id`.
     pub fn link(&mut self, trace_id: &[u8; 16], span_id: &[u8; 8], flags: u32) {
         let len = bytes_len(trace_id.len()) + bytes_len(span_id.len()) + fixed32_len(flags);
-        let buf = &mut self.buf;
+        let buf = &mut *self.buf;
         put_key(buf, span_field::LINKS, WireType::LengthDelimited);
         put_varint(buf, len as u64);
         bytes(buf, field::LINK_TRACE_ID, trace_id);
@@ -188,7 +233,7 @@ impl SpanEncoder {
     pub fn status(&mut self, code: StatusCode, message: &str) {
         let code = code as u64;
         let len = bytes_len(message.len()) + varint_len(code);
-        let buf = &mut self.buf;
+        let buf = &mut *self.buf;
         put_key(buf, span_field::STATUS, WireType::LengthDelimited);
         put_varint(buf, len as u64);
         bytes(buf, field::STATUS_MESSAGE, message.as_bytes());
@@ -196,8 +241,8 @@ impl SpanEncoder {
     }
 
     /// The span, encoded.
-    pub fn finish(mut self) -> EncodedSpan {
-        fixed32(&mut self.buf, span_field::FLAGS, self.flags);
+    pub fn finish(self) -> EncodedSpan<'a> {
+        fixed32(self.buf, span_field::FLAGS, self.flags);
         EncodedSpan {
             bytes: self.buf,
             root: self.root,
@@ -205,18 +250,15 @@ impl SpanEncoder {
     }
 }
 
-/// The protobuf encoding of the `ExportTraceServiceRequest` carrying `spans` from `resource`
-/// (with its schema URL) as `scope`: the envelope around the spans' bytes.
+/// The protobuf encoding of the `ExportTraceServiceRequest` carrying the spans of `chunks`
+/// from `resource` (with its schema URL) as `scope`: the envelope around the chunks' bytes.
 pub fn encode_request(
     resource: &Resource,
     schema_url: &str,
     scope: &InstrumentationScope,
-    spans: &[EncodedSpan],
+    chunks: &[SpanChunk],
 ) -> Vec<u8> {
-    let spans_len: usize = spans
-        .iter()
-        .map(|span| 1 + delimited_len(span.bytes.len()))
-        .sum();
+    let spans_len: usize = chunks.iter().map(|chunk| chunk.bytes.len()).sum();
     let scope_spans_len = 1 + delimited_len(scope.encoded_len()) + spans_len;
     let schema_url_len = if schema_url.is_empty() {
         0
@@ -243,36 +285,13 @@ pub fn encode_request(
     );
     put_varint(&mut buf, scope_spans_len as u64);
     prost::encoding::message::encode(envelope_field::SCOPE, scope, &mut buf);
-    for span in spans {
-        bytes(&mut buf, envelope_field::SPANS, &span.bytes);
+    for chunk in chunks {
+        buf.extend_from_slice(&chunk.bytes);
     }
     if !schema_url.is_empty() {
         bytes(&mut buf, envelope_field::SCHEMA_URL, schema_url.as_bytes());
     }
     buf
-}
-
-/// The same request as message structs (for OTLP/HTTP's JSON encoding).
-pub fn decode_request(
-    resource: &Resource,
-    schema_url: &str,
-    scope: &InstrumentationScope,
-    spans: &[EncodedSpan],
-) -> Result<ExportTraceServiceRequest, prost::DecodeError> {
-    Ok(ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(scope.clone()),
-                spans: spans
-                    .iter()
-                    .map(EncodedSpan::decode)
-                    .collect::<Result<_, _>>()?,
-                schema_url: String::new(),
-            }],
-            schema_url: schema_url.to_owned(),
-        }],
-    })
 }
 
 /// A field's key: one byte for the fields numbered below 16, as all but the span's flags are.
@@ -399,9 +418,10 @@ fn key_value(buf: &mut Vec<u8>, tag: u32, key: &str, value: AttributeValue<'_>) 
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
         common::v1::{AnyValue, KeyValue, any_value::Value},
         trace::v1::{
-            Status,
+            ResourceSpans, ScopeSpans, Status,
             span::{Event, Link},
         },
     };
@@ -419,7 +439,8 @@ mod tests {
     #[test]
     fn every_field_written_decodes_as_opentelemetry_protos_message() {
         let trace_id = [7; 16];
-        let mut encoder = SpanEncoder::new(64, &trace_id, &[1; 8], Some(&[2; 8]));
+        let mut buf = vec![9; 3];
+        let mut encoder = SpanEncoder::new(&mut buf, &trace_id, &[1; 8], Some(&[2; 8]));
         encoder.header("ESTABLISHED", SpanKind::Client, (5, u64::MAX), 0x101);
         encoder.string("a", "text");
         encoder.string("empty", "");
@@ -478,7 +499,8 @@ mod tests {
 
     #[test]
     fn a_root_with_an_unset_status_has_an_empty_status_and_no_parent() {
-        let mut encoder = SpanEncoder::new(0, &[1; 16], &[1; 8], None);
+        let mut buf = Vec::new();
+        let mut encoder = SpanEncoder::new(&mut buf, &[1; 16], &[1; 8], None);
         encoder.header("tcp session", SpanKind::Internal, (1, 2), 0x101);
         encoder.status(StatusCode::Unset, "");
         let span = encoder.finish();
@@ -500,17 +522,36 @@ mod tests {
             version: "0.1.0".into(),
             ..InstrumentationScope::default()
         };
-        let spans: Vec<EncodedSpan> = (0..300u16)
-            .map(|i| {
-                let mut encoder = SpanEncoder::new(0, &[1; 16], &[2; 8], None);
-                encoder.header(&"x".repeat(usize::from(i)), SpanKind::Server, (1, 2), 1);
-                encoder.finish()
-            })
-            .collect();
+        // 300 spans in chunks of 1, 2, ... (the last one short), roots every third.
+        let mut buf = Vec::new();
+        let mut chunks = vec![SpanChunk::default()];
+        let mut spans = Vec::new();
+        for i in 0..300u16 {
+            if chunks.last().unwrap().spans() == chunks.len() {
+                chunks.push(SpanChunk::with_capacity(16));
+            }
+            let parent = (i % 3 != 0).then_some([3; 8]);
+            let mut encoder = SpanEncoder::new(&mut buf, &[1; 16], &[2; 8], parent.as_ref());
+            encoder.header(&"x".repeat(usize::from(i)), SpanKind::Server, (1, 2), 1);
+            let span = encoder.finish();
+            spans.push(span.decode().expect("a Span"));
+            chunks.last_mut().unwrap().push(span);
+        }
+        assert_eq!(chunks.iter().map(SpanChunk::spans).sum::<usize>(), 300);
+        assert_eq!(chunks.iter().map(SpanChunk::roots).sum::<u64>(), 100);
         for schema_url in ["", "https://opentelemetry.io/schemas/1.30.0"] {
-            let request = decode_request(&resource, schema_url, &scope, &spans).expect("decodable");
-            assert_eq!(request.resource_spans[0].scope_spans[0].spans.len(), 300);
-            let encoded = encode_request(&resource, schema_url, &scope, &spans);
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(resource.clone()),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope.clone()),
+                        spans: spans.clone(),
+                        schema_url: String::new(),
+                    }],
+                    schema_url: schema_url.to_owned(),
+                }],
+            };
+            let encoded = encode_request(&resource, schema_url, &scope, &chunks);
             assert_eq!(encoded, request.encode_to_vec(), "{schema_url:?}");
         }
     }
