@@ -333,6 +333,7 @@ fn traced_run(
     tracer.wait_ready(spec.readiness)?;
     let load = load::run(netns, loadgen, args.load(), pinning.map(|p| p.load))?;
     thread::sleep(DRAIN);
+    let cpu_under_load = tracer.cpu_since_ready()?;
     let closing = netns.tcp_sockets()?;
     let stopped = tracer.stop()?;
     let otlp = match (receiver, receiver_cpu) {
@@ -357,7 +358,7 @@ fn traced_run(
         load,
         tracer: Some(TracerRun {
             cpu: stopped.cpu,
-            cpu_attached: stopped.cpu_attached,
+            cpu_under_load,
             exit: stopped.exit,
             stopping: stopped.stopping,
             lines,

@@ -51,8 +51,9 @@ pub const LEGEND: &str = "ratio to no tracer = median rate / the no-tracer media
     + 2 for the listener (for --life, sessions: 2 per connection); printed = output lines with the port as LPORT or RPORT; written and \
     lost = tcpstates' own exit summary (written: events handled, printed or turned into spans); \
     CPU time = user + system time of the tracer process (wait4), start to exit, and its share of \
-    one core over the load's seconds; CPU per connection = its CPU time from attached (its ready \
-    line; /proc/PID/stat) to exit, start-up left out, / the load's connections; SIGINT to exit = the slowest stop (the OTLP agent flushes \
+    one core over the load's seconds; CPU per connection = its CPU time under load (from its ready \
+    line to the drain pause's end, all threads' /proc/PID/task/TID/schedstat; start-up and exit \
+    left out) / the load's connections; SIGINT to exit = the slowest stop (the OTLP agent flushes \
     its queue then)";
 
 /// What a tracer did during one run.
@@ -60,8 +61,9 @@ pub const LEGEND: &str = "ratio to no tracer = median rate / the no-tracer media
 pub struct TracerRun {
     /// Its user plus system CPU time over the whole run, start to exit.
     pub cpu: Duration,
-    /// Of it, the time from attached to exit (its start-up left out).
-    pub cpu_attached: Duration,
+    /// Its CPU time from attached until the load was over and drained: its work on the load,
+    /// its start-up and exit left out.
+    pub cpu_under_load: Duration,
     /// How it ended.
     pub exit: String,
     /// Time from SIGINT to its exit.
@@ -384,13 +386,13 @@ fn cpu(config: &Config, seconds: u32, f: impl Fn(&TracerRun) -> Option<Duration>
     format!("{total:.2} ({:.0} % of a core)", total * 100.0 / wall)
 }
 
-/// The tracer's CPU time after attaching over its runs divided by the connections the load made
-/// in them, or `-`.
+/// The tracer's CPU time under load over its runs divided by the connections the load made in
+/// them, or `-`.
 fn cpu_per_connection(config: &Config) -> String {
     let (mut cpu, mut connections) = (Duration::ZERO, 0u64);
     for run in &config.runs {
         if let Some(tracer) = &run.tracer {
-            cpu += tracer.cpu_attached;
+            cpu += tracer.cpu_under_load;
             connections += run.load.connections;
         }
     }
@@ -519,7 +521,7 @@ mod tests {
             load: load(1.0),
             tracer: Some(TracerRun {
                 cpu: Duration::ZERO,
-                cpu_attached: Duration::ZERO,
+                cpu_under_load: Duration::ZERO,
                 exit: "exit 0".into(),
                 stopping: Duration::ZERO,
                 lines: None,
@@ -573,7 +575,7 @@ mod tests {
                     load: load(800.0),
                     tracer: Some(TracerRun {
                         cpu: Duration::from_millis(500),
-                        cpu_attached: Duration::from_millis(400),
+                        cpu_under_load: Duration::from_millis(400),
                         exit: "exit 0".into(),
                         stopping: Duration::from_millis(100),
                         lines: Some(LineCounts {
@@ -606,7 +608,7 @@ mod tests {
                     load: load(900.0),
                     tracer: Some(TracerRun {
                         cpu: Duration::from_millis(250),
-                        cpu_attached: Duration::from_millis(200),
+                        cpu_under_load: Duration::from_millis(200),
                         exit: "exit 0".into(),
                         stopping: Duration::from_millis(1500),
                         lines: None,
@@ -655,7 +657,7 @@ mod tests {
             "receiver CPU time (s) - - 0.10 (10 % of a core)",
             "tracer CPU time (s) - 0.50 (50 % of a core) 0.25 (25 % of a core)",
             "SIGINT to exit (s, slowest) - 0.1 1.5",
-            // The CPU after attaching: 400 ms and 200 ms over 100 connections, 1012 spans.
+            // The CPU under load: 400 ms and 200 ms over 100 connections, 1012 spans.
             "tracer CPU per connection (µs) - 4000.00 2000.00",
             "tracer CPU per exported span (µs) - - 197.63",
         ] {

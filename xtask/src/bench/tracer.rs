@@ -13,7 +13,6 @@ use anyhow::{Context, Result, bail};
 
 use super::cpus;
 use super::others::holds_tracer_fd;
-use super::receiver::{clock_ticks, cpu_of_stat};
 
 /// How long a tracer may take to attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,7 +47,7 @@ pub struct Running {
     stderr: Receiver<String>,
     lines: Vec<String>,
     reaped: bool,
-    /// Its CPU time when it had attached: what starting cost it.
+    /// Its CPU time when it had attached ([`Self::cpu_now`]): what starting cost it.
     cpu_at_ready: Duration,
 }
 
@@ -57,8 +56,6 @@ pub struct Running {
 pub struct Stopped {
     /// User plus system CPU time, from `wait4`'s resource usage of the process.
     pub cpu: Duration,
-    /// Of it, the time after it had attached: its work on the load, and its exit.
-    pub cpu_attached: Duration,
     /// How it ended, e.g. `exit 0` or `signal 9`.
     pub exit: String,
     /// Time from SIGINT to its exit.
@@ -116,11 +113,31 @@ impl Running {
     /// CPU time attaching took.
     pub fn wait_ready(&mut self, readiness: Readiness) -> Result<()> {
         self.await_attached(readiness)?;
-        let path = format!("/proc/{}/stat", self.pid);
-        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        self.cpu_at_ready = cpu_of_stat(&stat, clock_ticks())
-            .with_context(|| format!("parsing {path}: {stat:?}"))?;
+        self.cpu_at_ready = self.cpu_now()?;
         Ok(())
+    }
+
+    /// Its CPU time so far, to the nanosecond: the time on a CPU of each of its threads
+    /// (the first field of /proc/PID/task/TID/schedstat), added. A thread that has exited no
+    /// longer counts.
+    pub fn cpu_now(&self) -> Result<Duration> {
+        let tasks = format!("/proc/{}/task", self.pid);
+        let mut total = Duration::ZERO;
+        for task in fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+            let path = task?.path().join("schedstat");
+            // A thread may exit between the listing and the read.
+            let Ok(schedstat) = fs::read_to_string(&path) else {
+                continue;
+            };
+            total += on_cpu(&schedstat)
+                .with_context(|| format!("parsing {}: {schedstat:?}", path.display()))?;
+        }
+        Ok(total)
+    }
+
+    /// Its CPU time since it attached ([`Self::cpu_now`] then and now).
+    pub fn cpu_since_ready(&self) -> Result<Duration> {
+        Ok(self.cpu_now()?.saturating_sub(self.cpu_at_ready))
     }
 
     /// Waits until the tracer has attached, or fails if it exits or takes too long.
@@ -200,10 +217,8 @@ impl Running {
         let stopping = signalled.elapsed();
         self.reaped = true;
         self.collect_stderr_until_closed();
-        let cpu = timeval(usage.ru_utime) + timeval(usage.ru_stime);
         Ok(Stopped {
-            cpu,
-            cpu_attached: cpu.saturating_sub(self.cpu_at_ready),
+            cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
             exit: describe_status(status),
             stopping,
             stderr: std::mem::take(&mut self.lines),
@@ -281,6 +296,12 @@ fn reap(pid: libc::pid_t, block: bool) -> io::Result<Option<(libc::c_int, libc::
     }
 }
 
+/// The time on a CPU a /proc/.../schedstat line gives (its first field, in nanoseconds).
+fn on_cpu(schedstat: &str) -> Option<Duration> {
+    let nanos = schedstat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
 fn timeval(tv: libc::timeval) -> Duration {
     let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
     let micros = u64::try_from(tv.tv_usec).unwrap_or(0);
@@ -294,5 +315,32 @@ fn describe_status(status: libc::c_int) -> String {
         format!("signal {}", libc::WTERMSIG(status))
     } else {
         format!("status {status:#x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_gives_the_nanoseconds_on_a_cpu() {
+        assert_eq!(on_cpu("464133 0 2\n"), Some(Duration::from_nanos(464_133)));
+        assert_eq!(on_cpu(""), None);
+    }
+
+    #[test]
+    fn a_process_cpu_time_grows_as_it_works() {
+        let output = std::env::temp_dir().join(format!("tracer-cpu-{}", std::process::id()));
+        // Busy from its ready line until SIGINT.
+        let argv = ["sh", "-c", "echo ready >&2; while :; do :; done"].map(str::to_owned);
+        let mut running = Running::start("busy", &argv, &output, None).unwrap();
+        running.wait_ready(Readiness::StderrLine("ready")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running.cpu_since_ready().unwrap() == Duration::ZERO && Instant::now() < deadline {
+            thread::sleep(POLL);
+        }
+        assert!(running.cpu_since_ready().unwrap() > Duration::ZERO);
+        assert!(running.stop().unwrap().cpu > Duration::ZERO);
+        let _ = fs::remove_file(output);
     }
 }

@@ -24,7 +24,7 @@ pub const LEGEND: &str = "OTLP rows (tcpstates --otlp ENDPOINT -q to a local rot
     spans exported / the load's seconds (the spans are made during the load; the export may end \
     up to the drain pause and the exit flush later); receiver CPU time = rotel's user + system \
     time (/proc/PID/stat) from the agent's start to its exit; CPU per exported span = the \
-    tracer's CPU time from attached to exit (kernel events, sessions, spans, export; start-up left \
+    tracer's CPU time under load (kernel events, sessions, spans, export; start-up and exit left \
     out) / spans exported";
 
 /// Whether `config` is tcpstates exporting over OTLP.
@@ -118,12 +118,12 @@ pub fn rows(configs: &[Config], seconds: u32) -> Vec<(String, Vec<String>)> {
     ]
 }
 
-/// The tracer's CPU time after attaching over its exporting runs divided by the spans they exported, or `-`.
+/// The tracer's CPU time under load over its exporting runs divided by the spans they exported, or `-`.
 fn cpu_per_span(config: &Config) -> String {
     let cpu: f64 = config
         .runs
         .iter()
-        .filter_map(|r| Some(r.tracer.as_ref()?.cpu_attached.as_secs_f64()))
+        .filter_map(|r| Some(r.tracer.as_ref()?.cpu_under_load.as_secs_f64()))
         .sum();
     match total(config) {
         Some(s) if s.spans > 0 => format!("{:.2}", cpu * 1e6 / s.spans as f64),
