@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// What user space found out about a session's owner and location, for its root span.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SessionDetails<'a> {
     /// The owner process, as read from /proc when the session began.
     pub process: Option<&'a ProcessInfo>,
@@ -24,6 +24,32 @@ pub struct SessionDetails<'a> {
     pub cgroup_path: Option<&'a str>,
     /// The container id found in that path.
     pub container_id: Option<&'a str>,
+}
+
+/// A session's details as a sink gets them: described only when it asks (a sampler drops most
+/// sessions without asking).
+pub trait Describe {
+    /// The details.
+    fn details(&mut self) -> SessionDetails<'_>;
+}
+
+/// Details already described.
+impl Describe for SessionDetails<'_> {
+    fn details(&mut self) -> SessionDetails<'_> {
+        *self
+    }
+}
+
+/// The details of one session's owner and location, described from the cache when asked.
+pub struct Described<'a> {
+    cache: &'a mut DetailsCache,
+    context: &'a Context,
+}
+
+impl Describe for Described<'_> {
+    fn details(&mut self) -> SessionDetails<'_> {
+        self.cache.describe(self.context)
+    }
 }
 
 /// A cgroup's path and the container id in it.
@@ -61,6 +87,14 @@ impl DetailsCache {
                 .get(owner.pid, change.uid, &owner.comm.to_str_lossy());
         }
         cgroup(&mut self.cgroups, &mut self.cgroup_paths, change.cgroup_id);
+    }
+
+    /// The details of a session with `context`, described when a sink asks.
+    pub fn of<'a>(&'a mut self, context: &'a Context) -> Described<'a> {
+        Described {
+            cache: self,
+            context,
+        }
     }
 
     /// The details of a session with `context` (from the caches, or read now).

@@ -24,7 +24,7 @@ use agent_common::{
 use super::{Completed, Outcome, SessionEnded, SessionTable, StateEnded};
 use crate::{
     counters::Counts,
-    details::{DetailsCache, SessionDetails},
+    details::{Describe, DetailsCache, SessionDetails},
     sink::{Health, SessionSink, SessionSinkAccount},
 };
 
@@ -297,20 +297,22 @@ impl SessionStage {
     fn hand_on_state(&mut self, state: &StateEnded) {
         // Only the state that begins a trace carries the owner's details (the later ones
         // share its trace): the cache is not asked for every state.
-        let details = if state.index == 0 {
-            self.details.describe(&state.context)
+        let mut none = SessionDetails::default();
+        let mut described = self.details.of(&state.context);
+        let details: &mut dyn Describe = if state.index == 0 {
+            &mut described
         } else {
-            SessionDetails::default()
+            &mut none
         };
         for sink in &mut self.sinks {
-            sink.state_ended(state, &details);
+            sink.state_ended(state, details);
         }
     }
 
     fn hand_on_session(&mut self, ended: &SessionEnded) {
-        let details = self.details.describe(&ended.session.context);
+        let mut details = self.details.of(&ended.session.context);
         for sink in &mut self.sinks {
-            sink.session_ended(ended, &details);
+            sink.session_ended(ended, &mut details);
         }
     }
 }
@@ -375,20 +377,12 @@ mod tests {
             self.0.borrow_mut().began.push((began.ts_ns, began.state));
         }
 
-        fn state_ended(
-            &mut self,
-            state: &StateEnded,
-            _details: &crate::details::SessionDetails<'_>,
-        ) {
+        fn state_ended(&mut self, state: &StateEnded, _details: &mut dyn Describe) {
             self.0.borrow_mut().states.push(state.clone());
         }
 
-        fn session_ended(
-            &mut self,
-            session: &SessionEnded,
-            details: &crate::details::SessionDetails<'_>,
-        ) {
-            let executable = details.process.map(|p| p.executable_name.clone());
+        fn session_ended(&mut self, session: &SessionEnded, details: &mut dyn Describe) {
+            let executable = details.details().process.map(|p| p.executable_name.clone());
             self.0
                 .borrow_mut()
                 .sessions

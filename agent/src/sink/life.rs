@@ -22,7 +22,7 @@ use super::{Elapsed, Health, SessionSink, SessionSinkAccount};
 use crate::{
     clock::WallClock,
     config::TimeColumns,
-    details::SessionDetails,
+    details::{Describe, SessionDetails},
     session::{Role, SessionEnded, StateEnded},
 };
 
@@ -307,9 +307,9 @@ impl<W: Write, Tz: TimeZone> SessionSink for LifeSink<W, Tz>
 where
     Tz::Offset: std::fmt::Display,
 {
-    fn state_ended(&mut self, _state: &StateEnded, _details: &SessionDetails<'_>) {}
+    fn state_ended(&mut self, _state: &StateEnded, _details: &mut dyn Describe) {}
 
-    fn session_ended(&mut self, ended: &SessionEnded, details: &SessionDetails<'_>) {
+    fn session_ended(&mut self, ended: &SessionEnded, details: &mut dyn Describe) {
         // As tcplife: sessions seen from their open to their CLOSE.
         let opened = matches!(ended.session.role, Role::Connect | Role::Accept);
         if self.stopped
@@ -319,7 +319,7 @@ where
         {
             return;
         }
-        let written = self.write_session(ended, details);
+        let written = self.write_session(ended, &details.details());
         if written.is_ok() {
             self.printed += 1;
         }
@@ -467,7 +467,7 @@ mod tests {
         ));
         sink.end_of_drain();
         for session in sessions {
-            sink.session_ended(session, &SessionDetails::default());
+            sink.session_ended(session, &mut SessionDetails::default());
         }
         let _ = sink.finish(&Health::default());
         buf.text()

@@ -28,7 +28,7 @@ use crate::{
     clock::WallClock,
     config::{Config, Format},
     counters::Counts,
-    details::SessionDetails,
+    details::Describe,
     failure::Failure,
     session::{SessionBegan, SessionEnded, StateEnded},
     sink::{
@@ -78,11 +78,11 @@ pub trait SessionSink {
     /// transition seen: no session came of it.
     fn session_vanished(&mut self, _found: &SessionBegan) {}
     /// A session left a state; `details` describe the session's owner and location for the
-    /// first state of a trace (empty for the later ones).
-    fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>);
+    /// first state of a trace (empty for the later ones), when asked.
+    fn state_ended(&mut self, state: &StateEnded, details: &mut dyn Describe);
     /// A session ended (closed, evicted, or at shutdown); `details` describe its owner and
-    /// where its socket lives.
-    fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>);
+    /// where its socket lives, when asked.
+    fn session_ended(&mut self, session: &SessionEnded, details: &mut dyn Describe);
     /// A drain of the ring buffer is over (at least every 20 ms): push out what is buffered.
     fn end_of_drain(&mut self) {}
     /// Says on standard error what went wrong since it was last asked (called every second,

@@ -40,7 +40,7 @@ use opentelemetry_semantic_conventions::attribute::{
 use self::export::MetricsExport;
 use super::{Health, SessionSink, SessionSinkAccount, otlp::spans::connection_state};
 use crate::{
-    details::SessionDetails,
+    details::{Describe, SessionDetails},
     session::{Context, Endpoints, Incomplete, Role, SessionBegan, SessionEnded, StateEnded},
 };
 
@@ -312,7 +312,7 @@ impl SessionSink for MetricsSink {
         self.count(found.state, &found.endpoints, -1);
     }
 
-    fn state_ended(&mut self, ended: &StateEnded, details: &SessionDetails<'_>) {
+    fn state_ended(&mut self, ended: &StateEnded, details: &mut dyn Describe) {
         match (ended.next_state, ended.incomplete) {
             (Some(next), _) => {
                 self.count(ended.state, &ended.endpoints, -1);
@@ -339,14 +339,18 @@ impl SessionSink for MetricsSink {
             _ => return,
         };
         if ended.next_state == Some(TcpState(ESTABLISHED)) {
-            let attributes =
-                self.connection_attributes(Some(role), &ended.endpoints, &ended.context, details);
+            let attributes = self.connection_attributes(
+                Some(role),
+                &ended.endpoints,
+                &ended.context,
+                &details.details(),
+            );
             self.instruments.handshake.record(duration, &attributes);
             self.instruments.successes.add(1, &attributes);
         }
     }
 
-    fn session_ended(&mut self, ended: &SessionEnded, details: &SessionDetails<'_>) {
+    fn session_ended(&mut self, ended: &SessionEnded, details: &mut dyn Describe) {
         let session = &ended.session;
         if ended.incomplete.is_some() || session.role == Role::Listen {
             return;
@@ -355,7 +359,7 @@ impl SessionSink for MetricsSink {
             role_name(session.role),
             &session.endpoints,
             &session.context,
-            details,
+            &details.details(),
         );
         if !session.found_at_start {
             self.instruments.connection.record(

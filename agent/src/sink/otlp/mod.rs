@@ -23,7 +23,7 @@ use self::{
 use super::{Health, SessionSink, SessionSinkAccount};
 use crate::{
     clock::WallClock,
-    details::SessionDetails,
+    details::{Describe, SessionDetails},
     session::{SessionEnded, StateEnded},
 };
 
@@ -60,16 +60,19 @@ impl OtlpSink {
 }
 
 impl SessionSink for OtlpSink {
-    fn state_ended(&mut self, state: &StateEnded, details: &SessionDetails<'_>) {
+    fn state_ended(&mut self, state: &StateEnded, details: &mut dyn Describe) {
         match self.sampling.route_state(state) {
-            StateRoute::Export => self.export.push(|| self.factory.state_span(state, details)),
+            StateRoute::Export => self
+                .export
+                .push(|| self.factory.state_span(state, &details.details())),
             StateRoute::Hold => self.sampling.hold(state),
             StateRoute::Drop => {}
         }
     }
 
-    fn session_ended(&mut self, session: &SessionEnded, details: &SessionDetails<'_>) {
+    fn session_ended(&mut self, session: &SessionEnded, details: &mut dyn Describe) {
         if let Some(held) = self.sampling.route_session(session) {
+            let details = &details.details();
             // The session's details are its first state's, which only that state's span
             // carries.
             let none = SessionDetails::default();
