@@ -129,8 +129,9 @@ pub struct BenchArgs {
     /// connection, per exported span) compare the tracers.
     #[arg(long, value_name = "CONN_PER_S", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
-    /// Measure only the tracer configurations whose name contains NAME (repeatable; the
-    /// no-tracer runs always go), e.g. `--only 'tcpstates --otlp'`.
+    /// Measure only the tracer configuration named NAME, or if none is, those whose names
+    /// contain it (repeatable; the no-tracer runs always go), e.g. `--only 'tcpstates --otlp'`
+    /// (that one) or `--only --metrics` (every one with metrics).
     #[arg(long, value_name = "NAME")]
     pub only: Vec<String>,
     /// Another tracer to compare with, run the same way, e.g. `/usr/sbin/tcpstates-bpfcc`

@@ -292,8 +292,9 @@ fn tracer_specs(
     Ok(tracers)
 }
 
-/// The configurations of `specs` whose names contain one of `only`, or all of them when `only`
-/// is empty; an error naming the configurations when none is left.
+/// The configurations of `specs` one of `only` names (the one of that name, or else every one
+/// whose name contains it), or all of them when `only` is empty; an error naming the
+/// configurations when none is left.
 fn chosen(specs: Vec<TracerSpec>, only: &[String]) -> Result<Vec<TracerSpec>> {
     if only.is_empty() {
         return Ok(specs);
@@ -302,9 +303,21 @@ fn chosen(specs: Vec<TracerSpec>, only: &[String]) -> Result<Vec<TracerSpec>> {
         .iter()
         .map(|spec| format!("'{}'", spec.name))
         .collect();
+    let named = |spec: &TracerSpec, name: &str| {
+        if specs.iter().any(|spec| spec.name == name) {
+            spec.name == name
+        } else {
+            spec.name.contains(name)
+        }
+    };
+    let keep: Vec<bool> = specs
+        .iter()
+        .map(|spec| only.iter().any(|name| named(spec, name)))
+        .collect();
     let chosen: Vec<TracerSpec> = specs
         .into_iter()
-        .filter(|spec| only.iter().any(|name| spec.name.contains(name.as_str())))
+        .zip(keep)
+        .filter_map(|(spec, keep)| keep.then_some(spec))
         .collect();
     if chosen.is_empty() {
         bail!(
@@ -436,6 +449,11 @@ mod tests {
         assert_eq!(
             names(&receiver_less(&["--life"]).unwrap()),
             ["tcpstates --life"]
+        );
+        // A whole name is that configuration alone, not every one it is part of.
+        assert_eq!(
+            names(&receiver_less(&["tcpstates"]).unwrap()),
+            ["tcpstates"]
         );
         let none = receiver_less(&["--otlp"]).err().unwrap().to_string();
         assert!(none.contains("'tcpstates --life'"), "{none}");
