@@ -13,7 +13,7 @@
 use opentelemetry_proto::tonic::{
     common::v1::InstrumentationScope,
     resource::v1::Resource,
-    trace::v1::{Span, span::SpanKind, status::StatusCode},
+    trace::v1::{span::SpanKind, status::StatusCode},
 };
 use prost::{
     Message as _,
@@ -70,18 +70,6 @@ mod envelope_field {
 pub struct EncodedSpan<'a> {
     bytes: &'a [u8],
     root: bool,
-}
-
-impl EncodedSpan<'_> {
-    /// Whether it has no parent: a whole session's root.
-    pub fn is_root(&self) -> bool {
-        self.root
-    }
-
-    /// The `Span` message it encodes.
-    pub fn decode(&self) -> Result<Span, prost::DecodeError> {
-        Span::decode(self.bytes)
-    }
 }
 
 /// Spans written one after another as the `spans` fields of a `ScopeSpans` message: what the
@@ -421,12 +409,25 @@ mod tests {
         collector::trace::v1::ExportTraceServiceRequest,
         common::v1::{AnyValue, KeyValue, any_value::Value},
         trace::v1::{
-            ResourceSpans, ScopeSpans, Status,
+            ResourceSpans, ScopeSpans, Span, Status,
             span::{Event, Link},
         },
     };
 
     use super::*;
+
+    /// What the tests read of a span: the agent only copies its bytes.
+    impl EncodedSpan<'_> {
+        /// Whether it has no parent: a whole session's root.
+        pub fn is_root(&self) -> bool {
+            self.root
+        }
+
+        /// The `Span` message it encodes.
+        pub fn decode(&self) -> Result<Span, prost::DecodeError> {
+            Span::decode(self.bytes)
+        }
+    }
 
     fn kv(key: &str, value: Value) -> KeyValue {
         KeyValue {
