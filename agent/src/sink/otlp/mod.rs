@@ -119,3 +119,88 @@ impl SessionSink for OtlpSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{num::NonZeroUsize, time::Duration};
+
+    use agent_common::state::SYN_SENT;
+
+    use super::{
+        sampling::{
+            KeepRules, SamplerChoice,
+            tests::{ended, state},
+        },
+        settings::Protocol,
+        tls::TlsFiles,
+        *,
+    };
+    use crate::{failure::Failure, session::Outcome};
+
+    /// Details that count how often a sink asks for them.
+    #[derive(Default)]
+    struct Asked(u32);
+
+    impl Describe for Asked {
+        fn details(&mut self) -> SessionDetails<'_> {
+            self.0 += 1;
+            SessionDetails::default()
+        }
+    }
+
+    /// A sink sampling as `choice` says, keeping what `rules` keep, exporting to a port nobody
+    /// listens on (its spans are never delivered; the test does not wait for them).
+    fn sink(choice: SamplerChoice, rules: KeepRules) -> OtlpSink {
+        let settings = ExportSettings {
+            protocol: Protocol::Grpc,
+            endpoint: Some("http://127.0.0.1:9".into()),
+            secure: false,
+            timeout: Duration::from_secs(1),
+            tls: TlsFiles::default(),
+        };
+        let capacity = NonZeroUsize::new(16).expect("non-zero");
+        let sampling = TraceSampling::new(choice, rules, capacity, None);
+        OtlpSink::start(&settings, sampling, WallClock::from_epoch_at_boot_ns(0), 64)
+            .expect("a sink")
+    }
+
+    #[test]
+    fn only_a_session_made_into_spans_is_described() {
+        let keep_errors = KeepRules {
+            errors: true,
+            ..KeepRules::default()
+        };
+        let refused = Outcome::Failed(Failure::ConnectionRefused);
+        for (choice, rules, outcome, asked) in [
+            // Sampled out: neither its state nor its end asks.
+            (
+                SamplerChoice::AlwaysOff,
+                KeepRules::default(),
+                Outcome::Normal,
+                0,
+            ),
+            // Held, then dropped at its end.
+            (
+                SamplerChoice::AlwaysOff,
+                keep_errors.clone(),
+                Outcome::Normal,
+                0,
+            ),
+            // Held, then kept at its end: asked once, for its root and its first state.
+            (SamplerChoice::AlwaysOff, keep_errors, refused, 1),
+            // Streamed: its first state span, then its root.
+            (
+                SamplerChoice::AlwaysOn,
+                KeepRules::default(),
+                Outcome::Normal,
+                2,
+            ),
+        ] {
+            let mut sink = sink(choice, rules.clone());
+            let mut details = Asked::default();
+            sink.state_ended(&state(7, SYN_SENT, 5), &mut details);
+            sink.session_ended(&ended(7, outcome), &mut details);
+            assert_eq!(details.0, asked, "{choice:?}, {rules:?}, {outcome:?}");
+        }
+    }
+}

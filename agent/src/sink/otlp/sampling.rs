@@ -392,7 +392,7 @@ impl TraceSampling {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use agent_common::{
@@ -474,7 +474,8 @@ mod tests {
         }
     }
 
-    fn state(cookie: u64, state: u32, nanos: u64) -> StateEnded {
+    /// The first state of the session of `cookie`, `state`, ending after `nanos`.
+    pub(in crate::sink::otlp) fn state(cookie: u64, state: u32, nanos: u64) -> StateEnded {
         StateEnded {
             ids: ids(cookie),
             index: 0,
@@ -499,7 +500,7 @@ mod tests {
     }
 
     /// The session of `cookie` ending, as `outcome` says.
-    fn ended(cookie: u64, outcome: Outcome) -> SessionEnded {
+    pub(in crate::sink::otlp) fn ended(cookie: u64, outcome: Outcome) -> SessionEnded {
         let crate::session::Completed::Session(mut ended) = ({
             let mut table = crate::session::SessionTable::new(
                 std::num::NonZeroUsize::new(2).expect("non-zero"),
