@@ -30,7 +30,9 @@ use agent_common::{
 };
 use opentelemetry::{
     KeyValue,
-    metrics::{Counter, Histogram, Meter, ObservableCounter, UpDownCounter},
+    metrics::{
+        AsyncInstrument, Counter, Histogram, Meter, ObservableCounter, ObservableUpDownCounter,
+    },
 };
 use opentelemetry_semantic_conventions::attribute::{
     CONTAINER_ID, ERROR_TYPE, NETWORK_CONNECTION_STATE, NETWORK_PEER_ADDRESS, NETWORK_TRANSPORT,
@@ -62,13 +64,15 @@ struct Instruments {
     state: Histogram<f64>,
     successes: Counter<u64>,
     failures: Counter<u64>,
-    count: UpDownCounter<i64>,
+    /// The sockets in each state, read from the sink's [`SocketCounts`] by the SDK at each
+    /// collection; kept alive here.
+    _count: ObservableUpDownCounter<i64>,
     /// The agent's health, read by the SDK at each collection; kept alive here.
     _health: [ObservableCounter<u64>; 5],
 }
 
 impl Instruments {
-    fn new(meter: &Meter, health: &Arc<Mutex<Health>>) -> Self {
+    fn new(meter: &Meter, counts: &Arc<Mutex<SocketCounts>>, health: &Arc<Mutex<Health>>) -> Self {
         let duration = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
@@ -105,11 +109,20 @@ impl Instruments {
                 "system.network.tcp.connection.failures",
                 "TCP connections that failed, by error.type",
             ),
-            count: meter
-                .i64_up_down_counter("system.network.connection.count")
-                .with_unit("{connection}")
-                .with_description("TCP sockets, by state")
-                .build(),
+            _count: {
+                let counts = Arc::clone(counts);
+                meter
+                    .i64_observable_up_down_counter("system.network.connection.count")
+                    .with_unit("{connection}")
+                    .with_description("TCP sockets, by state")
+                    .with_callback(move |observer| {
+                        counts
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .observe(observer);
+                    })
+                    .build()
+            },
             _health: health_instruments(meter, health),
         }
     }
@@ -199,10 +212,67 @@ fn health_instruments(meter: &Meter, health: &Arc<Mutex<Health>>) -> [Observable
     ]
 }
 
+/// The values of `network.connection.state` ([`connection_state`]'s, and `unknown`).
+const STATE_NAMES: [&str; 12] = [
+    "established",
+    "syn_sent",
+    "syn_received",
+    "fin_wait_1",
+    "fin_wait_2",
+    "time_wait",
+    "closed",
+    "close_wait",
+    "last_ack",
+    "listen",
+    "closing",
+    "unknown",
+];
+/// The values of `network.type`.
+const NETWORK_TYPES: [&str; 2] = ["ipv4", "ipv6"];
+
+/// The sockets in each state, by network type: counted by the sink as sessions move, read by
+/// the SDK at each collection. (Counted through the SDK's up-down counter, each of the two
+/// counts of a state change looked its attributes up in the SDK's map: a tenth of the agent
+/// exporting spans and metrics.)
+#[derive(Debug, Default)]
+struct SocketCounts {
+    /// By [`NETWORK_TYPES`] and [`STATE_NAMES`]; `None` for a state never counted.
+    counts: [[Option<i64>; STATE_NAMES.len()]; NETWORK_TYPES.len()],
+}
+
+impl SocketCounts {
+    /// Adds `delta` sockets to `state`'s count for the family of `ends`.
+    fn add(&mut self, state: TcpState, ends: &Endpoints, delta: i64) {
+        let network = NETWORK_TYPES
+            .iter()
+            .position(|name| *name == ends.network_type())
+            .unwrap_or(0);
+        let name = connection_state(state).unwrap_or("unknown");
+        let slot = STATE_NAMES
+            .iter()
+            .position(|known| *known == name)
+            .unwrap_or(STATE_NAMES.len() - 1);
+        *self.counts[network][slot].get_or_insert(0) += delta;
+    }
+
+    /// Tells `observer` every count ever made, with its attributes.
+    fn observe(&self, observer: &dyn AsyncInstrument<i64>) {
+        for (network, counts) in NETWORK_TYPES.iter().zip(&self.counts) {
+            for (state, count) in STATE_NAMES.iter().zip(counts) {
+                if let Some(count) = count {
+                    observer.observe(*count, &count_attributes(network, state));
+                }
+            }
+        }
+    }
+}
+
 /// Records sessions in metrics.
 pub struct MetricsSink {
     export: MetricsExport,
     instruments: Instruments,
+    /// The sockets in each state, read by the count instrument.
+    counts: Arc<Mutex<SocketCounts>>,
     /// The agent's health, as last told; read by the health instruments.
     health: Arc<Mutex<Health>>,
     /// Whether the connection metrics carry the peer's address.
@@ -214,10 +284,12 @@ impl MetricsSink {
     /// address to the connection metrics.
     pub fn new(export: MetricsExport, peer_address: bool) -> Self {
         let health = Arc::new(Mutex::new(Health::default()));
-        let instruments = Instruments::new(&export.meter(), &health);
+        let counts = Arc::new(Mutex::new(SocketCounts::default()));
+        let instruments = Instruments::new(&export.meter(), &counts, &health);
         Self {
             export,
             instruments,
+            counts,
             health,
             peer_address,
         }
@@ -271,21 +343,27 @@ impl MetricsSink {
 
     /// Adds `delta` sockets to `state`'s count.
     fn count(&self, state: TcpState, ends: &Endpoints, delta: i64) {
-        self.instruments
-            .count
-            .add(delta, &state_attributes(state, ends));
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(state, ends, delta);
     }
 }
 
 /// The attributes of the per-state metrics.
 fn state_attributes(state: TcpState, ends: &Endpoints) -> [KeyValue; 3] {
+    count_attributes(
+        ends.network_type(),
+        connection_state(state).unwrap_or("unknown"),
+    )
+}
+
+/// The attributes of the sockets of `network` type in `state` (a `network.connection.state`).
+fn count_attributes(network: &'static str, state: &'static str) -> [KeyValue; 3] {
     [
         KeyValue::new(NETWORK_TRANSPORT, "tcp"),
-        KeyValue::new(NETWORK_TYPE, ends.network_type()),
-        KeyValue::new(
-            NETWORK_CONNECTION_STATE,
-            connection_state(state).unwrap_or("unknown"),
-        ),
+        KeyValue::new(NETWORK_TYPE, network),
+        KeyValue::new(NETWORK_CONNECTION_STATE, state),
     ]
 }
 
@@ -552,6 +630,18 @@ mod tests {
             change(4, 8_000_000, (CLOSE, SYN_SENT), (0, 81)),
             refused,
         ]
+    }
+
+    #[test]
+    fn every_state_name_has_a_count_of_its_own() {
+        for state in 0..=u8::MAX {
+            if let Some(name) = connection_state(TcpState(state.into())) {
+                assert!(
+                    STATE_NAMES[..STATE_NAMES.len() - 1].contains(&name),
+                    "{name}"
+                );
+            }
+        }
     }
 
     #[test]
