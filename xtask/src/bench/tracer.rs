@@ -120,7 +120,7 @@ impl Running {
     /// Its CPU time so far, to the nanosecond: the time on a CPU of each of its threads
     /// (the first field of /proc/PID/task/TID/schedstat), added. A thread that has exited no
     /// longer counts.
-    pub fn cpu_now(&self) -> Result<Duration> {
+    fn cpu_now(&self) -> Result<Duration> {
         let tasks = format!("/proc/{}/task", self.pid);
         let mut total = Duration::ZERO;
         for task in fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
